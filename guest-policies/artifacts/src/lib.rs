@@ -1,0 +1,20 @@
+//! The built-in guest policies, built by this crate's build script for both
+//! targets from the sources in `guest-policies/`.
+
+/// One guest policy built both ways from one source.
+#[derive(Debug, Clone, Copy)]
+pub struct Guest {
+    /// The policy's file stem, such as `transfer-check`.
+    pub name: &'static str,
+    /// The `wasm32-wasip2` component (wasmtime).
+    pub component: &'static [u8],
+    pub component_path: &'static str,
+    /// The `wasm32-wasip1` core module with canonical-ABI exports (WasmEdge).
+    pub module: &'static [u8],
+    pub module_path: &'static str,
+}
+
+include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+
+/// Every built-in guest.
+pub const ALL: [Guest; 2] = [TRANSFER_CHECK, AUDIT];

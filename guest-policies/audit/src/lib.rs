@@ -1,0 +1,301 @@
+//! Seals audit events into a SHA-256 hash chain, compiled to WebAssembly.
+//!
+//! A record is one line of canonical JSON: fixed key order, no insignificant
+//! whitespace, one escaping rule, details sorted by key. Its hash covers the
+//! record up to and including `prev_hash`:
+//!
+//! ```text
+//! body = {"seq":..,...,"prev_hash":"<64 hex>"}
+//! hash = sha256(body)
+//! line = body without its final '}' + ,"hash":"<64 hex>"}
+//! ```
+//!
+//! so a verifier recovers `body` from the line alone and needs no knowledge of
+//! the serialization. Account numbers never reach the line in clear: every
+//! digit of a resource but its last four is masked, and so is every run of
+//! twelve or more digits anywhere in free text.
+
+#[allow(unsafe_code)]
+mod bindings {
+    wit_bindgen::generate!({
+        world: "audit-sealer",
+        path: "../../wit",
+    });
+
+    use super::Sealer;
+    export!(Sealer with_types_in self);
+}
+
+use bindings::bank::policy::types::{AuditEvent, PolicyMetadata, SealedRecord};
+use bindings::exports::bank::policy::{audit, metadata};
+use sha2::{Digest, Sha256};
+
+/// The guest's exports.
+pub struct Sealer;
+
+impl metadata::Guest for Sealer {
+    fn describe() -> PolicyMetadata {
+        PolicyMetadata {
+            name: env!("CARGO_PKG_NAME")
+                .trim_start_matches("teller-")
+                .to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+impl audit::Guest for Sealer {
+    fn seal(seq: u64, prev_hash: String, event: AuditEvent) -> Result<SealedRecord, String> {
+        seal(seq, &prev_hash, &event)
+    }
+}
+
+/// Digit runs at least this long in free text are treated as account numbers.
+const ACCOUNT_DIGITS: usize = 12;
+
+/// Builds the record line for `event` chained on `prev_hash`.
+pub fn seal(seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecord, String> {
+    if prev_hash.len() != 64
+        || !prev_hash
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(format!(
+            "prev-hash must be 64 lowercase hex digits, got {} characters",
+            prev_hash.len()
+        ));
+    }
+    let mut details: Vec<(String, String)> = event
+        .details
+        .iter()
+        .map(|(k, v)| (mask_digit_runs(k), mask_digit_runs(v)))
+        .collect();
+    details.sort();
+    if let Some(pair) = details
+        .windows(2)
+        .find(|w| matches!(w, [a, b] if a.0 == b.0))
+    {
+        let key = pair.first().map(|p| p.0.as_str()).unwrap_or_default();
+        return Err(format!("details has the key {key:?} more than once"));
+    }
+
+    let mut out = String::with_capacity(512);
+    out.push_str("{\"seq\":");
+    out.push_str(&seq.to_string());
+    field(&mut out, "timestamp", &event.timestamp);
+    out.push_str(",\"actor\":{\"id\":");
+    string(&mut out, &mask_digit_runs(&event.actor.id));
+    field(&mut out, "role", &mask_digit_runs(&event.actor.role));
+    out.push('}');
+    field(&mut out, "action", &mask_digit_runs(&event.action));
+    out.push_str(",\"resource\":[");
+    for (i, resource) in event.resource.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        string(&mut out, &mask_account(resource));
+    }
+    out.push(']');
+    field(&mut out, "outcome", &mask_digit_runs(&event.outcome));
+    out.push_str(",\"reasons\":[");
+    for (i, reason) in event.reasons.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        string(&mut out, &mask_digit_runs(reason));
+    }
+    out.push(']');
+    out.push_str(",\"origin\":{\"client\":");
+    string(&mut out, &event.origin.client);
+    field(
+        &mut out,
+        "request_id",
+        &mask_digit_runs(&event.origin.request_id),
+    );
+    out.push('}');
+    out.push_str(",\"policy\":");
+    match &event.policy {
+        None => out.push_str("null"),
+        Some(p) => {
+            out.push_str("{\"name\":");
+            string(&mut out, &p.name);
+            field(&mut out, "version", &p.version);
+            field(&mut out, "sha256", &p.sha256);
+            out.push('}');
+        }
+    }
+    field(&mut out, "engine", &event.engine);
+    out.push_str(",\"details\":{");
+    for (i, (k, v)) in details.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        string(&mut out, k);
+        out.push(':');
+        string(&mut out, v);
+    }
+    out.push('}');
+    field(&mut out, "prev_hash", prev_hash);
+    out.push('}');
+
+    let hash = hex(&Sha256::digest(out.as_bytes()));
+    out.pop();
+    field(&mut out, "hash", &hash);
+    out.push('}');
+    Ok(SealedRecord {
+        seq,
+        prev_hash: prev_hash.to_string(),
+        hash,
+        line: out,
+    })
+}
+
+/// Appends `,"name":"value"`.
+fn field(out: &mut String, name: &str, value: &str) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":");
+    string(out, value);
+}
+
+/// Appends a JSON string with the one escaping rule of the canonical form.
+fn string(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Masks every digit but the last four: a resource names an account.
+pub fn mask_account(value: &str) -> String {
+    let digits = value.chars().filter(char::is_ascii_digit).count();
+    let mut to_mask = digits.saturating_sub(4);
+    value
+        .chars()
+        .map(|c| {
+            if to_mask > 0 && c.is_ascii_digit() {
+                to_mask -= 1;
+                '*'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Masks, in free text, each run of [`ACCOUNT_DIGITS`] or more digits but
+/// its last four.
+pub fn mask_digit_runs(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = String::with_capacity(value.len());
+    let mut start = 0;
+    while start < bytes.len() {
+        let run = bytes
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if run == 0 {
+            // Copy one whole character; digits are ASCII so this stays on
+            // character boundaries.
+            let ch = value
+                .get(start..)
+                .and_then(|rest| rest.chars().next())
+                .unwrap_or('\u{fffd}');
+            out.push(ch);
+            start += ch.len_utf8().max(1);
+            continue;
+        }
+        let digits = value.get(start..start + run).unwrap_or_default();
+        if run >= ACCOUNT_DIGITS {
+            out.extend(std::iter::repeat_n('*', run - 4));
+            out.push_str(digits.get(run - 4..).unwrap_or_default());
+        } else {
+            out.push_str(digits);
+        }
+        start += run;
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bindings::bank::policy::types::{Actor, Origin};
+
+    fn event() -> AuditEvent {
+        AuditEvent {
+            timestamp: "2026-11-29T02:32:13.123Z".to_string(),
+            actor: Actor {
+                id: "u-17".to_string(),
+                role: "authorized".to_string(),
+            },
+            action: "transfer".to_string(),
+            resource: vec!["6222020200001234567".to_string()],
+            outcome: "allow".to_string(),
+            reasons: vec![],
+            origin: Origin {
+                client: "127.0.0.1:5000".to_string(),
+                request_id: "r-1".to_string(),
+            },
+            policy: None,
+            engine: "wasmtime".to_string(),
+            details: vec![(
+                "note".to_string(),
+                "card 4111111111111111 \"x\"\n".to_string(),
+            )],
+        }
+    }
+
+    #[test]
+    fn masks_and_chains() {
+        let zero = "0".repeat(64);
+        let r = seal(1, &zero, &event()).unwrap();
+        assert!(r.line.contains("\"***************4567\""), "{}", r.line);
+        assert!(
+            r.line.contains("card ************1111 \\\"x\\\"\\n"),
+            "{}",
+            r.line
+        );
+        assert!(!r.line.contains("6222020200001234567"));
+        let body = format!("{}}}", r.line.split(",\"hash\":").next().unwrap());
+        assert_eq!(hex(&Sha256::digest(body.as_bytes())), r.hash);
+        let again = seal(1, &zero, &event()).unwrap();
+        assert_eq!(again.line, r.line);
+        let next = seal(2, &r.hash, &event()).unwrap();
+        assert_ne!(next.hash, r.hash);
+    }
+
+    #[test]
+    fn rejects_bad_prev_hash_and_duplicate_details() {
+        assert!(seal(1, "abc", &event()).is_err());
+        let mut e = event();
+        e.details.push(("note".to_string(), "again".to_string()));
+        assert!(
+            seal(1, &"0".repeat(64), &e)
+                .unwrap_err()
+                .contains("more than once")
+        );
+    }
+}

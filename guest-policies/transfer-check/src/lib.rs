@@ -1,0 +1,185 @@
+//! The bank's transfer gate, compiled to WebAssembly.
+//!
+//! It implements the bank's Rego policy exactly:
+//!
+//! ```rego
+//! allow { input.action == "transfer"; input.amount <= LIMIT
+//!         input.user.role == AUTHORIZED; input.audit.enabled == true }
+//! deny  { input.action == "transfer"; input.amount > LIMIT
+//!         not input.approval.required }
+//! ```
+//!
+//! `allow` and `deny` are reported as computed; they are not complements.
+//! The verdict adds the one answer a caller acts on: `allow` when allowed,
+//! `review` when the only obstacle is an over-limit amount whose approval is
+//! pending, `deny` otherwise (the safe default of a bank).
+
+#[allow(unsafe_code)]
+mod bindings {
+    wit_bindgen::generate!({
+        world: "transfer-check-policy",
+        path: "../../wit",
+    });
+
+    use super::Policy;
+    export!(Policy with_types_in self);
+}
+
+/// The guest's exports.
+pub struct Policy;
+
+use bindings::bank::policy::types::{
+    Decision, PolicyConfig, PolicyMetadata, Reason, ReasonCode, TransferRequest, Verdict,
+};
+use bindings::exports::bank::policy::{metadata, transfer_check};
+
+impl metadata::Guest for Policy {
+    fn describe() -> PolicyMetadata {
+        PolicyMetadata {
+            name: env!("CARGO_PKG_NAME")
+                .trim_start_matches("teller-")
+                .to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+impl transfer_check::Guest for Policy {
+    fn check(config: PolicyConfig, request: TransferRequest) -> Decision {
+        decide(&config, &request)
+    }
+}
+
+/// Evaluates one request; a pure function so it is also tested natively.
+pub fn decide(config: &PolicyConfig, request: &TransferRequest) -> Decision {
+    let is_transfer = request.action == "transfer";
+    let within_limit = request.amount <= config.amount_limit;
+    let role_ok = config
+        .authorized_roles
+        .iter()
+        .any(|role| *role == request.user.role);
+    // Rego: `input.audit.enabled == true` is undefined (not true) when absent.
+    let audit_on = request.audit_enabled == Some(true);
+    // Rego: `not input.approval.required` holds when it is absent or false.
+    let approval_pending = request.approval_required == Some(true);
+
+    let allow = is_transfer && within_limit && role_ok && audit_on;
+    let deny = is_transfer && !within_limit && !approval_pending;
+
+    let mut reasons = Vec::new();
+    if !is_transfer {
+        reasons.push(Reason {
+            code: ReasonCode::ActionNotTransfer,
+            message: format!("action {:?} is not \"transfer\"", request.action),
+        });
+    }
+    if !within_limit {
+        reasons.push(Reason {
+            code: ReasonCode::AmountOverLimit,
+            message: format!(
+                "amount {} exceeds the limit of {}",
+                request.amount, config.amount_limit
+            ),
+        });
+    }
+    if !role_ok {
+        reasons.push(Reason {
+            code: ReasonCode::RoleNotAuthorized,
+            message: format!("role {:?} is not authorized to transfer", request.user.role),
+        });
+    }
+    if !audit_on {
+        reasons.push(Reason {
+            code: ReasonCode::AuditDisabled,
+            message: match request.audit_enabled {
+                None => "audit.enabled is absent; it must be true".to_string(),
+                Some(_) => "audit.enabled is false; it must be true".to_string(),
+            },
+        });
+    }
+    if !within_limit && approval_pending {
+        reasons.push(Reason {
+            code: ReasonCode::ApprovalRequired,
+            message: "amount over the limit needs the approval it requests".to_string(),
+        });
+    }
+
+    let only_obstacle_is_approval = is_transfer && role_ok && audit_on && approval_pending;
+    let verdict = if allow {
+        Verdict::Allow
+    } else if !deny && !within_limit && only_obstacle_is_approval {
+        Verdict::Review
+    } else {
+        Verdict::Deny
+    };
+    Decision {
+        allow,
+        deny,
+        verdict,
+        reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bindings::bank::policy::types::User;
+
+    fn config() -> PolicyConfig {
+        PolicyConfig {
+            amount_limit: 1_000_000,
+            authorized_roles: vec!["authorized".to_string()],
+        }
+    }
+
+    fn request(amount: u64, approval: Option<bool>) -> TransferRequest {
+        TransferRequest {
+            action: "transfer".to_string(),
+            amount,
+            currency: None,
+            from_account: None,
+            to_account: None,
+            user: User {
+                id: None,
+                role: "authorized".to_string(),
+            },
+            audit_enabled: Some(true),
+            approval_required: approval,
+            request_id: None,
+        }
+    }
+
+    fn codes(d: &Decision) -> Vec<ReasonCode> {
+        d.reasons.iter().map(|r| r.code).collect()
+    }
+
+    #[test]
+    fn boundary_is_inclusive() {
+        let d = decide(&config(), &request(1_000_000, None));
+        assert!(d.allow && !d.deny && d.verdict == Verdict::Allow && d.reasons.is_empty());
+        let d = decide(&config(), &request(1_000_001, None));
+        assert!(!d.allow && d.deny && d.verdict == Verdict::Deny);
+        assert_eq!(codes(&d), [ReasonCode::AmountOverLimit]);
+    }
+
+    #[test]
+    fn approval_turns_deny_into_review() {
+        let d = decide(&config(), &request(1_000_001, Some(true)));
+        assert!(!d.allow && !d.deny && d.verdict == Verdict::Review);
+        assert_eq!(
+            codes(&d),
+            [ReasonCode::AmountOverLimit, ReasonCode::ApprovalRequired]
+        );
+        let d = decide(&config(), &request(1_000_001, Some(false)));
+        assert!(d.deny && d.verdict == Verdict::Deny);
+    }
+
+    #[test]
+    fn unauthorized_under_limit_is_neither_allow_nor_deny_rule() {
+        let mut r = request(10, None);
+        r.user.role = "teller".to_string();
+        let d = decide(&config(), &r);
+        assert!(!d.allow && !d.deny && d.verdict == Verdict::Deny);
+        assert_eq!(codes(&d), [ReasonCode::RoleNotAuthorized]);
+    }
+}

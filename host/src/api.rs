@@ -1,0 +1,217 @@
+//! The HTTP API over hyper:
+//!
+//! | route                     | answer                                   |
+//! |---------------------------|------------------------------------------|
+//! | `POST /v1/transfer/check` | 200 decision, 400/413 bad input          |
+//! | `POST /v1/audit/events`   | 201 `{seq, hash}` once the record is on disk |
+//! | `GET /healthz`            | 200 while the process serves             |
+//! | `GET /readyz`             | 200 while it takes traffic, 503 draining |
+//!
+//! Every error is `{"error":{"code","message","field"}}`.
+
+use crate::error::{Error, Kind};
+use crate::service::{Caller, Teller};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+struct Shared {
+    teller: Teller,
+    ready: AtomicBool,
+}
+
+/// Serves `teller` on `listener` until `shutdown` completes, then stops
+/// accepting, reports not-ready and drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    teller: Teller,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared {
+        teller,
+        ready: AtomicBool::new(true),
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off, go on.
+                        eprintln!("teller: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let service = service_fn(move |req| handle(shared.clone(), peer, req));
+                let conn = http1::Builder::new()
+                    .max_buf_size(MAX_BODY + 16 * 1024)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    shared.ready.store(false, Ordering::SeqCst);
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_DEADLINE) => {
+            eprintln!("teller: in-flight requests did not finish within {DRAIN_DEADLINE:?}");
+        }
+    }
+    Ok(())
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let route = (req.method().clone(), req.uri().path().to_string());
+    let response = match (&route.0, route.1.as_str()) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, "/readyz") => {
+            if shared.ready.load(Ordering::SeqCst) {
+                json(StatusCode::OK, r#"{"status":"ready"}"#.into())
+            } else {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"status":"draining"}"#.into(),
+                )
+            }
+        }
+        (&Method::POST, "/v1/transfer/check") => {
+            match run(shared, peer, req, |t, body, caller| t.check(body, caller)).await {
+                Ok(decision) => to_json(StatusCode::OK, &decision),
+                Err(e) => error(&e),
+            }
+        }
+        (&Method::POST, "/v1/audit/events") => {
+            match run(shared, peer, req, |t, body, caller| {
+                t.record_event(body, caller)
+            })
+            .await
+            {
+                Ok(record) => to_json(StatusCode::CREATED, &record),
+                Err(e) => error(&e),
+            }
+        }
+        (_, "/healthz" | "/readyz" | "/v1/transfer/check" | "/v1/audit/events") => {
+            let mut r = error(&Error::new(
+                Kind::MethodNotAllowed,
+                "method_not_allowed",
+                format!("{} is not allowed on {}", route.0, route.1),
+            ));
+            let allow = if route.1.starts_with("/v1/") {
+                "POST"
+            } else {
+                "GET"
+            };
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            r
+        }
+        _ => error(&Error::new(
+            Kind::NotFound,
+            "not_found",
+            format!("no route {}", route.1),
+        )),
+    };
+    Ok(response)
+}
+
+/// Reads the body within [`MAX_BODY`] and runs `op` where blocking is fine:
+/// inline for pure decisions, on the blocking pool when an `fsync` waits.
+async fn run<T: Send + 'static>(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    op: fn(&Teller, &[u8], &Caller) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let body = read_body(req).await?;
+    let caller = Caller {
+        client: peer.to_string(),
+    };
+    if !shared.teller.audit_enabled() {
+        return op(&shared.teller, &body, &caller);
+    }
+    tokio::task::spawn_blocking(move || op(&shared.teller, &body, &caller))
+        .await
+        .map_err(|e| Error::internal("internal", format!("request task failed: {e}")))?
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Error> {
+    let too_large = || {
+        Error::new(
+            Kind::TooLarge,
+            "body_too_large",
+            format!("the request body is over {MAX_BODY} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Error::bad_request(
+            "body_unreadable",
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+fn to_json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => json(status, body),
+        Err(e) => error(&Error::internal("internal", format!("cannot encode: {e}"))),
+    }
+}
+
+fn error(e: &Error) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if e.kind == Kind::Guest || e.kind == Kind::Internal {
+        eprintln!("teller: {e}");
+    }
+    json(status, e.to_json().into_bytes())
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,131 @@
+//! The configuration file (`--config FILE`, TOML): policy parameters that
+//! reach the guests at every call, so a limit changes without a rebuild.
+//!
+//! ```toml
+//! [transfer_check]
+//! amount_limit = 1000000             # minor units, inclusive
+//! authorized_roles = ["authorized"]
+//! ```
+//!
+//! Unknown keys, wrong types and impossible values are errors that name the
+//! file and the field; nothing falls back silently.
+
+use crate::error::Error;
+use crate::request::MAX_AMOUNT;
+use crate::wit::PolicyConfig;
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub transfer_check: TransferCheckConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferCheckConfig {
+    #[serde(default = "default_limit")]
+    pub amount_limit: u64,
+    #[serde(default = "default_roles")]
+    pub authorized_roles: Vec<String>,
+}
+
+impl Default for TransferCheckConfig {
+    fn default() -> Self {
+        Self {
+            amount_limit: default_limit(),
+            authorized_roles: default_roles(),
+        }
+    }
+}
+
+fn default_limit() -> u64 {
+    1_000_000
+}
+
+fn default_roles() -> Vec<String> {
+    vec!["authorized".to_string()]
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::bad_request(
+                "config_unreadable",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        Self::parse(&text).map_err(|e| Error {
+            message: format!("{}: {}", path.display(), e.message),
+            ..e
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::bad_request("config_invalid", e.to_string().trim().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let tc = &self.transfer_check;
+        if tc.amount_limit > MAX_AMOUNT {
+            return Err(Error::bad_request(
+                "config_invalid",
+                format!("amount_limit {} is above {MAX_AMOUNT}", tc.amount_limit),
+            )
+            .with_field("transfer_check.amount_limit"));
+        }
+        if tc.authorized_roles.is_empty() {
+            return Err(Error::bad_request(
+                "config_invalid",
+                "authorized_roles is empty: no transfer could ever be allowed",
+            )
+            .with_field("transfer_check.authorized_roles"));
+        }
+        if let Some(role) = tc.authorized_roles.iter().find(|r| r.trim().is_empty()) {
+            return Err(Error::bad_request(
+                "config_invalid",
+                format!("authorized_roles holds a blank role {role:?}"),
+            )
+            .with_field("transfer_check.authorized_roles"));
+        }
+        Ok(())
+    }
+
+    /// The parameters as the guest receives them.
+    pub fn policy_config(&self) -> PolicyConfig {
+        PolicyConfig {
+            amount_limit: self.transfer_check.amount_limit,
+            authorized_roles: self.transfer_check.authorized_roles.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_banks_policy() {
+        let c = Config::parse("").unwrap().policy_config();
+        assert_eq!(c.amount_limit, 1_000_000);
+        assert_eq!(c.authorized_roles, ["authorized"]);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_wrong_types_and_impossible_values() {
+        let e = Config::parse("[transfer_check]\nlimit = 5\n").unwrap_err();
+        assert!(e.message.contains("unknown field `limit`"), "{e}");
+        let e = Config::parse("[transfer_check]\namount_limit = \"5\"\n").unwrap_err();
+        assert!(e.message.contains("amount_limit"), "{e}");
+        let e = Config::parse("[transfer_check]\nauthorized_roles = []\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("transfer_check.authorized_roles"));
+        let e = Config::parse("[transfer_check]\namount_limit = -1\n").unwrap_err();
+        assert_eq!(e.code, "config_invalid");
+    }
+}

@@ -1,0 +1,56 @@
+//! The engine boundary: load a guest policy, then call its typed functions,
+//! each call on a fresh instance so no state leaks between requests.
+//!
+//! The HTTP layer and the CLI only see these traits; which engine runs is a
+//! start-up choice.
+
+pub mod cache;
+pub mod wasmtime;
+
+use crate::error::Error;
+use crate::policy::Artifact;
+use crate::wit::{AuditEvent, Decision, PolicyConfig, PolicyRef, SealedRecord, TransferRequest};
+use std::sync::Arc;
+
+/// A WebAssembly engine able to run teller's guest policies.
+pub trait Engine: Send + Sync {
+    /// The name reported in every response (`"wasmtime"`, `"wasmedge"`).
+    fn name(&self) -> &'static str;
+
+    /// Prepares a `transfer-check` guest for repeated calls.
+    fn load_transfer_check(&self, artifact: &Artifact) -> Result<Arc<dyn TransferCheck>, Error>;
+
+    /// Prepares an `audit` guest for repeated calls.
+    fn load_audit(&self, artifact: &Artifact) -> Result<Arc<dyn AuditSealer>, Error>;
+}
+
+/// A loaded `bank:policy/transfer-check` guest.
+pub trait TransferCheck: Send + Sync {
+    /// Name, version and the SHA-256 of the exact artifact this engine runs.
+    fn policy(&self) -> &PolicyRef;
+
+    fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error>;
+}
+
+/// A loaded `bank:policy/audit` guest.
+pub trait AuditSealer: Send + Sync {
+    fn policy(&self) -> &PolicyRef;
+
+    /// Seals `event` as record `seq` chained on `prev_hash`. A refusal by the
+    /// guest (its `result::err`) is an error too.
+    fn seal(&self, seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecord, Error>;
+}
+
+/// Builds the engine named on the command line.
+pub fn by_name(name: EngineName, cache: cache::ArtifactCache) -> Result<Box<dyn Engine>, Error> {
+    match name {
+        EngineName::Wasmtime => Ok(Box::new(wasmtime::WasmtimeEngine::new(cache)?)),
+    }
+}
+
+/// The engines this build of teller can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineName {
+    /// wasmtime, running the guests' components.
+    Wasmtime,
+}

@@ -1,0 +1,223 @@
+//! The wasmtime engine: runs each guest's component through bindings
+//! generated from `wit/`, one fresh instance per call from an `InstancePre`.
+
+use super::cache::ArtifactCache;
+use super::{AuditSealer, Engine, TransferCheck};
+use crate::error::Error;
+use crate::policy::{Artifact, sha256_hex};
+use crate::wit::{
+    self, AuditEvent, Decision, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord,
+    TransferRequest,
+};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Linear memory a single instance may grow to.
+const MEMORY_LIMIT: usize = 64 << 20;
+
+pub struct WasmtimeEngine {
+    engine: wasmtime::Engine,
+    linker: Linker<State>,
+    cache: ArtifactCache,
+}
+
+/// Per-call store data: an empty WASI context (std in the guests imports
+/// WASI; nothing is granted) and the instance's limits.
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasmtimeEngine {
+    pub fn new(cache: ArtifactCache) -> Result<Self, Error> {
+        let config = Config::new();
+        let engine = wasmtime::Engine::new(&config)
+            .map_err(|e| Error::internal("engine_init", format!("cannot start wasmtime: {e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| Error::internal("engine_init", format!("cannot link WASI: {e:#}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+        })
+    }
+
+    /// Compiles `artifact`'s component, or loads it from the cache.
+    fn component(&self, artifact: &Artifact) -> Result<(Component, String), Error> {
+        let wasm = artifact.component()?;
+        let sha256 = sha256_hex(&wasm);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let key = format!("wasmtime-{sha256}-{:016x}", hasher.finish());
+        let compiled = self.cache.get_or_build(&key, || {
+            self.engine.precompile_component(&wasm).map_err(|e| {
+                Error::internal(
+                    "policy_invalid",
+                    format!("policy {} does not compile: {e:#}", artifact.name),
+                )
+            })
+        })?;
+        // SAFETY: the bytes are either what `precompile_component` just
+        // produced or a cache entry teller wrote itself, checked against its
+        // SHA-256 and keyed on this engine's compatibility hash.
+        #[allow(unsafe_code)]
+        let component =
+            unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| {
+                Error::internal(
+                    "policy_invalid",
+                    format!("policy {} cannot be loaded: {e:#}", artifact.name),
+                )
+            })?;
+        Ok((component, sha256))
+    }
+
+    fn policy_ref(&self, meta: PolicyMetadata, sha256: String) -> PolicyRef {
+        PolicyRef {
+            name: meta.name,
+            version: meta.version,
+            sha256,
+        }
+    }
+}
+
+/// A store for one call, with the instance limits applied.
+fn new_store(engine: &wasmtime::Engine) -> Store<State> {
+    let state = State {
+        wasi: WasiCtx::builder().build(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(MEMORY_LIMIT)
+            .instances(4)
+            .build(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store
+}
+
+impl Engine for WasmtimeEngine {
+    fn name(&self) -> &'static str {
+        "wasmtime"
+    }
+
+    fn load_transfer_check(&self, artifact: &Artifact) -> Result<Arc<dyn TransferCheck>, Error> {
+        let (component, sha256) = self.component(artifact)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(wit::transfer_check::TransferCheckPolicyPre::new)
+            .map_err(|e| load_error(artifact, e))?;
+        let mut store = new_store(&self.engine);
+        let meta = pre
+            .instantiate(&mut store)
+            .and_then(|b| b.bank_policy_metadata().call_describe(&mut store))
+            .map_err(|e| load_error(artifact, e))?;
+        Ok(Arc::new(WasmtimeTransferCheck {
+            policy: self.policy_ref(meta, sha256),
+            engine: self.engine.clone(),
+            pre,
+        }))
+    }
+
+    fn load_audit(&self, artifact: &Artifact) -> Result<Arc<dyn AuditSealer>, Error> {
+        let (component, sha256) = self.component(artifact)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(wit::audit::AuditSealerPre::new)
+            .map_err(|e| load_error(artifact, e))?;
+        let mut store = new_store(&self.engine);
+        let meta = pre
+            .instantiate(&mut store)
+            .and_then(|b| b.bank_policy_metadata().call_describe(&mut store))
+            .map_err(|e| load_error(artifact, e))?;
+        Ok(Arc::new(WasmtimeAuditSealer {
+            policy: self.policy_ref(meta, sha256),
+            engine: self.engine.clone(),
+            pre,
+        }))
+    }
+}
+
+struct WasmtimeTransferCheck {
+    policy: PolicyRef,
+    engine: wasmtime::Engine,
+    pre: wit::transfer_check::TransferCheckPolicyPre<State>,
+}
+
+impl TransferCheck for WasmtimeTransferCheck {
+    fn policy(&self) -> &PolicyRef {
+        &self.policy
+    }
+
+    fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
+        let mut store = new_store(&self.engine);
+        let guest = self.pre.instantiate(&mut store).map_err(call_error)?;
+        guest
+            .bank_policy_transfer_check()
+            .call_check(&mut store, config, request)
+            .map_err(call_error)
+    }
+}
+
+struct WasmtimeAuditSealer {
+    policy: PolicyRef,
+    engine: wasmtime::Engine,
+    pre: wit::audit::AuditSealerPre<State>,
+}
+
+impl AuditSealer for WasmtimeAuditSealer {
+    fn policy(&self) -> &PolicyRef {
+        &self.policy
+    }
+
+    fn seal(&self, seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecord, Error> {
+        let mut store = new_store(&self.engine);
+        let guest = self.pre.instantiate(&mut store).map_err(call_error)?;
+        guest
+            .bank_policy_audit()
+            .call_seal(&mut store, seq, prev_hash, event)
+            .map_err(call_error)?
+            .map_err(|refusal| Error::guest("guest_refused", refusal))
+    }
+}
+
+fn load_error(artifact: &Artifact, e: wasmtime::Error) -> Error {
+    Error::internal(
+        "policy_invalid",
+        format!(
+            "policy {} cannot be instantiated as a bank:policy guest: {e:#}",
+            artifact.name
+        ),
+    )
+}
+
+/// Sorts a failed call into the guest error codes clients see.
+fn call_error(e: wasmtime::Error) -> Error {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt | wasmtime::Trap::OutOfFuel) => {
+            Error::guest("guest_timeout", format!("the guest ran out of time: {e:#}"))
+        }
+        Some(_) => Error::guest("guest_trap", format!("the guest trapped: {e:#}")),
+        None => Error::guest(
+            "guest_bad_output",
+            format!("the guest's call failed: {e:#}"),
+        ),
+    }
+}

@@ -1,0 +1,17 @@
+//! teller: a bank's compliance functions as sandboxed WebAssembly.
+//!
+//! - [`wit`]: types generated from the `bank:policy` contract;
+//! - [`engine`]: the `Engine` trait and its implementations;
+//! - [`service`]: decide a transfer, record an event (transport-neutral);
+//! - [`api`]: the HTTP server; [`audit`]: the hash-chained log;
+//! - [`request`], [`config`], [`policy`], [`error`]: inputs and errors.
+
+pub mod api;
+pub mod audit;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod policy;
+pub mod request;
+pub mod service;
+pub mod wit;

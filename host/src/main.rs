@@ -1,0 +1,249 @@
+//! The `teller` command line.
+
+use clap::{Args, Parser, Subcommand};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use teller::config::Config;
+use teller::engine::{self, EngineName, cache::ArtifactCache};
+use teller::error::Error;
+use teller::policy::PolicySource;
+use teller::service::{Caller, Teller};
+
+/// Runs a bank's compliance functions (transfer checks, audit sealing) as
+/// sandboxed WebAssembly guests and serves them over HTTP.
+#[derive(Parser)]
+#[command(name = "teller", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API: POST /v1/transfer/check, POST /v1/audit/events,
+    /// GET /healthz, GET /readyz.
+    Serve(ServeArgs),
+    /// Decide one transfer document read from FILE (or stdin with `-`) and
+    /// print the decision as JSON. Exit status: 0 decided, 2 bad input,
+    /// 1 failure, 3 denied (with --fail-on-deny).
+    Check(CheckArgs),
+    /// Work with an audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// How to load and run the guest policies.
+#[derive(Args)]
+struct RunArgs {
+    /// The WebAssembly engine that runs the guests.
+    #[arg(long, value_enum, env = "TELLER_ENGINE", default_value = "wasmtime")]
+    engine: EngineName,
+    /// A directory with NAME.component.wasm and NAME.module.wasm for
+    /// `transfer-check` and `audit`, instead of the built-in policies.
+    #[arg(long, env = "TELLER_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// TOML policy parameters: [transfer_check] amount_limit,
+    /// authorized_roles. Defaults: 1000000 and ["authorized"].
+    #[arg(long, env = "TELLER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where compiled guests are cached (default $XDG_CACHE_HOME/teller or
+    /// ~/.cache/teller).
+    #[arg(long, env = "TELLER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the guests at every start instead of caching them.
+    #[arg(long, env = "TELLER_NO_CACHE")]
+    no_cache: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, env = "TELLER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Append every decision and event to this hash-chained audit log;
+    /// responses wait until their record is on disk.
+    #[arg(long, env = "TELLER_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The transfer document (JSON); `-` or nothing reads stdin.
+    #[arg(default_value = "-")]
+    input: String,
+    /// Exit with status 3 when the verdict is deny.
+    #[arg(long)]
+    fail_on_deny: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain of FILE. Exit status 0 when intact, 1 naming
+    /// the first bad record, 2 when the file cannot be read.
+    Verify { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => check(args),
+        Command::Audit(AuditCommand::Verify { file }) => verify(&file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("teller: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn start(run: &RunArgs, audit_log: Option<&Path>) -> Result<Teller, Error> {
+    let config = match &run.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let policies = match &run.policy_dir {
+        Some(dir) => PolicySource::Dir(dir.clone()),
+        None => PolicySource::Builtin,
+    };
+    let cache = match (&run.cache_dir, run.no_cache) {
+        (_, true) => ArtifactCache::disabled(),
+        (Some(dir), false) => ArtifactCache::at(dir)?,
+        (None, false) => match ArtifactCache::default_dir() {
+            Some(dir) => ArtifactCache::at(dir).unwrap_or_else(|e| {
+                eprintln!("teller: warning: {e}; compiling without a cache");
+                ArtifactCache::disabled()
+            }),
+            None => ArtifactCache::disabled(),
+        },
+    };
+    let engine = engine::by_name(run.engine, cache)?;
+    let (teller, recovery) = Teller::start(engine.as_ref(), &policies, &config, audit_log)?;
+    if let (Some(r), Some(path)) = (recovery, audit_log)
+        && r.truncated_bytes > 0
+    {
+        eprintln!(
+            "teller: audit log {}: cut off a torn last record ({} bytes) left by a crash",
+            path.display(),
+            r.truncated_bytes
+        );
+    }
+    Ok(teller)
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
+    let teller = start(&args.run, args.audit_log.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal("runtime", format!("cannot start tokio: {e}")))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| {
+                Error::internal(
+                    "listen_failed",
+                    format!("cannot listen on {}: {e}", args.listen),
+                )
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::internal("listen_failed", e.to_string()))?;
+        let policy = teller.transfer_policy();
+        println!(
+            "teller: listening on http://{addr} (engine {}, policy {} {} sha256:{}, audit log: {})",
+            teller.engine(),
+            policy.name,
+            policy.version,
+            policy.sha256.get(..12).unwrap_or_default(),
+            args.audit_log
+                .as_deref()
+                .map_or("off".to_string(), |p| p.display().to_string()),
+        );
+        let _ = std::io::stdout().flush();
+        teller::api::serve(listener, teller, shutdown_signal())
+            .await
+            .map_err(|e| Error::internal("serve_failed", e.to_string()))?;
+        eprintln!("teller: stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+    eprintln!("teller: shutting down: draining in-flight requests");
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode, Error> {
+    let body = if args.input == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .take(teller::api::MAX_BODY as u64 + 1)
+            .read_to_end(&mut buf)
+            .map(|_| buf)
+    } else {
+        std::fs::read(&args.input)
+    }
+    .map_err(|e| {
+        Error::bad_request(
+            "input_unreadable",
+            format!("cannot read {}: {e}", args.input),
+        )
+    })?;
+    if body.len() > teller::api::MAX_BODY {
+        return Err(Error::new(
+            teller::error::Kind::TooLarge,
+            "body_too_large",
+            format!("the document is over {} bytes", teller::api::MAX_BODY),
+        ));
+    }
+    let teller = start(&args.run, None)?;
+    let decision = teller.check(
+        &body,
+        &Caller {
+            client: "cli".to_string(),
+        },
+    )?;
+    let json = serde_json::to_string(&decision)
+        .map_err(|e| Error::internal("internal", format!("cannot encode: {e}")))?;
+    println!("{json}");
+    if args.fail_on_deny && decision.verdict == "deny" {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(file: &Path) -> Result<ExitCode, Error> {
+    match teller::audit::verify(file)? {
+        Ok(head) => {
+            println!(
+                "ok: {} records, chain intact; head seq {} hash {}",
+                head.seq, head.seq, head.hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(bad) => {
+            println!("FAILED: {bad}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Where guest policies come from: built into the binary, or a directory.
+//!
+//! A policy directory holds, per guest, `NAME.component.wasm` (run by
+//! wasmtime) and `NAME.module.wasm` (the wasip1 core module run by WasmEdge);
+//! an engine reads only the one it runs.
+
+use crate::error::Error;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::path::PathBuf;
+use teller_policy_artifacts::Guest;
+
+/// The two guests teller needs.
+pub const TRANSFER_CHECK: &str = "transfer-check";
+pub const AUDIT: &str = "audit";
+
+/// Where to find the guest policies.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// The pair compiled into this binary.
+    Builtin,
+    /// `--policy-dir DIR`.
+    Dir(PathBuf),
+}
+
+impl PolicySource {
+    pub fn artifact(&self, name: &'static str) -> Result<Artifact, Error> {
+        let builtin = teller_policy_artifacts::ALL
+            .into_iter()
+            .find(|g| g.name == name)
+            .ok_or_else(|| Error::internal("unknown_policy", format!("no policy named {name}")))?;
+        Ok(Artifact {
+            name,
+            origin: match self {
+                PolicySource::Builtin => Origin::Builtin(builtin),
+                PolicySource::Dir(dir) => Origin::Dir(dir.clone()),
+            },
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            PolicySource::Builtin => "built-in".to_string(),
+            PolicySource::Dir(dir) => dir.display().to_string(),
+        }
+    }
+}
+
+/// One guest policy, in whichever form an engine asks for.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub name: &'static str,
+    origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+enum Origin {
+    Builtin(Guest),
+    Dir(PathBuf),
+}
+
+impl Artifact {
+    /// The `wasm32-wasip2` component.
+    pub fn component(&self) -> Result<Cow<'static, [u8]>, Error> {
+        match &self.origin {
+            Origin::Builtin(g) => Ok(Cow::Borrowed(g.component)),
+            Origin::Dir(dir) => read(dir.join(format!("{}.component.wasm", self.name))),
+        }
+    }
+
+    /// The `wasm32-wasip1` core module with canonical-ABI exports.
+    pub fn module(&self) -> Result<Cow<'static, [u8]>, Error> {
+        match &self.origin {
+            Origin::Builtin(g) => Ok(Cow::Borrowed(g.module)),
+            Origin::Dir(dir) => read(dir.join(format!("{}.module.wasm", self.name))),
+        }
+    }
+}
+
+fn read(path: PathBuf) -> Result<Cow<'static, [u8]>, Error> {
+    std::fs::read(&path).map(Cow::Owned).map_err(|e| {
+        Error::internal(
+            "policy_unreadable",
+            format!("cannot read policy {}: {e}", path.display()),
+        )
+    })
+}
+
+/// Lowercase hex SHA-256, as policies and audit records name artifacts.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(64);
+    for b in Sha256::digest(bytes) {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

@@ -93,7 +93,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Check(args) => check(args),
+        Command::Check(args) => check(args).inspect_err(|e| {
+            // The same body the HTTP API would answer, for scripts.
+            println!("{}", e.to_json());
+        }),
         Command::Audit(AuditCommand::Verify { file }) => verify(&file),
     };
     match result {

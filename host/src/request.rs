@@ -214,7 +214,14 @@ mod tests {
 
     #[test]
     fn malformed_json_is_its_own_error() {
-        for body in ["", "{", "{\"action\":", "[1,2]x", "{} {}", "nul"] {
+        for body in [
+            "",
+            "{",
+            "{\"action\":",
+            "[1,2]x",
+            "nul",
+            r#"{"action":"t","amount":1,"user":{"role":"r"}} {}"#,
+        ] {
             let e = err(body);
             assert!(
                 matches!(e.code, "malformed_json" | "invalid_field"),

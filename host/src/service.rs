@@ -65,6 +65,14 @@ pub struct PolicyRefBody {
     pub sha256: String,
 }
 
+/// The answer to a posted audit event.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedEvent {
+    pub id: String,
+    #[serde(flatten)]
+    pub audit: AuditRef,
+}
+
 /// Where a record landed in the chain.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRef {
@@ -156,7 +164,7 @@ impl Teller {
     }
 
     /// Records one event posted to `/v1/audit/events`.
-    pub fn record_event(&self, body: &[u8], caller: &Caller) -> Result<AuditRef, Error> {
+    pub fn record_event(&self, body: &[u8], caller: &Caller) -> Result<RecordedEvent, Error> {
         let audit = self.audit.as_ref().ok_or_else(|| {
             Error::new(
                 crate::error::Kind::Unavailable,
@@ -169,6 +177,7 @@ impl Teller {
         json.end()
             .map_err(|e| Error::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
         let event = AuditEvent {
+            id: uuid::Uuid::now_v7().to_string(),
             timestamp: now_rfc3339(),
             actor: Actor {
                 id: doc.actor.id,
@@ -186,7 +195,10 @@ impl Teller {
             engine: self.engine.to_string(),
             details: doc.details.into_iter().collect(),
         };
-        audit.append(&event)
+        Ok(RecordedEvent {
+            audit: audit.append(&event)?,
+            id: event.id,
+        })
     }
 
     fn decision_event(
@@ -199,13 +211,13 @@ impl Teller {
         let mut details = vec![
             ("allow".to_string(), decision.allow.to_string()),
             ("amount".to_string(), request.amount.to_string()),
-            ("decision_id".to_string(), decision_id.to_string()),
             ("deny".to_string(), decision.deny.to_string()),
         ];
         if let Some(currency) = &request.currency {
             details.push(("currency".to_string(), currency.clone()));
         }
         AuditEvent {
+            id: decision_id.to_string(),
             timestamp: now_rfc3339(),
             actor: Actor {
                 id: request.user.id.clone().unwrap_or_default(),

@@ -1,1 +1,19 @@
+//! End-to-end tests: the real `teller` binary, real guests built from
+//! `guest-policies/`, real HTTP over loopback, real files.
+//!
+//! One test binary with modules, as wasmtime does, to keep link time down.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod artifacts;
+mod audit;
+mod bad_input;
+mod cli;
+mod oracle;
+mod rules;
+mod support;

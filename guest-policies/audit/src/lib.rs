@@ -22,7 +22,11 @@ mod bindings {
         path: "../../wit",
     });
 
+    // Exports only exist in the wasm builds; native builds are for unit
+    // tests, and native symbols cannot carry WIT names.
+    #[cfg(target_arch = "wasm32")]
     use super::Sealer;
+    #[cfg(target_arch = "wasm32")]
     export!(Sealer with_types_in self);
 }
 
@@ -82,6 +86,7 @@ pub fn seal(seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecor
     let mut out = String::with_capacity(512);
     out.push_str("{\"seq\":");
     out.push_str(&seq.to_string());
+    field(&mut out, "id", &event.id);
     field(&mut out, "timestamp", &event.timestamp);
     out.push_str(",\"actor\":{\"id\":");
     string(&mut out, &mask_digit_runs(&event.actor.id));
@@ -246,6 +251,7 @@ mod tests {
 
     fn event() -> AuditEvent {
         AuditEvent {
+            id: "01a22533-9363-7434-bb37-681758080538".to_string(),
             timestamp: "2026-11-29T02:32:13.123Z".to_string(),
             actor: Actor {
                 id: "u-17".to_string(),
@@ -279,6 +285,10 @@ mod tests {
             r.line
         );
         assert!(!r.line.contains("6222020200001234567"));
+        assert!(
+            r.line
+                .contains("\"id\":\"01a22533-9363-7434-bb37-681758080538\"")
+        );
         let body = format!("{}}}", r.line.split(",\"hash\":").next().unwrap());
         assert_eq!(hex(&Sha256::digest(body.as_bytes())), r.hash);
         let again = seal(1, &zero, &event()).unwrap();

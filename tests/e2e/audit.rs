@@ -1,0 +1,258 @@
+//! The audit log: every decision and event on disk before its answer, a
+//! chain that `teller audit verify` recomputes, and tampering detected.
+
+use crate::support::{EXAMPLE, Server, doc, teller};
+use std::path::Path;
+
+fn verify(path: &Path) -> (i32, String) {
+    let out = teller()
+        .args(["audit", "verify"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A log of `n` decisions and `n` posted events.
+fn build_log(path: &Path, n: usize) -> Server {
+    let server = Server::start(&["--audit-log", path.to_str().unwrap()]);
+    for i in 0..n {
+        let r = server.post("/v1/transfer/check", EXAMPLE);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["audit"]["seq"], (2 * i + 1) as u64);
+        let event = serde_json::json!({
+            "actor": {"id": "ops-1", "role": "operator"},
+            "action": "limit.change",
+            "resource": ["account 6222020200001234567"],
+            "outcome": "success",
+            "details": {"note": format!("change {i} for card 4111111111111111")},
+            "request_id": format!("e-{i}"),
+        });
+        let r = server.post("/v1/audit/events", &event.to_string());
+        assert_eq!(r.status, 201, "{r:?}");
+        assert_eq!(r.json()["seq"], (2 * i + 2) as u64);
+        assert_eq!(r.json()["id"].as_str().unwrap().len(), 36);
+    }
+    server
+}
+
+#[test]
+fn every_decision_is_recorded_masked_and_the_chain_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let server = build_log(&log, 5);
+    let r = server.post(
+        "/v1/transfer/check",
+        &doc("transfer", 2_000_000, "authorized", Some(true), None),
+    );
+    let decision = r.json();
+    assert_eq!(decision["audit"]["seq"], 11);
+
+    let records = lines(&log);
+    assert_eq!(records.len(), 11);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for clear in [
+        "6222020200001234567",
+        "6222020200007654321",
+        "4111111111111111",
+    ] {
+        assert!(!text.contains(clear), "account number {clear} in the clear");
+    }
+    let first: serde_json::Value = serde_json::from_str(&records[0]).unwrap();
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["prev_hash"], "0".repeat(64));
+    assert_eq!(first["actor"]["id"], "u-17");
+    assert_eq!(first["resource"][0], "***************4567");
+    assert_eq!(first["outcome"], "allow");
+    assert_eq!(first["origin"]["request_id"], "r-1");
+    assert_eq!(first["policy"]["name"], "transfer-check");
+    assert_eq!(first["engine"], "wasmtime");
+    assert_eq!(first["details"]["amount"], "250000");
+    assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
+    let last: serde_json::Value = serde_json::from_str(&records[10]).unwrap();
+    assert_eq!(last["outcome"], "deny");
+    assert_eq!(last["reasons"][0], "amount_over_limit");
+    assert_eq!(last["hash"], decision["audit"]["hash"]);
+    assert_eq!(last["id"], decision["decision_id"]);
+
+    let (code, out) = verify(&log);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("11 records"), "{out}");
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+#[test]
+fn a_restart_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    build_log(&log, 2).kill();
+    let server = Server::start(&["--audit-log", log.to_str().unwrap()]);
+    let r = server.post("/v1/transfer/check", EXAMPLE).json();
+    assert_eq!(r["audit"]["seq"], 5, "{r}");
+    assert_eq!(verify(&log).0, 0);
+}
+
+#[test]
+fn a_torn_last_record_is_cut_off_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    build_log(&log, 2).kill();
+    let whole = std::fs::read(&log).unwrap();
+    let mut torn = whole.clone();
+    torn.extend_from_slice(br#"{"seq":5,"timestamp":"2026-"#);
+    std::fs::write(&log, &torn).unwrap();
+    let (code, out) = verify(&log);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("record 5") && out.contains("torn"), "{out}");
+
+    let server = Server::start(&["--audit-log", log.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        whole,
+        "torn tail not cut back"
+    );
+    let r = server.post("/v1/transfer/check", EXAMPLE).json();
+    assert_eq!(r["audit"]["seq"], 5, "{r}");
+    assert_eq!(verify(&log).0, 0);
+}
+
+#[test]
+fn tampering_is_detected_and_the_record_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    build_log(&log, 3).kill();
+    let original = lines(&log);
+    assert_eq!(original.len(), 6);
+    let write = |records: &[String]| {
+        let mut text = records.join("\n");
+        text.push('\n');
+        std::fs::write(&log, text).unwrap();
+    };
+
+    // Modify: deny turned into allow in record 3 (a decision).
+    let mut modified = original.clone();
+    modified[2] = modified[2].replacen("\"outcome\":\"allow\"", "\"outcome\":\"deny\"", 1);
+    assert_ne!(modified[2], original[2]);
+    write(&modified);
+    let (code, out) = verify(&log);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("record 3") && out.contains("modified"),
+        "{out}"
+    );
+
+    // Flip one byte of record 4's hash.
+    let mut flipped = original.clone();
+    let at = flipped[3].len() - 5;
+    let c = if &flipped[3][at..at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    flipped[3].replace_range(at..at + 1, c);
+    write(&flipped);
+    let (code, out) = verify(&log);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("record 4"), "{out}");
+
+    // Delete record 2.
+    let mut deleted = original.clone();
+    deleted.remove(1);
+    write(&deleted);
+    let (code, out) = verify(&log);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("record 2") && out.contains("seq 3"), "{out}");
+
+    // Swap records 5 and 6.
+    let mut swapped = original.clone();
+    swapped.swap(4, 5);
+    write(&swapped);
+    let (code, out) = verify(&log);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("record 5"), "{out}");
+
+    // Delete the last record: the chain alone cannot tell (anchor the head
+    // elsewhere for that), but the head moves back.
+    write(&original[..5]);
+    let (code, out) = verify(&log);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("5 records"), "{out}");
+
+    // Truncate mid-record.
+    let mut text = original.join("\n");
+    text.push('\n');
+    std::fs::write(&log, &text.as_bytes()[..text.len() - 40]).unwrap();
+    let (code, out) = verify(&log);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("record 6") && out.contains("torn"), "{out}");
+
+    // Modify record 3 and re-seal it with a correct hash, as a forger
+    // would: record 4's prev_hash still names the original.
+    let mut resealed = original.clone();
+    let forged = resealed[2].replacen("\"outcome\":\"allow\"", "\"outcome\":\"deny\"", 1);
+    let body = format!("{}}}", forged.rsplit_once(",\"hash\":\"").unwrap().0);
+    resealed[2] = format!(
+        "{},\"hash\":\"{}\"}}",
+        &body[..body.len() - 1],
+        teller::policy::sha256_hex(body.as_bytes())
+    );
+    write(&resealed);
+    let (code, out) = verify(&log);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("record 4") && out.contains("prev_hash"),
+        "{out}"
+    );
+
+    write(&original);
+    assert_eq!(verify(&log).0, 0);
+    let (code, out) = verify(Path::new("/no/such/log"));
+    assert_eq!(code, 2, "{out}");
+}
+
+#[test]
+fn bad_audit_events_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let server = Server::start(&["--audit-log", log.to_str().unwrap()]);
+    for (body, code) in [
+        ("{", "malformed_json"),
+        (
+            r#"{"actor":{"id":"a","role":"r"},"action":"x"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"actor":{"id":"a","role":"r"},"action":"x","outcome":"ok","colour":"red"}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"actor":{"id":"a","role":"r"},"action":"x","outcome":"ok","details":{"n":5}}"#,
+            "invalid_field",
+        ),
+    ] {
+        let r = server.post("/v1/audit/events", body);
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str().unwrap()),
+            (400, code),
+            "{body}"
+        );
+    }
+    let r = server.post("/v1/transfer/check", r#"{"action":"transfer"}"#);
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        std::fs::read(&log).unwrap().len(),
+        0,
+        "bad input must leave no record"
+    );
+}

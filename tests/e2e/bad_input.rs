@@ -1,0 +1,232 @@
+//! Bad input of every kind gets a clear error, and the server keeps serving.
+
+use crate::support::{EXAMPLE, Server, raw, teller};
+use std::io::Write;
+use std::process::Stdio;
+
+fn assert_error(r: &crate::support::Response, status: u16, code: &str, field: Option<&str>) {
+    assert_eq!(r.status, status, "{r:?}");
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], code, "{r:?}");
+    assert!(!e["message"].as_str().unwrap().is_empty());
+    match field {
+        Some(f) => assert_eq!(e["field"], f, "{r:?}"),
+        None => assert!(e.get("field").is_none(), "{r:?}"),
+    }
+}
+
+#[test]
+fn bad_requests_get_400_or_413_and_the_server_keeps_serving() {
+    let server = Server::start(&[]);
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("", "malformed_json", None),
+        ("{", "malformed_json", None),
+        ("not json", "malformed_json", None),
+        (
+            r#"{"action":"transfer","amount":1,"user":{"role":"a"}} trailing"#,
+            "malformed_json",
+            None,
+        ),
+        ("[]", "invalid_field", Some(".")),
+        (
+            r#"{"action":"transfer","amount":"100","user":{"role":"authorized"}}"#,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"action":"transfer","amount":-1,"user":{"role":"authorized"}}"#,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"action":"transfer","amount":1.5,"user":{"role":"authorized"}}"#,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"action":"transfer","amount":1e3,"user":{"role":"authorized"}}"#,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"action":"transfer","amount":9223372036854775808,"user":{"role":"authorized"}}"#,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"action":"transfer","amount":99999999999999999999999,"user":{"role":"a"}}"#,
+            "invalid_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"action":"transfer","user":{"role":"authorized"}}"#,
+            "missing_field",
+            Some("amount"),
+        ),
+        (
+            r#"{"amount":5,"user":{"role":"authorized"}}"#,
+            "missing_field",
+            Some("action"),
+        ),
+        (
+            r#"{"action":"transfer","amount":5}"#,
+            "missing_field",
+            Some("user"),
+        ),
+        (
+            r#"{"action":"transfer","amount":5,"user":{}}"#,
+            "missing_field",
+            Some("user.role"),
+        ),
+        (
+            r#"{"action":"transfer","amount":5,"user":{"role":7}}"#,
+            "invalid_field",
+            Some("user.role"),
+        ),
+        (
+            r#"{"action":5,"amount":5,"user":{"role":"a"}}"#,
+            "invalid_field",
+            Some("action"),
+        ),
+        (
+            r#"{"action":"transfer","amount":5,"user":{"role":"a"},"audit":{"enabled":"true"}}"#,
+            "invalid_field",
+            Some("audit.enabled"),
+        ),
+        (
+            r#"{"action":"transfer","amount":5,"user":{"role":"a"},"approval":{"required":1}}"#,
+            "invalid_field",
+            Some("approval.required"),
+        ),
+        (
+            r#"{"action":"transfer","amount":5,"user":{"role":"a"},"audit":null}"#,
+            "invalid_field",
+            Some("audit"),
+        ),
+    ];
+    for (body, code, field) in cases {
+        let r = server.post("/v1/transfer/check", body);
+        assert_error(&r, 400, code, *field);
+    }
+
+    let huge = format!(
+        r#"{{"action":"transfer","pad":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    assert_error(
+        &server.post("/v1/transfer/check", &huge),
+        413,
+        "body_too_large",
+        None,
+    );
+    // Chunked with no Content-Length: the limit holds while streaming.
+    let chunk = "y".repeat(8192);
+    let mut chunked = "POST /v1/transfer/check HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                       Transfer-Encoding: chunked\r\n\r\n"
+        .to_string();
+    for _ in 0..10 {
+        chunked.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    chunked.push_str("0\r\n\r\n");
+    assert_error(
+        &raw(server.addr, chunked.as_bytes()),
+        413,
+        "body_too_large",
+        None,
+    );
+
+    assert_error(
+        &server.get("/v1/transfer/check"),
+        405,
+        "method_not_allowed",
+        None,
+    );
+    assert_error(&server.get("/nope"), 404, "not_found", None);
+    assert_error(
+        &server.post("/v1/audit/events", "{}"),
+        503,
+        "audit_log_disabled",
+        None,
+    );
+    assert!(raw(server.addr, b"GARBAGE\r\n\r\n").status >= 400);
+
+    // Still serving, and still right.
+    let r = server.post("/v1/transfer/check", EXAMPLE);
+    assert_eq!(
+        (r.status, r.json()["verdict"].clone()),
+        (200, "allow".into())
+    );
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(server.get("/readyz").status, 200);
+}
+
+#[test]
+fn check_prints_the_same_error_and_exits_2() {
+    let mut child = teller()
+        .arg("check")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"action":"transfer","amount":-3,"user":{"role":"a"}}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["error"]["code"], "invalid_field");
+    assert_eq!(e["error"]["field"], "amount");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("amount") && stderr.contains("negative"),
+        "{stderr}"
+    );
+
+    let out = teller()
+        .args(["check", "/no/such/file.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.json"));
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    for (text, needle) in [
+        ("[transfer_check]\namount_limt = 5\n", "amount_limt"),
+        (
+            "[transfer_check]\namount_limit = \"lots\"\n",
+            "amount_limit",
+        ),
+        (
+            "[transfer_check]\nauthorized_roles = []\n",
+            "authorized_roles",
+        ),
+        ("[transfer_check\n", "bad.toml"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = teller()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(
+            stderr.contains(needle) && stderr.contains("bad.toml"),
+            "{text}: {stderr}"
+        );
+    }
+    let out = teller()
+        .args(["check", "--policy-dir", "/no/such/dir"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
+}

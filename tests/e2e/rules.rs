@@ -1,0 +1,314 @@
+//! The bank's rule table, over HTTP and through `teller check`.
+
+use crate::support::{EXAMPLE, Server, doc, teller};
+use std::io::Write;
+use std::process::Stdio;
+
+/// (action, amount, role, audit.enabled, approval.required) →
+/// (allow, deny, verdict, reason codes)
+type Case = (
+    &'static str,
+    u64,
+    &'static str,
+    Option<bool>,
+    Option<bool>,
+    (bool, bool, &'static str, &'static [&'static str]),
+);
+
+const LIMIT: u64 = 1_000_000;
+const MAX: u64 = i64::MAX as u64;
+
+pub const TABLE: &[Case] = &[
+    (
+        "transfer",
+        LIMIT,
+        "authorized",
+        Some(true),
+        None,
+        (true, false, "allow", &[]),
+    ),
+    (
+        "transfer",
+        0,
+        "authorized",
+        Some(true),
+        Some(false),
+        (true, false, "allow", &[]),
+    ),
+    (
+        "transfer",
+        LIMIT + 1,
+        "authorized",
+        Some(true),
+        None,
+        (false, true, "deny", &["amount_over_limit"]),
+    ),
+    (
+        "transfer",
+        LIMIT + 1,
+        "authorized",
+        Some(true),
+        Some(false),
+        (false, true, "deny", &["amount_over_limit"]),
+    ),
+    (
+        "transfer",
+        LIMIT + 1,
+        "authorized",
+        Some(true),
+        Some(true),
+        (
+            false,
+            false,
+            "review",
+            &["amount_over_limit", "approval_required"],
+        ),
+    ),
+    (
+        "transfer",
+        MAX,
+        "authorized",
+        Some(true),
+        None,
+        (false, true, "deny", &["amount_over_limit"]),
+    ),
+    // An approved request under the limit is simply allowed.
+    (
+        "transfer",
+        LIMIT,
+        "authorized",
+        Some(true),
+        Some(true),
+        (true, false, "allow", &[]),
+    ),
+    (
+        "transfer",
+        10,
+        "authorized",
+        None,
+        None,
+        (false, false, "deny", &["audit_disabled"]),
+    ),
+    (
+        "transfer",
+        10,
+        "authorized",
+        Some(false),
+        None,
+        (false, false, "deny", &["audit_disabled"]),
+    ),
+    (
+        "transfer",
+        10,
+        "teller",
+        Some(true),
+        None,
+        (false, false, "deny", &["role_not_authorized"]),
+    ),
+    (
+        "transfer",
+        10,
+        "Authorized",
+        Some(true),
+        None,
+        (false, false, "deny", &["role_not_authorized"]),
+    ),
+    (
+        "withdraw",
+        10,
+        "authorized",
+        Some(true),
+        None,
+        (false, false, "deny", &["action_not_transfer"]),
+    ),
+    // Over the limit, but not a transfer: the deny rule does not apply.
+    (
+        "withdraw",
+        LIMIT + 1,
+        "authorized",
+        Some(true),
+        None,
+        (
+            false,
+            false,
+            "deny",
+            &["action_not_transfer", "amount_over_limit"],
+        ),
+    ),
+    (
+        "Transfer",
+        10,
+        "authorized",
+        Some(true),
+        None,
+        (false, false, "deny", &["action_not_transfer"]),
+    ),
+    // Over the limit with approval, but unauthorized: not reviewable.
+    (
+        "transfer",
+        LIMIT + 1,
+        "guest",
+        Some(true),
+        Some(true),
+        (
+            false,
+            false,
+            "deny",
+            &[
+                "amount_over_limit",
+                "role_not_authorized",
+                "approval_required",
+            ],
+        ),
+    ),
+    (
+        "transfer",
+        LIMIT + 1,
+        "guest",
+        None,
+        None,
+        (
+            false,
+            true,
+            "deny",
+            &["amount_over_limit", "role_not_authorized", "audit_disabled"],
+        ),
+    ),
+];
+
+pub fn assert_case(case: &Case, got: &serde_json::Value) {
+    let (action, amount, role, audit, approval, (allow, deny, verdict, reasons)) = case;
+    let context = format!("{action} {amount} {role} audit={audit:?} approval={approval:?}: {got}");
+    assert_eq!(got["allow"], *allow, "{context}");
+    assert_eq!(got["deny"], *deny, "{context}");
+    assert_eq!(got["verdict"], *verdict, "{context}");
+    let codes: Vec<&str> = got["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, *reasons, "{context}");
+    assert_eq!(got["policy"]["name"], "transfer-check", "{context}");
+    assert_eq!(
+        got["policy"]["sha256"].as_str().unwrap().len(),
+        64,
+        "{context}"
+    );
+    assert_eq!(got["engine"], "wasmtime", "{context}");
+}
+
+#[test]
+fn rule_table_over_http() {
+    let server = Server::start(&[]);
+    for case in TABLE {
+        let (action, amount, role, audit, approval, _) = case;
+        let r = server.post(
+            "/v1/transfer/check",
+            &doc(action, *amount, role, *audit, *approval),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            r.headers
+                .to_ascii_lowercase()
+                .contains("content-type: application/json")
+        );
+        assert_case(case, &r.json());
+    }
+}
+
+#[test]
+fn rule_table_through_check() {
+    for case in TABLE {
+        let (action, amount, role, audit, approval, (_, _, verdict, _)) = case;
+        let mut child = teller()
+            .args(["check", "-", "--fail-on-deny"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(doc(action, *amount, role, *audit, *approval).as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let expected_status = if *verdict == "deny" { 3 } else { 0 };
+        assert_eq!(out.status.code(), Some(expected_status), "{out:?}");
+        assert_case(case, &serde_json::from_slice(&out.stdout).unwrap());
+    }
+}
+
+#[test]
+fn readme_example_is_allowed_with_a_fresh_decision_id() {
+    let server = Server::start(&[]);
+    let a = server.post("/v1/transfer/check", EXAMPLE).json();
+    let b = server.post("/v1/transfer/check", EXAMPLE).json();
+    assert_eq!(
+        (a["allow"].clone(), a["verdict"].clone()),
+        (true.into(), "allow".into())
+    );
+    assert_ne!(a["decision_id"], b["decision_id"]);
+    assert_eq!(a["policy"], b["policy"]);
+    assert!(a.get("audit").is_none(), "no audit log configured: {a}");
+}
+
+#[test]
+fn limit_and_roles_come_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("teller.toml");
+    std::fs::write(
+        &config,
+        "[transfer_check]\namount_limit = 500\nauthorized_roles = [\"teller\", \"manager\"]\n",
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let r = server
+        .post(
+            "/v1/transfer/check",
+            &doc("transfer", 500, "manager", Some(true), None),
+        )
+        .json();
+    assert_eq!(r["verdict"], "allow", "{r}");
+    let r = server
+        .post(
+            "/v1/transfer/check",
+            &doc("transfer", 501, "teller", Some(true), None),
+        )
+        .json();
+    assert_eq!(
+        (r["deny"].clone(), r["verdict"].clone()),
+        (true.into(), "deny".into()),
+        "{r}"
+    );
+    let r = server
+        .post(
+            "/v1/transfer/check",
+            &doc("transfer", 10, "authorized", Some(true), None),
+        )
+        .json();
+    assert_eq!(r["reasons"][0]["code"], "role_not_authorized", "{r}");
+}
+
+#[test]
+fn policies_load_from_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    for guest in teller_policy_artifacts::ALL {
+        std::fs::write(
+            dir.path().join(format!("{}.component.wasm", guest.name)),
+            guest.component,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(format!("{}.module.wasm", guest.name)),
+            guest.module,
+        )
+        .unwrap();
+    }
+    let server = Server::start(&["--policy-dir", dir.path().to_str().unwrap()]);
+    let r = server.post("/v1/transfer/check", EXAMPLE).json();
+    assert_eq!(r["verdict"], "allow", "{r}");
+    let builtin = teller::policy::sha256_hex(teller_policy_artifacts::TRANSFER_CHECK.component);
+    assert_eq!(r["policy"]["sha256"], builtin.as_str());
+}

@@ -1,0 +1,159 @@
+//! Helpers: run `teller`, start a server on an ephemeral port, speak HTTP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `teller` with a cache shared by all tests (compiled guests are reused).
+pub fn teller() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_teller"));
+    cmd.env("TELLER_CACHE_DIR", cache_dir())
+        .env_remove("TELLER_ENGINE")
+        .env_remove("TELLER_LISTEN")
+        .env_remove("TELLER_POLICY_DIR")
+        .env_remove("TELLER_CONFIG")
+        .env_remove("TELLER_AUDIT_LOG");
+    cmd
+}
+
+pub fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("teller-cache")
+}
+
+/// The README's example document.
+pub const EXAMPLE: &str = r#"{"action":"transfer","amount":250000,"currency":"CNY","from_account":"6222020200001234567","to_account":"6222020200007654321","user":{"id":"u-17","role":"authorized"},"audit":{"enabled":true},"approval":{"required":false},"request_id":"r-1"}"#;
+
+/// A running `teller serve`, killed on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = teller()
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn teller serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("teller serve did not start: {line:?}"))
+            .parse()
+            .unwrap();
+        Server { addr, child }
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Response {
+        request(self.addr, "POST", path, body.as_bytes())
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        request(self.addr, "GET", path, b"")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// kill -9: no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh loopback connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    head.extend_from_slice(body);
+    raw(addr, &head)
+}
+
+/// Sends raw bytes and parses whatever HTTP response comes back.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // A server may answer (413) and close before reading everything.
+    let _ = stream.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+    Response {
+        status,
+        headers: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// A transfer document with the fields tests vary.
+pub fn doc(
+    action: &str,
+    amount: u64,
+    role: &str,
+    audit: Option<bool>,
+    approval: Option<bool>,
+) -> String {
+    let mut v = serde_json::json!({
+        "action": action,
+        "amount": amount,
+        "user": {"id": "u-1", "role": role},
+        "request_id": "t-1",
+    });
+    if let Some(a) = audit {
+        v["audit"] = serde_json::json!({ "enabled": a });
+    }
+    if let Some(a) = approval {
+        v["approval"] = serde_json::json!({ "required": a });
+    }
+    v.to_string()
+}

@@ -58,10 +58,7 @@ impl transfer_check::Guest for Policy {
 pub fn decide(config: &PolicyConfig, request: &TransferRequest) -> Decision {
     let is_transfer = request.action == "transfer";
     let within_limit = request.amount <= config.amount_limit;
-    let role_ok = config
-        .authorized_roles
-        .iter()
-        .any(|role| *role == request.user.role);
+    let role_ok = config.authorized_roles.contains(&request.user.role);
     // Rego: `input.audit.enabled == true` is undefined (not true) when absent.
     let audit_on = request.audit_enabled == Some(true);
     // Rego: `not input.approval.required` holds when it is absent or false.

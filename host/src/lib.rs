@@ -6,6 +6,7 @@
 //! - [`api`]: the HTTP server; [`audit`]: the hash-chained log;
 //! - [`request`], [`config`], [`policy`], [`error`]: inputs and errors.
 
+pub mod abi;
 pub mod api;
 pub mod audit;
 pub mod config;

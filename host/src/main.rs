@@ -37,8 +37,9 @@ enum Command {
 /// How to load and run the guest policies.
 #[derive(Args)]
 struct RunArgs {
-    /// The WebAssembly engine that runs the guests.
-    #[arg(long, value_enum, env = "TELLER_ENGINE", default_value = "wasmtime")]
+    /// The WebAssembly engine that runs the guests (default: wasmedge when
+    /// this build has it, else wasmtime).
+    #[arg(long, value_enum, env = "TELLER_ENGINE", default_value = EngineName::DEFAULT.as_str())]
     engine: EngineName,
     /// A directory with NAME.component.wasm and NAME.module.wasm for
     /// `transfer-check` and `audit`, instead of the built-in policies.

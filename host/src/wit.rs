@@ -10,6 +10,9 @@ pub mod transfer_check {
     wasmtime::component::bindgen!({
         world: "transfer-check-policy",
         path: "../wit",
+        // Lets the WasmEdge engine move these types through its
+        // WIT-driven canonical ABI (`crate::abi::bridge`).
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 
@@ -19,6 +22,7 @@ pub mod audit {
         world: "audit-sealer",
         path: "../wit",
         with: { "bank:policy/types": super::transfer_check::bank::policy::types },
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 

@@ -1,7 +1,7 @@
 //! The audit log: every decision and event on disk before its answer, a
 //! chain that `teller audit verify` recomputes, and tampering detected.
 
-use crate::support::{EXAMPLE, Server, doc, teller};
+use crate::support::{ENGINES, EXAMPLE, Server, doc, teller};
 use std::path::Path;
 
 fn verify(path: &Path) -> (i32, String) {
@@ -24,9 +24,9 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A log of `n` decisions and `n` posted events.
-fn build_log(path: &Path, n: usize) -> Server {
-    let server = Server::start(&["--audit-log", path.to_str().unwrap()]);
+/// A log of `n` decisions and `n` posted events, written on `engine`.
+fn build_log_on(engine: &str, path: &Path, n: usize) -> Server {
+    let server = Server::start(engine, &["--audit-log", path.to_str().unwrap()]);
     for i in 0..n {
         let r = server.post("/v1/transfer/check", EXAMPLE);
         assert_eq!(r.status, 200, "{r:?}");
@@ -47,11 +47,26 @@ fn build_log(path: &Path, n: usize) -> Server {
     server
 }
 
+/// A log written by the last engine this build has (the default one).
+fn build_log(path: &Path, n: usize) -> Server {
+    build_log_on(ENGINES[ENGINES.len() - 1], path, n)
+}
+
+fn restart(path: &Path) -> Server {
+    Server::start(ENGINES[0], &["--audit-log", path.to_str().unwrap()])
+}
+
 #[test]
 fn every_decision_is_recorded_masked_and_the_chain_verifies() {
+    for engine in ENGINES {
+        decisions_recorded_on(engine);
+    }
+}
+
+fn decisions_recorded_on(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
-    let server = build_log(&log, 5);
+    let server = build_log_on(engine, &log, 5);
     let r = server.post(
         "/v1/transfer/check",
         &doc("transfer", 2_000_000, "authorized", Some(true), None),
@@ -77,7 +92,7 @@ fn every_decision_is_recorded_masked_and_the_chain_verifies() {
     assert_eq!(first["outcome"], "allow");
     assert_eq!(first["origin"]["request_id"], "r-1");
     assert_eq!(first["policy"]["name"], "transfer-check");
-    assert_eq!(first["engine"], "wasmtime");
+    assert_eq!(first["engine"], engine);
     assert_eq!(first["details"]["amount"], "250000");
     assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
     let last: serde_json::Value = serde_json::from_str(&records[10]).unwrap();
@@ -96,8 +111,10 @@ fn every_decision_is_recorded_masked_and_the_chain_verifies() {
 fn a_restart_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
+    // Written on one engine, continued on the other: the chain is the
+    // guests' contract, not an engine's.
     build_log(&log, 2).kill();
-    let server = Server::start(&["--audit-log", log.to_str().unwrap()]);
+    let server = restart(&log);
     let r = server.post("/v1/transfer/check", EXAMPLE).json();
     assert_eq!(r["audit"]["seq"], 5, "{r}");
     assert_eq!(verify(&log).0, 0);
@@ -116,7 +133,7 @@ fn a_torn_last_record_is_cut_off_at_start_up() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("record 5") && out.contains("torn"), "{out}");
 
-    let server = Server::start(&["--audit-log", log.to_str().unwrap()]);
+    let server = restart(&log);
     assert_eq!(
         std::fs::read(&log).unwrap(),
         whole,
@@ -225,7 +242,7 @@ fn tampering_is_detected_and_the_record_named() {
 fn bad_audit_events_are_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
-    let server = Server::start(&["--audit-log", log.to_str().unwrap()]);
+    let server = restart(&log);
     for (body, code) in [
         ("{", "malformed_json"),
         (

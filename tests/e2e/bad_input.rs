@@ -1,6 +1,6 @@
 //! Bad input of every kind gets a clear error, and the server keeps serving.
 
-use crate::support::{EXAMPLE, Server, raw, teller};
+use crate::support::{ENGINES, EXAMPLE, Server, raw, teller};
 use std::io::Write;
 use std::process::Stdio;
 
@@ -17,7 +17,13 @@ fn assert_error(r: &crate::support::Response, status: u16, code: &str, field: Op
 
 #[test]
 fn bad_requests_get_400_or_413_and_the_server_keeps_serving() {
-    let server = Server::start(&[]);
+    for engine in ENGINES {
+        bad_requests_on(engine);
+    }
+}
+
+fn bad_requests_on(engine: &str) {
+    let server = Server::start(engine, &[]);
     let cases: &[(&str, &str, Option<&str>)] = &[
         ("", "malformed_json", None),
         ("{", "malformed_json", None),

@@ -30,3 +30,16 @@ fn unknown_engine_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("v8"));
 }
+
+/// CI sets TELLER_REQUIRE_WASMEDGE: a build without the WasmEdge engine
+/// must not pass there as if it had been tested.
+#[test]
+fn wasmedge_is_under_test_when_required() {
+    eprintln!("engines under test: {}", crate::support::ENGINES.join(", "));
+    if std::env::var_os("TELLER_REQUIRE_WASMEDGE").is_some() {
+        assert!(
+            crate::support::ENGINES.contains(&"wasmedge"),
+            "TELLER_REQUIRE_WASMEDGE is set but this build has no WasmEdge engine"
+        );
+    }
+}

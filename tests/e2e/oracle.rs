@@ -2,12 +2,10 @@
 //! by regorus, on generated documents. `allow` and `deny` must agree exactly
 //! (Rego's undefined `deny` counts as false).
 
+use crate::support::{ENGINES, engine};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use teller::config::Config;
-use teller::engine::Engine;
-use teller::engine::cache::ArtifactCache;
-use teller::engine::wasmtime::WasmtimeEngine;
 use teller::policy::{PolicySource, TRANSFER_CHECK};
 use teller::request::decode_transfer;
 
@@ -75,8 +73,13 @@ fn document() -> impl Strategy<Value = String> {
 
 #[test]
 fn guest_agrees_with_the_rego_policy() {
-    let engine = WasmtimeEngine::new(ArtifactCache::disabled()).unwrap();
-    let check = engine
+    for name in ENGINES {
+        agrees_on(name);
+    }
+}
+
+fn agrees_on(name: &str) {
+    let check = engine(name)
         .load_transfer_check(&PolicySource::Builtin.artifact(TRANSFER_CHECK).unwrap())
         .unwrap();
     let config = Config::default().policy_config();

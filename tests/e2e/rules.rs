@@ -1,6 +1,6 @@
 //! The bank's rule table, over HTTP and through `teller check`.
 
-use crate::support::{EXAMPLE, Server, doc, teller};
+use crate::support::{ENGINES, EXAMPLE, Server, doc, teller};
 use std::io::Write;
 use std::process::Stdio;
 
@@ -176,9 +176,10 @@ pub const TABLE: &[Case] = &[
     ),
 ];
 
-pub fn assert_case(case: &Case, got: &serde_json::Value) {
+pub fn assert_case(case: &Case, got: &serde_json::Value, engine: &str) {
     let (action, amount, role, audit, approval, (allow, deny, verdict, reasons)) = case;
-    let context = format!("{action} {amount} {role} audit={audit:?} approval={approval:?}: {got}");
+    let context =
+        format!("{engine}: {action} {amount} {role} audit={audit:?} approval={approval:?}: {got}");
     assert_eq!(got["allow"], *allow, "{context}");
     assert_eq!(got["deny"], *deny, "{context}");
     assert_eq!(got["verdict"], *verdict, "{context}");
@@ -195,12 +196,18 @@ pub fn assert_case(case: &Case, got: &serde_json::Value) {
         64,
         "{context}"
     );
-    assert_eq!(got["engine"], "wasmtime", "{context}");
+    assert_eq!(got["engine"], engine, "{context}");
 }
 
 #[test]
 fn rule_table_over_http() {
-    let server = Server::start(&[]);
+    for engine in ENGINES {
+        rule_table_over_http_on(engine);
+    }
+}
+
+fn rule_table_over_http_on(engine: &str) {
+    let server = Server::start(engine, &[]);
     for case in TABLE {
         let (action, amount, role, audit, approval, _) = case;
         let r = server.post(
@@ -213,16 +220,19 @@ fn rule_table_over_http() {
                 .to_ascii_lowercase()
                 .contains("content-type: application/json")
         );
-        assert_case(case, &r.json());
+        assert_case(case, &r.json(), engine);
     }
 }
 
 #[test]
 fn rule_table_through_check() {
-    for case in TABLE {
+    for (engine, case) in ENGINES
+        .iter()
+        .flat_map(|e| TABLE.iter().map(move |c| (e, c)))
+    {
         let (action, amount, role, audit, approval, (_, _, verdict, _)) = case;
         let mut child = teller()
-            .args(["check", "-", "--fail-on-deny"])
+            .args(["check", "-", "--fail-on-deny", "--engine", engine])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -236,13 +246,19 @@ fn rule_table_through_check() {
         let out = child.wait_with_output().unwrap();
         let expected_status = if *verdict == "deny" { 3 } else { 0 };
         assert_eq!(out.status.code(), Some(expected_status), "{out:?}");
-        assert_case(case, &serde_json::from_slice(&out.stdout).unwrap());
+        assert_case(case, &serde_json::from_slice(&out.stdout).unwrap(), engine);
     }
 }
 
 #[test]
 fn readme_example_is_allowed_with_a_fresh_decision_id() {
-    let server = Server::start(&[]);
+    for engine in ENGINES {
+        readme_example_on(engine);
+    }
+}
+
+fn readme_example_on(engine: &str) {
+    let server = Server::start(engine, &[]);
     let a = server.post("/v1/transfer/check", EXAMPLE).json();
     let b = server.post("/v1/transfer/check", EXAMPLE).json();
     assert_eq!(
@@ -263,7 +279,13 @@ fn limit_and_roles_come_from_the_config_file() {
         "[transfer_check]\namount_limit = 500\nauthorized_roles = [\"teller\", \"manager\"]\n",
     )
     .unwrap();
-    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    for engine in ENGINES {
+        let server = Server::start(engine, &["--config", config.to_str().unwrap()]);
+        limits_from_config_on(&server);
+    }
+}
+
+fn limits_from_config_on(server: &Server) {
     let r = server
         .post(
             "/v1/transfer/check",
@@ -306,9 +328,21 @@ fn policies_load_from_a_directory() {
         )
         .unwrap();
     }
-    let server = Server::start(&["--policy-dir", dir.path().to_str().unwrap()]);
-    let r = server.post("/v1/transfer/check", EXAMPLE).json();
-    assert_eq!(r["verdict"], "allow", "{r}");
-    let builtin = teller::policy::sha256_hex(teller_policy_artifacts::TRANSFER_CHECK.component);
-    assert_eq!(r["policy"]["sha256"], builtin.as_str());
+    for engine in ENGINES {
+        let server = Server::start(engine, &["--policy-dir", dir.path().to_str().unwrap()]);
+        let r = server.post("/v1/transfer/check", EXAMPLE).json();
+        assert_eq!(r["verdict"], "allow", "{r}");
+        // Each engine names the artifact it runs.
+        let guest = teller_policy_artifacts::TRANSFER_CHECK;
+        let ran = if *engine == "wasmtime" {
+            guest.component
+        } else {
+            guest.module
+        };
+        assert_eq!(
+            r["policy"]["sha256"],
+            teller::policy::sha256_hex(ran).as_str(),
+            "{engine}"
+        );
+    }
 }

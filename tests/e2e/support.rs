@@ -6,6 +6,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The engines this build runs; end-to-end tests run on each of them.
+pub const ENGINES: &[&str] = if cfg!(feature = "wasmedge") {
+    &["wasmtime", "wasmedge"]
+} else {
+    &["wasmtime"]
+};
+
+/// An in-process engine by name, with the tests' shared cache.
+pub fn engine(name: &str) -> Box<dyn teller::engine::Engine> {
+    use clap::ValueEnum;
+    let name = teller::engine::EngineName::from_str(name, false).unwrap();
+    let cache = teller::engine::cache::ArtifactCache::at(cache_dir()).unwrap();
+    teller::engine::by_name(name, cache).unwrap()
+}
+
 /// `teller` with a cache shared by all tests (compiled guests are reused).
 pub fn teller() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_teller"));
@@ -32,10 +47,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(args: &[&str]) -> Server {
+    /// `teller serve --engine ENGINE ARGS` on an ephemeral loopback port.
+    pub fn start(engine: &str, args: &[&str]) -> Server {
         let mut child = teller()
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--engine", engine])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

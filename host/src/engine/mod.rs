@@ -5,6 +5,8 @@
 //! start-up choice.
 
 pub mod cache;
+#[cfg(feature = "wasmedge")]
+pub mod wasmedge;
 pub mod wasmtime;
 
 use crate::error::Error;
@@ -45,12 +47,40 @@ pub trait AuditSealer: Send + Sync {
 pub fn by_name(name: EngineName, cache: cache::ArtifactCache) -> Result<Box<dyn Engine>, Error> {
     match name {
         EngineName::Wasmtime => Ok(Box::new(wasmtime::WasmtimeEngine::new(cache)?)),
+        #[cfg(feature = "wasmedge")]
+        EngineName::Wasmedge => Ok(Box::new(wasmedge::WasmEdgeEngine::new(cache)?)),
     }
 }
 
 /// The engines this build of teller can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineName {
+    /// WasmEdge 0.14.1, running the guests' core modules through teller's
+    /// canonical ABI (the production engine).
+    #[cfg(feature = "wasmedge")]
+    Wasmedge,
     /// wasmtime, running the guests' components.
     Wasmtime,
+}
+
+impl EngineName {
+    /// The production engine when this build has it, wasmtime otherwise.
+    pub const DEFAULT: EngineName = {
+        #[cfg(feature = "wasmedge")]
+        {
+            EngineName::Wasmedge
+        }
+        #[cfg(not(feature = "wasmedge"))]
+        {
+            EngineName::Wasmtime
+        }
+    };
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            #[cfg(feature = "wasmedge")]
+            EngineName::Wasmedge => "wasmedge",
+            EngineName::Wasmtime => "wasmtime",
+        }
+    }
 }

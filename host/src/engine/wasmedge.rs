@@ -1,0 +1,445 @@
+//! The WasmEdge 0.14.1 engine: runs each guest's `wasm32-wasip1` core module
+//! and performs the canonical ABI itself ([`crate::abi`]), driven by the
+//! same WIT the wasmtime engine's bindings come from.
+//!
+//! Modules are AOT-compiled by WasmEdge's LLVM compiler (interruptible code,
+//! "universal wasm" output) into the artifact cache. A WasmEdge instance must
+//! not run two calls at once, and instantiating one costs far more than a
+//! call, so each loaded guest keeps a pool of ready instances, one per
+//! concurrent caller: a caller takes one, calls, and gives it back. An
+//! instance whose call failed in any way is dropped, never reused, and every
+//! instance is retired after [`MAX_CALLS_PER_INSTANCE`] calls.
+
+use super::cache::ArtifactCache;
+use super::{AuditSealer, Engine, TransferCheck};
+use crate::abi::bridge::{from_value, to_value};
+use crate::abi::lift::Lifter;
+use crate::abi::lower::{GuestAlloc, Lowerer};
+use crate::abi::{AbiError, Contract, ExportFunc, Flat, Value};
+use crate::error::Error;
+use crate::policy::{Artifact, sha256_hex};
+use crate::wit::{
+    AuditEvent, Decision, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord, TransferRequest,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::{Arc, Mutex};
+use wasmedge_sdk::error::{CoreCommonError, CoreError, CoreExecutionError, WasmEdgeError};
+use wasmedge_sdk::{CompilerOptimizationLevel, CompilerOutputFormat, ValType};
+use wasmedge_sys::{
+    AsInstance, Config, Executor, Instance, Loader, Module, Store, Validator, WasiModule, WasmValue,
+};
+
+/// Linear memory an instance may grow to: 1024 pages of 64 KiB.
+const MEMORY_PAGES: u32 = 1024;
+
+/// Calls an instance serves before it is replaced by a fresh one.
+pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
+
+pub struct WasmEdgeEngine {
+    config: Arc<Config>,
+    contract: Arc<Contract>,
+    cache: ArtifactCache,
+    version: String,
+}
+
+impl WasmEdgeEngine {
+    pub fn new(cache: ArtifactCache) -> Result<Self, Error> {
+        // WasmEdge logs every trap to stderr; teller reports them itself.
+        wasmedge_sdk::LogManager::log_off();
+        let mut config = Config::create().map_err(|e| init_error(&e))?;
+        config.set_max_memory_pages(MEMORY_PAGES);
+        config.interruptible(true);
+        config.set_aot_optimization_level(CompilerOptimizationLevel::O3);
+        config.set_aot_compiler_output_format(CompilerOutputFormat::Wasm);
+        let contract = Contract::bank_policy()
+            .map_err(|e| Error::internal("engine_init", format!("the WIT contract: {e}")))?;
+        Ok(Self {
+            config: Arc::new(config),
+            contract: Arc::new(contract),
+            cache,
+            version: wasmedge_sys::utils::version_string(),
+        })
+    }
+
+    /// The WasmEdge library's version, as loaded at run time.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// AOT-compiles `artifact`'s core module, or takes it from the cache.
+    fn module(&self, artifact: &Artifact) -> Result<(Arc<Module>, String), Error> {
+        let wasm = artifact.module()?;
+        let sha256 = sha256_hex(&wasm);
+        // Everything that changes the compiled output is in the key.
+        let key = format!("wasmedge-{}-{sha256}-o3-interruptible", self.version);
+        let compiled = self
+            .cache
+            .get_or_build(&key, || self.compile(artifact, &wasm))?;
+        let invalid = |e: Box<WasmEdgeError>| {
+            Error::internal(
+                "policy_invalid",
+                format!("policy {} cannot be loaded: {e}", artifact.name),
+            )
+        };
+        let module = Loader::create(Some(&self.config))
+            .and_then(|loader| loader.from_bytes(&compiled))
+            .map_err(invalid)?;
+        Validator::create(Some(&self.config))
+            .and_then(|v| v.validate(&module))
+            .map_err(invalid)?;
+        Ok((module, sha256))
+    }
+
+    fn compile(&self, artifact: &Artifact, wasm: &[u8]) -> Result<Vec<u8>, Error> {
+        let failed = |what: String| {
+            Error::internal(
+                "policy_invalid",
+                format!("policy {} does not compile: {what}", artifact.name),
+            )
+        };
+        let dir = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
+        let out = dir.path().join("guest.aot.wasm");
+        wasmedge_sys::Compiler::create(Some(&self.config))
+            .and_then(|c| c.compile_from_bytes(wasm, &out))
+            .map_err(|e| failed(e.to_string()))?;
+        std::fs::read(&out).map_err(|e| failed(e.to_string()))
+    }
+
+    fn pool(&self, artifact: &Artifact) -> Result<(Pool, String), Error> {
+        let (module, sha256) = self.module(artifact)?;
+        let pool = Pool {
+            config: self.config.clone(),
+            contract: self.contract.clone(),
+            module,
+            idle: Mutex::new(Vec::new()),
+            capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
+        };
+        // Instantiate one now: a module that cannot be instantiated fails at
+        // start-up, not on the first request.
+        let first = pool.instantiate().map_err(|e| Error {
+            code: "policy_invalid",
+            message: format!(
+                "policy {} cannot be instantiated: {}",
+                artifact.name, e.message
+            ),
+            ..e
+        })?;
+        pool.give_back(first);
+        Ok((pool, sha256))
+    }
+
+    fn policy_ref(pool: &Pool, sha256: String) -> Result<PolicyRef, Error> {
+        let describe = pool.export("metadata", "describe")?;
+        let meta: PolicyMetadata = pool.call(&describe, &[])?;
+        Ok(PolicyRef {
+            name: meta.name,
+            version: meta.version,
+            sha256,
+        })
+    }
+}
+
+impl Engine for WasmEdgeEngine {
+    fn name(&self) -> &'static str {
+        "wasmedge"
+    }
+
+    fn load_transfer_check(&self, artifact: &Artifact) -> Result<Arc<dyn TransferCheck>, Error> {
+        let (pool, sha256) = self.pool(artifact)?;
+        Ok(Arc::new(WasmEdgeTransferCheck {
+            policy: Self::policy_ref(&pool, sha256)?,
+            check: pool.export("transfer-check", "check")?,
+            pool,
+        }))
+    }
+
+    fn load_audit(&self, artifact: &Artifact) -> Result<Arc<dyn AuditSealer>, Error> {
+        let (pool, sha256) = self.pool(artifact)?;
+        Ok(Arc::new(WasmEdgeAuditSealer {
+            policy: Self::policy_ref(&pool, sha256)?,
+            seal: pool.export("audit", "seal")?,
+            pool,
+        }))
+    }
+}
+
+struct WasmEdgeTransferCheck {
+    policy: PolicyRef,
+    check: ExportFunc,
+    pool: Pool,
+}
+
+impl TransferCheck for WasmEdgeTransferCheck {
+    fn policy(&self) -> &PolicyRef {
+        &self.policy
+    }
+
+    fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
+        let args = [
+            self.pool.arg(&self.check, 0, config)?,
+            self.pool.arg(&self.check, 1, request)?,
+        ];
+        self.pool.call(&self.check, &args)
+    }
+}
+
+struct WasmEdgeAuditSealer {
+    policy: PolicyRef,
+    seal: ExportFunc,
+    pool: Pool,
+}
+
+impl AuditSealer for WasmEdgeAuditSealer {
+    fn policy(&self) -> &PolicyRef {
+        &self.policy
+    }
+
+    fn seal(&self, seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecord, Error> {
+        let args = [
+            self.pool.arg(&self.seal, 0, &seq)?,
+            self.pool.arg(&self.seal, 1, prev_hash)?,
+            self.pool.arg(&self.seal, 2, event)?,
+        ];
+        let sealed: Result<SealedRecord, String> = self.pool.call(&self.seal, &args)?;
+        sealed.map_err(|refusal| Error::guest("guest_refused", refusal))
+    }
+}
+
+/// Ready instances of one module.
+struct Pool {
+    config: Arc<Config>,
+    contract: Arc<Contract>,
+    module: Arc<Module>,
+    idle: Mutex<Vec<GuestInstance>>,
+    capacity: usize,
+}
+
+impl Pool {
+    fn export(&self, interface: &str, func: &str) -> Result<ExportFunc, Error> {
+        self.contract
+            .export(interface, func)
+            .map_err(|e| Error::internal("policy_invalid", e.to_string()))
+    }
+
+    /// Argument `index` of `func`, as a [`Value`] of its WIT type.
+    fn arg<T: Serialize + ?Sized>(
+        &self,
+        func: &ExportFunc,
+        index: usize,
+        v: &T,
+    ) -> Result<Value, Error> {
+        let ty = func.params.get(index).ok_or_else(|| {
+            Error::internal(
+                "internal",
+                format!("{} has no parameter {index}", func.name),
+            )
+        })?;
+        to_value(&self.contract, ty, v)
+            .map_err(|e| Error::internal("internal", format!("{}: {e}", func.name)))
+    }
+
+    /// Calls `func` on a ready instance and converts its result.
+    fn call<R: DeserializeOwned>(&self, func: &ExportFunc, args: &[Value]) -> Result<R, Error> {
+        let mut guest = match self.take() {
+            Some(guest) => guest,
+            None => self.instantiate()?,
+        };
+        let value = guest.invoke(&self.contract, func, args)?;
+        self.give_back(guest);
+        let ty = func
+            .result
+            .as_ref()
+            .ok_or_else(|| Error::internal("internal", format!("{} returns nothing", func.name)))?;
+        let value = value.ok_or_else(|| bad_output(AbiError("no result".into())))?;
+        from_value(&self.contract, ty, value).map_err(bad_output)
+    }
+
+    fn take(&self) -> Option<GuestInstance> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn give_back(&self, guest: GuestInstance) {
+        if guest.calls >= MAX_CALLS_PER_INSTANCE {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.capacity
+        {
+            idle.push(guest);
+        }
+    }
+
+    fn instantiate(&self) -> Result<GuestInstance, Error> {
+        GuestInstance::new(&self.config, &self.module).map_err(|e| classify(&e, "instantiate"))
+    }
+}
+
+/// One instantiated module with everything it needs to run. Fields drop
+/// in order: the instance before the WASI module it imports from.
+struct GuestInstance {
+    instance: Instance,
+    _wasi: WasiModule,
+    _store: Store,
+    executor: Executor,
+    calls: u32,
+}
+
+impl GuestInstance {
+    fn new(config: &Config, module: &Module) -> Result<Self, Box<WasmEdgeError>> {
+        let mut executor = Executor::create(Some(config), None)?;
+        let mut store = Store::create()?;
+        // No arguments, environment or directories: the guest gets nothing.
+        let wasi = WasiModule::create(None, None, None)?;
+        executor.register_import_module(&mut store, &wasi)?;
+        let instance = executor.register_active_module(&mut store, module)?;
+        Ok(GuestInstance {
+            instance,
+            _wasi: wasi,
+            _store: store,
+            executor,
+            calls: 0,
+        })
+    }
+
+    /// The canonical-ABI call: lower, call, lift, post-return.
+    fn invoke(
+        &mut self,
+        contract: &Contract,
+        func: &ExportFunc,
+        args: &[Value],
+    ) -> Result<Option<Value>, Error> {
+        self.calls += 1;
+        let flat = Lowerer::new(contract, self)
+            .params(func, args)
+            .map_err(bad_output)?;
+        let results = self.call_core(&func.name, &flat)?;
+        let value = {
+            let memory = self.memory()?;
+            Lifter::new(contract, memory)
+                .results(func, &results)
+                .map_err(bad_output)?
+        };
+        if func.result.is_some() && self.instance.get_func(&func.post_return).is_ok() {
+            self.call_core(&func.post_return, &results)?;
+        }
+        Ok(value)
+    }
+
+    fn call_core(&mut self, name: &str, args: &[Flat]) -> Result<Vec<Flat>, Error> {
+        let mut func = self.instance.get_func_mut(name).map_err(|e| {
+            Error::guest(
+                "guest_bad_output",
+                format!("the guest has no export {name}: {e}"),
+            )
+        })?;
+        let params = args.iter().map(|a| match *a {
+            Flat::I32(v) => WasmValue::from_i32(v),
+            Flat::I64(v) => WasmValue::from_i64(v),
+            Flat::F32(v) => WasmValue::from_f32(v),
+            Flat::F64(v) => WasmValue::from_f64(v),
+        });
+        let results = self
+            .executor
+            .call_func(&mut func, params)
+            .map_err(|e| classify(&e, name))?;
+        results
+            .iter()
+            .map(|v| match v.ty() {
+                ValType::I32 => Ok(Flat::I32(v.to_i32())),
+                ValType::I64 => Ok(Flat::I64(v.to_i64())),
+                ValType::F32 => Ok(Flat::F32(v.to_f32())),
+                ValType::F64 => Ok(Flat::F64(v.to_f64())),
+                other => Err(Error::guest(
+                    "guest_bad_output",
+                    format!("{name} returned a {other:?}"),
+                )),
+            })
+            .collect()
+    }
+
+    /// All of linear memory, for lifting (no guest code runs meanwhile).
+    fn memory(&self) -> Result<&[u8], Error> {
+        let memory = self
+            .instance
+            .get_memory_ref("memory")
+            .map_err(|e| Error::guest("guest_bad_output", format!("no exported memory: {e}")))?;
+        let bytes = memory.size() as usize * 65536;
+        let slice: Option<&[u8]> = memory.slice(0, bytes);
+        // The slice borrows the instance's memory, which outlives `memory`
+        // (a handle); re-borrow it for `self`'s lifetime.
+        let slice = slice.ok_or_else(|| Error::guest("guest_bad_output", "memory unreadable"))?;
+        Ok(extend(slice))
+    }
+}
+
+impl GuestAlloc for GuestInstance {
+    fn realloc(
+        &mut self,
+        old_ptr: u32,
+        old_size: u32,
+        align: u32,
+        new_size: u32,
+    ) -> Result<u32, AbiError> {
+        let args = [old_ptr, old_size, align, new_size].map(|v| Flat::I32(v as i32));
+        match self
+            .call_core("cabi_realloc", &args)
+            .map_err(|e| AbiError(e.message))?
+            .as_slice()
+        {
+            [Flat::I32(ptr)] => Ok(*ptr as u32),
+            _ => Err(AbiError("cabi_realloc must return one i32".into())),
+        }
+    }
+
+    fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<(), AbiError> {
+        let mut memory = self
+            .instance
+            .get_memory_mut("memory")
+            .map_err(|e| AbiError(format!("no exported memory: {e}")))?;
+        memory
+            .set_data(bytes, ptr)
+            .map_err(|e| AbiError(format!("writing {} bytes at {ptr:#x}: {e}", bytes.len())))
+    }
+}
+
+/// `Memory::slice` ties its result to the short-lived memory handle, though
+/// the bytes belong to the instance.
+#[allow(unsafe_code)]
+fn extend<'a>(slice: &[u8]) -> &'a [u8] {
+    // SAFETY: the bytes live in the instance's linear memory, which lives as
+    // long as the instance; the caller holds `&self` of the instance, so no
+    // guest code can run (and grow or move memory) while the slice is used.
+    unsafe { std::slice::from_raw_parts(slice.as_ptr(), slice.len()) }
+}
+
+fn bad_output(e: AbiError) -> Error {
+    Error::guest(
+        "guest_bad_output",
+        format!("the guest broke the canonical ABI: {e}"),
+    )
+}
+
+fn init_error(e: &WasmEdgeError) -> Error {
+    Error::internal("engine_init", format!("cannot start WasmEdge: {e}"))
+}
+
+/// Sorts WasmEdge's errors into the guest error codes clients see.
+fn classify(e: &WasmEdgeError, what: &str) -> Error {
+    match e {
+        WasmEdgeError::Core(CoreError::Common(
+            CoreCommonError::Interrupted | CoreCommonError::CostLimitExceeded,
+        ))
+        | WasmEdgeError::ExecuteTimeout => Error::guest(
+            "guest_timeout",
+            format!("{what}: the guest ran out of time: {e}"),
+        ),
+        WasmEdgeError::Core(CoreError::Execution(CoreExecutionError::FuncSigMismatch)) => {
+            Error::guest("guest_bad_output", format!("{what}: wrong signature: {e}"))
+        }
+        WasmEdgeError::Core(_) => {
+            Error::guest("guest_trap", format!("{what}: the guest trapped: {e}"))
+        }
+        other => Error::guest("guest_trap", format!("{what}: {other}")),
+    }
+}

@@ -32,6 +32,9 @@ enum Command {
     /// Work with an audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Compile the guest policies for an engine into the cache ahead of
+    /// time (WasmEdge AOT, wasmtime .cwasm), so that no start pays for it.
+    Compile(RunArgs),
 }
 
 /// How to load and run the guest policies.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
             println!("{}", e.to_json());
         }),
         Command::Audit(AuditCommand::Verify { file }) => verify(&file),
+        Command::Compile(run) => compile(&run),
     };
     match result {
         Ok(code) => code,
@@ -109,16 +113,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(run: &RunArgs, audit_log: Option<&Path>) -> Result<Teller, Error> {
-    let config = match &run.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let policies = match &run.policy_dir {
+fn policies(run: &RunArgs) -> PolicySource {
+    match &run.policy_dir {
         Some(dir) => PolicySource::Dir(dir.clone()),
         None => PolicySource::Builtin,
-    };
-    let cache = match (&run.cache_dir, run.no_cache) {
+    }
+}
+
+fn cache(run: &RunArgs) -> Result<ArtifactCache, Error> {
+    Ok(match (&run.cache_dir, run.no_cache) {
         (_, true) => ArtifactCache::disabled(),
         (Some(dir), false) => ArtifactCache::at(dir)?,
         (None, false) => match ArtifactCache::default_dir() {
@@ -128,9 +131,16 @@ fn start(run: &RunArgs, audit_log: Option<&Path>) -> Result<Teller, Error> {
             }),
             None => ArtifactCache::disabled(),
         },
+    })
+}
+
+fn start(run: &RunArgs, audit_log: Option<&Path>) -> Result<Teller, Error> {
+    let config = match &run.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
     };
-    let engine = engine::by_name(run.engine, cache)?;
-    let (teller, recovery) = Teller::start(engine.as_ref(), &policies, &config, audit_log)?;
+    let engine = engine::by_name(run.engine, cache(run)?)?;
+    let (teller, recovery) = Teller::start(engine.as_ref(), &policies(run), &config, audit_log)?;
     if let (Some(r), Some(path)) = (recovery, audit_log)
         && r.truncated_bytes > 0
     {
@@ -233,6 +243,37 @@ fn check(args: CheckArgs) -> Result<ExitCode, Error> {
     if args.fail_on_deny && decision.verdict == "deny" {
         return Ok(ExitCode::from(3));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compile(run: &RunArgs) -> Result<ExitCode, Error> {
+    let cache = cache(run)?;
+    let Some(dir) = cache.dir().map(Path::to_path_buf) else {
+        return Err(Error::bad_request(
+            "no_cache",
+            "compile fills the cache: give --cache-dir or set HOME",
+        ));
+    };
+    let engine = engine::by_name(run.engine, cache)?;
+    let source = policies(run);
+    for name in [teller::policy::TRANSFER_CHECK, teller::policy::AUDIT] {
+        eprint!("teller: compiling {name} for {} ... ", engine.name());
+        let started = std::time::Instant::now();
+        let artifact = source.artifact(name)?;
+        let policy = if name == teller::policy::AUDIT {
+            engine.load_audit(&artifact)?.policy().clone()
+        } else {
+            engine.load_transfer_check(&artifact)?.policy().clone()
+        };
+        eprintln!(
+            "done in {:.2} s ({} {}, sha256:{})",
+            started.elapsed().as_secs_f64(),
+            policy.name,
+            policy.version,
+            policy.sha256.get(..12).unwrap_or_default()
+        );
+    }
+    println!("compiled guests cached in {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,6 +14,8 @@ mod artifacts;
 mod audit;
 mod bad_input;
 mod cli;
+#[cfg(feature = "wasmedge")]
+mod differential;
 mod oracle;
 mod rules;
 mod support;

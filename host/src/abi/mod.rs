@@ -362,3 +362,6 @@ pub(crate) fn discriminant(n: usize) -> Int {
         _ => Int::U32,
     }
 }
+
+#[cfg(test)]
+mod tests;

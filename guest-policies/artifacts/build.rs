@@ -8,14 +8,28 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (file stem used by teller, cargo package, library name in the .wasm).
-const GUESTS: &[(&str, &str, &str)] = &[
+/// (file stem used by teller, cargo package, library name in the .wasm,
+/// source directory in the workspace). The test guests are built here too
+/// but only tests refer to them, so they never reach the teller binary.
+const GUESTS: &[(&str, &str, &str, &str)] = &[
     (
         "transfer-check",
         "teller-transfer-check",
         "teller_transfer_check",
+        "guest-policies/transfer-check",
     ),
-    ("audit", "teller-audit", "teller_audit"),
+    (
+        "audit",
+        "teller-audit",
+        "teller_audit",
+        "guest-policies/audit",
+    ),
+    (
+        "abi-echo",
+        "teller-abi-echo",
+        "teller_abi_echo",
+        "tests/guests/abi-echo",
+    ),
 ];
 
 const TARGETS: [&str; 2] = ["wasm32-wasip2", "wasm32-wasip1"];
@@ -36,8 +50,8 @@ fn main() -> Result<(), String> {
         "cargo:rerun-if-changed={}",
         workspace.join("Cargo.lock").display()
     );
-    for (stem, _, _) in GUESTS {
-        println!("cargo:rerun-if-changed={}", guests_dir.join(stem).display());
+    for (_, _, _, dir) in GUESTS {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
 
     let mut cargo = Command::new(var("CARGO")?);
@@ -48,7 +62,7 @@ fn main() -> Result<(), String> {
         .args(
             GUESTS
                 .iter()
-                .flat_map(|(_, package, _)| ["--package", package]),
+                .flat_map(|(_, package, _, _)| ["--package", package]),
         )
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
@@ -71,7 +85,7 @@ fn main() -> Result<(), String> {
     }
 
     let mut code = String::new();
-    for (stem, _, lib) in GUESTS {
+    for (stem, _, lib, _) in GUESTS {
         let component = target_dir.join(format!("wasm32-wasip2/release/{lib}.wasm"));
         let module = target_dir.join(format!("wasm32-wasip1/release/{lib}.wasm"));
         for path in [&component, &module] {

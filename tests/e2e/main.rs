@@ -10,6 +10,8 @@
     clippy::indexing_slicing
 )]
 
+#[cfg(feature = "wasmedge")]
+mod abi;
 mod artifacts;
 mod audit;
 mod bad_input;

@@ -16,5 +16,5 @@ pub struct Guest {
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 
-/// Every built-in guest.
+/// Every built-in guest (`ABI_ECHO` is a test program, not built in).
 pub const ALL: [Guest; 2] = [TRANSFER_CHECK, AUDIT];

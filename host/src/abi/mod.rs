@@ -209,7 +209,7 @@ impl Contract {
     }
 
     /// What `ty` resolves to, through aliases.
-    pub(crate) fn kind<'a>(&'a self, ty: &'a Type) -> Result<Kind<'a>, AbiError> {
+    pub fn kind<'a>(&'a self, ty: &'a Type) -> Result<Kind<'a>, AbiError> {
         let mut ty = ty;
         loop {
             let Type::Id(id) = ty else {
@@ -283,10 +283,7 @@ impl Contract {
 
     /// The payload types of a variant-like type (variant, option, result),
     /// in case order.
-    pub(crate) fn cases<'a>(
-        &'a self,
-        def: &'a TypeDefKind,
-    ) -> Result<Vec<Option<&'a Type>>, AbiError> {
+    pub fn cases<'a>(&'a self, def: &'a TypeDefKind) -> Result<Vec<Option<&'a Type>>, AbiError> {
         Ok(match def {
             TypeDefKind::Variant(v) => v.cases.iter().map(|c| c.ty.as_ref()).collect(),
             TypeDefKind::Option(t) => vec![None, Some(t)],
@@ -317,7 +314,7 @@ impl Contract {
 }
 
 /// A type with aliases resolved.
-pub(crate) enum Kind<'a> {
+pub enum Kind<'a> {
     Prim(Type),
     Def(&'a TypeDefKind),
 }

@@ -98,7 +98,11 @@ fn everything(i: u32) -> Value {
                 .map(Value::U16)
                 .collect(),
         ),
-        Value::Option(if i.is_multiple_of(2) { some(s("yes")) } else { None }),
+        Value::Option(if i.is_multiple_of(2) {
+            some(s("yes"))
+        } else {
+            None
+        }),
         Value::Result(if i.is_multiple_of(2) {
             Ok(some(Value::U32(7)))
         } else {

@@ -67,19 +67,16 @@ impl WasmEdgeEngine {
         &self.version
     }
 
-    /// AOT-compiles `artifact`'s core module, or takes it from the cache.
-    fn module(&self, artifact: &Artifact) -> Result<(Arc<Module>, String), Error> {
-        let wasm = artifact.module()?;
-        let sha256 = sha256_hex(&wasm);
+    /// AOT-compiles a core module, or takes it from the cache.
+    fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<Module>, String), Error> {
+        let sha256 = sha256_hex(wasm);
         // Everything that changes the compiled output is in the key.
         let key = format!("wasmedge-{}-{sha256}-o3-interruptible", self.version);
-        let compiled = self
-            .cache
-            .get_or_build(&key, || self.compile(artifact, &wasm))?;
+        let compiled = self.cache.get_or_build(&key, || self.compile(name, wasm))?;
         let invalid = |e: Box<WasmEdgeError>| {
             Error::internal(
                 "policy_invalid",
-                format!("policy {} cannot be loaded: {e}", artifact.name),
+                format!("policy {name} cannot be loaded: {e}"),
             )
         };
         let module = Loader::create(Some(&self.config))
@@ -91,11 +88,11 @@ impl WasmEdgeEngine {
         Ok((module, sha256))
     }
 
-    fn compile(&self, artifact: &Artifact, wasm: &[u8]) -> Result<Vec<u8>, Error> {
+    fn compile(&self, name: &str, wasm: &[u8]) -> Result<Vec<u8>, Error> {
         let failed = |what: String| {
             Error::internal(
                 "policy_invalid",
-                format!("policy {} does not compile: {what}", artifact.name),
+                format!("policy {name} does not compile: {what}"),
             )
         };
         let dir = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
@@ -107,10 +104,19 @@ impl WasmEdgeEngine {
     }
 
     fn pool(&self, artifact: &Artifact) -> Result<(Pool, String), Error> {
-        let (module, sha256) = self.module(artifact)?;
+        self.pool_for(artifact.name, &artifact.module()?, self.contract.clone())
+    }
+
+    fn pool_for(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        contract: Arc<Contract>,
+    ) -> Result<(Pool, String), Error> {
+        let (module, sha256) = self.module(name, wasm)?;
         let pool = Pool {
             config: self.config.clone(),
-            contract: self.contract.clone(),
+            contract,
             module,
             idle: Mutex::new(Vec::new()),
             capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
@@ -119,10 +125,7 @@ impl WasmEdgeEngine {
         // start-up, not on the first request.
         let first = pool.instantiate().map_err(|e| Error {
             code: "policy_invalid",
-            message: format!(
-                "policy {} cannot be instantiated: {}",
-                artifact.name, e.message
-            ),
+            message: format!("policy {name} cannot be instantiated: {}", e.message),
             ..e
         })?;
         pool.give_back(first);
@@ -137,6 +140,26 @@ impl WasmEdgeEngine {
             version: meta.version,
             sha256,
         })
+    }
+}
+
+/// Any core module built from any WIT, called with [`Value`]s: for tests
+/// and tools that exercise the canonical ABI beyond teller's own guests.
+pub struct ValueGuest {
+    pool: Pool,
+}
+
+impl WasmEdgeEngine {
+    pub fn load_values(&self, wasm: &[u8], contract: Arc<Contract>) -> Result<ValueGuest, Error> {
+        Ok(ValueGuest {
+            pool: self.pool_for("module", wasm, contract)?.0,
+        })
+    }
+}
+
+impl ValueGuest {
+    pub fn call(&self, func: &ExportFunc, args: &[Value]) -> Result<Option<Value>, Error> {
+        self.pool.call_values(func, args)
     }
 }
 
@@ -239,14 +262,20 @@ impl Pool {
             .map_err(|e| Error::internal("internal", format!("{}: {e}", func.name)))
     }
 
-    /// Calls `func` on a ready instance and converts its result.
-    fn call<R: DeserializeOwned>(&self, func: &ExportFunc, args: &[Value]) -> Result<R, Error> {
+    /// Calls `func` on a ready instance.
+    fn call_values(&self, func: &ExportFunc, args: &[Value]) -> Result<Option<Value>, Error> {
         let mut guest = match self.take() {
             Some(guest) => guest,
             None => self.instantiate()?,
         };
         let value = guest.invoke(&self.contract, func, args)?;
         self.give_back(guest);
+        Ok(value)
+    }
+
+    /// Calls `func` and converts its result to `R`.
+    fn call<R: DeserializeOwned>(&self, func: &ExportFunc, args: &[Value]) -> Result<R, Error> {
+        let value = self.call_values(func, args)?;
         let ty = func
             .result
             .as_ref()

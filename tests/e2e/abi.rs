@@ -195,6 +195,7 @@ fn every_function_agrees_on_both_engines() {
         .world_exports("abi-echo")
         .unwrap()
         .into_iter()
+        .filter(|(interface, _)| interface == "all")
         .map(|(_, f)| f)
         .collect();
     assert_eq!(functions.len(), 9, "{functions:?}");
@@ -258,4 +259,34 @@ fn every_function_agrees_on_both_engines() {
             })
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+/// WasmEdge instances are pooled and reused, but one whose call failed is
+/// dropped: the guest's call counter shows which instance answered.
+#[test]
+fn a_trapped_wasmedge_instance_is_never_reused() {
+    let c = Arc::new(contract());
+    let guest = WasmEdgeEngine::new(ArtifactCache::at(cache_dir()).unwrap())
+        .unwrap()
+        .load_values(ABI_ECHO.module, c.clone())
+        .unwrap();
+    let count = c.export("misbehave", "count").unwrap();
+    let boom = c.export("misbehave", "boom").unwrap();
+    let counts = |n| -> Vec<Value> {
+        (0..n)
+            .map(|_| guest.call(&count, &[]).unwrap().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        counts(3),
+        [Value::U32(1), Value::U32(2), Value::U32(3)],
+        "reused"
+    );
+    let e = guest.call(&boom, &[]).unwrap_err();
+    assert_eq!(e.code, "guest_trap", "{e}");
+    assert_eq!(
+        counts(2),
+        [Value::U32(1), Value::U32(2)],
+        "a fresh instance after the trap"
+    );
 }

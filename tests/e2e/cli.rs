@@ -43,3 +43,77 @@ fn wasmedge_is_under_test_when_required() {
         );
     }
 }
+
+#[test]
+fn compile_fills_the_cache_and_damaged_entries_are_rebuilt() {
+    for engine in crate::support::ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let out = teller()
+            .args(["compile", "--engine", engine, "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("compiling transfer-check") && stderr.contains("compiling audit"),
+            "{stderr}"
+        );
+        let mut entries: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(engine))
+            .collect();
+        entries.sort();
+        assert_eq!(entries.len(), 2, "{engine}: {entries:?}");
+        let originals: Vec<Vec<u8>> = entries.iter().map(|p| std::fs::read(p).unwrap()).collect();
+
+        // Truncate one entry, flip a bit in the middle of the other.
+        std::fs::write(&entries[0], &originals[0][..originals[0].len() / 2]).unwrap();
+        let mut flipped = originals[1].clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x10;
+        std::fs::write(&entries[1], &flipped).unwrap();
+
+        let out = teller()
+            .args(["compile", "--engine", engine, "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.matches("is corrupted; rebuilding it").count(),
+            2,
+            "{engine}: {stderr}"
+        );
+        for (path, original) in entries.iter().zip(&originals) {
+            let rebuilt = std::fs::read(path).unwrap();
+            assert_eq!(
+                rebuilt.len(),
+                original.len(),
+                "{engine}: {path:?} not rebuilt"
+            );
+        }
+        let mut check = teller()
+            .args(["check", "--engine", engine, "--cache-dir"])
+            .arg(&cache)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(crate::support::EXAMPLE.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("\"verdict\":\"allow\""),
+            "{out:?}"
+        );
+    }
+}

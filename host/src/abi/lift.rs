@@ -4,10 +4,10 @@
 //! sequence validated, and the total work bounded by the memory's size.
 
 use super::{
-    AbiError, Contract, ExportFunc, Flat, FlatType, Kind, Value, align_to, discriminant, err,
-    flags_size, tag_size,
+    AbiError, Contract, ExportFunc, Flat, FlatType, Kind, Value, align_to, check_case,
+    discriminant, err, flags_size, tag_size,
 };
-use wit_parser::{Int, Type, TypeDefKind};
+use wit_parser::{Type, TypeDefKind};
 
 /// Reads values out of one snapshot of guest memory.
 pub struct Lifter<'a> {
@@ -156,16 +156,9 @@ impl<'a> Lifter<'a> {
                 }
                 other => {
                     let cases = self.contract.cases(other)?;
-                    let tag: Int = discriminant(cases.len());
-                    let case = self.uint_at(ptr, tag_size(tag))?;
+                    let case = self.uint_at(ptr, tag_size(discriminant(cases.len())))?;
                     let payload_ty = check_case(case, cases.len()).map(|i| cases.get(i))?;
-                    let max_align = cases
-                        .iter()
-                        .flatten()
-                        .map(|t| self.contract.align(t))
-                        .max()
-                        .unwrap_or(1);
-                    let offset = ptr.saturating_add(align_to(tag_size(tag), max_align));
+                    let offset = ptr.saturating_add(self.contract.payload_offset(&cases));
                     let payload = match payload_ty.copied().flatten() {
                         Some(t) => Some(Box::new(self.load(t, offset)?)),
                         None => None,
@@ -364,16 +357,6 @@ fn uncoerce(have: Flat, want: FlatType) -> Result<Flat, AbiError> {
 
 fn to_char(code: u32) -> Result<char, AbiError> {
     char::from_u32(code).ok_or_else(|| AbiError(format!("{code:#x} is not a Unicode scalar value")))
-}
-
-fn check_case(case: u32, count: usize) -> Result<usize, AbiError> {
-    let i = case as usize;
-    if i >= count {
-        return err(format!(
-            "discriminant {case} is out of range ({count} cases)"
-        ));
-    }
-    Ok(i)
 }
 
 fn check_flags(bits: u32, count: usize) -> Result<u32, AbiError> {

@@ -3,8 +3,8 @@
 //! memory the guest hands out through its `cabi_realloc`.
 
 use super::{
-    AbiError, Contract, ExportFunc, Flat, FlatType, Kind, Value, align_to, discriminant, err,
-    flags_size, tag_size,
+    AbiError, Contract, ExportFunc, Flat, FlatType, Kind, Value, align_to, check_case,
+    discriminant, err, flags_size, tag_size,
 };
 use wit_parser::{Type, TypeDefKind};
 
@@ -165,14 +165,11 @@ impl<'a, A: GuestAlloc> Lowerer<'a, A> {
                 let payload_ty = cases.get(check_case(case, cases.len())?).copied().flatten();
                 let size = tag_size(discriminant(cases.len()));
                 put(case.to_le_bytes().get(..size).unwrap_or_default())?;
-                let max_align = cases
-                    .iter()
-                    .flatten()
-                    .map(|t| self.contract.align(t))
-                    .max()
-                    .unwrap_or(1);
                 match (payload_ty, payload) {
-                    (Some(t), Some(p)) => self.store(p, t, buf, offset + align_to(size, max_align)),
+                    (Some(t), Some(p)) => {
+                        let at = offset + self.contract.payload_offset(&cases);
+                        self.store(p, t, buf, at)
+                    }
                     (None, None) => Ok(()),
                     _ => err(format!("case {case} payload does not match its type")),
                 }
@@ -307,13 +304,6 @@ fn split_case<'v>(def: &TypeDefKind, v: &'v Value) -> Result<(u32, Option<&'v Va
             ));
         }
     })
-}
-
-fn check_case(case: u32, count: usize) -> Result<usize, AbiError> {
-    if case as usize >= count {
-        return err(format!("case {case} is out of range ({count} cases)"));
-    }
-    Ok(case as usize)
 }
 
 /// Widens a case's flat value to the variant's joined type (spec:

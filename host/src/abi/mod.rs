@@ -292,6 +292,18 @@ impl Contract {
         })
     }
 
+    /// Where a variant's payload starts: after the discriminant, aligned
+    /// for the most demanding case (spec: `elem_size_variant`).
+    pub(crate) fn payload_offset(&self, cases: &[Option<&Type>]) -> usize {
+        let max_align = cases
+            .iter()
+            .flatten()
+            .map(|t| self.align(t))
+            .max()
+            .unwrap_or(1);
+        align_to(tag_size(discriminant(cases.len())), max_align)
+    }
+
     /// The flat payload of a variant: each case flattened, position by
     /// position joined (spec: `flatten_variant`).
     pub(crate) fn joined_payload(
@@ -349,6 +361,17 @@ pub(crate) fn flags_size(n: usize) -> usize {
 
 pub(crate) fn align_to(offset: usize, align: usize) -> usize {
     offset.div_ceil(align.max(1)) * align.max(1)
+}
+
+/// `case` as an index into `count` cases, or an error.
+pub(crate) fn check_case(case: u32, count: usize) -> Result<usize, AbiError> {
+    let i = case as usize;
+    if i >= count {
+        return err(format!(
+            "discriminant {case} is out of range ({count} cases)"
+        ));
+    }
+    Ok(i)
 }
 
 /// The discriminant type of a variant with `n` cases.

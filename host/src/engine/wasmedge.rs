@@ -97,6 +97,12 @@ impl WasmEdgeEngine {
         };
         let dir = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
         let out = dir.path().join("guest.aot.wasm");
+        // WasmEdge's AOT compiler links with LLVM's lld in-process, which is
+        // not safe to run twice at once (duplicate symbols, then a crash).
+        static COMPILER: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = COMPILER
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         wasmedge_sys::Compiler::create(Some(&self.config))
             .and_then(|c| c.compile_from_bytes(wasm, &out))
             .map_err(|e| failed(e.to_string()))?;

@@ -11,9 +11,11 @@ use crate::wit::{
 };
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+// Both worlds export `metadata`; one set of its bindings serves them all.
+use wit::transfer_check::exports::bank::policy::metadata::GuestIndices as MetadataIndices;
 
 /// Linear memory a single instance may grow to.
 const MEMORY_LIMIT: usize = 64 << 20;
@@ -117,41 +119,45 @@ impl Engine for WasmtimeEngine {
     }
 
     fn load_transfer_check(&self, artifact: &Artifact) -> Result<Arc<dyn TransferCheck>, Error> {
-        let (component, sha256) = self.component(artifact)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(wit::transfer_check::TransferCheckPolicyPre::new)
-            .map_err(|e| load_error(artifact, e))?;
-        let mut store = new_store(&self.engine);
-        let meta = pre
-            .instantiate(&mut store)
-            .and_then(|b| b.bank_policy_metadata().call_describe(&mut store))
-            .map_err(|e| load_error(artifact, e))?;
+        let (policy, pre) =
+            self.load(artifact, wit::transfer_check::TransferCheckPolicyPre::new)?;
         Ok(Arc::new(WasmtimeTransferCheck {
-            policy: self.policy_ref(meta, sha256),
+            policy,
             engine: self.engine.clone(),
             pre,
         }))
     }
 
     fn load_audit(&self, artifact: &Artifact) -> Result<Arc<dyn AuditSealer>, Error> {
-        let (component, sha256) = self.component(artifact)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(wit::audit::AuditSealerPre::new)
-            .map_err(|e| load_error(artifact, e))?;
-        let mut store = new_store(&self.engine);
-        let meta = pre
-            .instantiate(&mut store)
-            .and_then(|b| b.bank_policy_metadata().call_describe(&mut store))
-            .map_err(|e| load_error(artifact, e))?;
+        let (policy, pre) = self.load(artifact, wit::audit::AuditSealerPre::new)?;
         Ok(Arc::new(WasmtimeAuditSealer {
-            policy: self.policy_ref(meta, sha256),
+            policy,
             engine: self.engine.clone(),
             pre,
         }))
+    }
+}
+
+impl WasmtimeEngine {
+    /// Compiles (or fetches) `artifact`, links it, asks it what it is, and
+    /// wraps its `InstancePre` in the world's bindings with `bind`.
+    fn load<P>(
+        &self,
+        artifact: &Artifact,
+        bind: impl FnOnce(InstancePre<State>) -> wasmtime::Result<P>,
+    ) -> Result<(PolicyRef, P), Error> {
+        let (component, sha256) = self.component(artifact)?;
+        let loaded = self.linker.instantiate_pre(&component).and_then(|pre| {
+            let indices = MetadataIndices::new(&pre)?;
+            let mut store = new_store(&self.engine);
+            let instance = pre.instantiate(&mut store)?;
+            let meta = indices
+                .load(&mut store, &instance)?
+                .call_describe(&mut store)?;
+            Ok((meta, bind(pre)?))
+        });
+        let (meta, bound) = loaded.map_err(|e| load_error(artifact, e))?;
+        Ok((self.policy_ref(meta, sha256), bound))
     }
 }
 

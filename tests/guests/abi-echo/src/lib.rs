@@ -15,8 +15,23 @@ mod bindings {
 }
 
 use bindings::exports::test::abi::all::{Color, Everything, Guest, Perms, Shape};
+use bindings::exports::test::abi::misbehave;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 pub struct Echo;
+
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+impl misbehave::Guest for Echo {
+    fn count() -> u32 {
+        CALLS.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    #[allow(clippy::panic)]
+    fn boom() {
+        panic!("boom, as asked");
+    }
+}
 
 impl Guest for Echo {
     fn roundtrip(e: Everything) -> Everything {

@@ -9,6 +9,7 @@
 pub mod abi;
 pub mod api;
 pub mod audit;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;

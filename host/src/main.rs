@@ -35,6 +35,59 @@ enum Command {
     /// Compile the guest policies for an engine into the cache ahead of
     /// time (WasmEdge AOT, wasmtime .cwasm), so that no start pays for it.
     Compile(RunArgs),
+    /// Measure: cold start, per-call latency, HTTP load. Prints a table,
+    /// or one JSON document with --json.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Exec of `teller check` to the decision printed, RUNS times after a
+    /// warm-up, next to a process that does nothing (the floor).
+    ColdStart {
+        #[arg(long, default_value_t = 200)]
+        runs: u64,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
+    /// In-process decisions: fresh and warm instances, one thread and all
+    /// cores, against the same rule compiled natively into teller.
+    Call {
+        /// Seconds in all, shared by the series.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
+    /// Load `teller serve` (started as a child process) over loopback,
+    /// without and then with the audit log.
+    Http {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Requests per second to schedule; without it each connection
+        /// sends as fast as answers come.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The engine to measure.
+    #[arg(long, value_enum, env = "TELLER_ENGINE", default_value = EngineName::DEFAULT.as_str())]
+    engine: EngineName,
+    /// Where compiled guests are cached.
+    #[arg(long, env = "TELLER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// How to load and run the guest policies.
@@ -103,6 +156,7 @@ fn main() -> ExitCode {
         }),
         Command::Audit(AuditCommand::Verify { file }) => verify(&file),
         Command::Compile(run) => compile(&run),
+        Command::Bench(command) => bench(command),
     };
     match result {
         Ok(code) => code,
@@ -274,6 +328,44 @@ fn compile(run: &RunArgs) -> Result<ExitCode, Error> {
         );
     }
     println!("compiled guests cached in {}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(command: BenchCommand) -> Result<ExitCode, Error> {
+    let (report, json) = match command {
+        BenchCommand::ColdStart { runs, bench } => (
+            teller::bench::cold_start(bench.engine.as_str(), runs, bench.cache_dir.as_deref())?,
+            bench.json,
+        ),
+        BenchCommand::Call { duration, bench } => {
+            let cache = match &bench.cache_dir {
+                Some(dir) => ArtifactCache::at(dir)?,
+                None => ArtifactCache::default_dir()
+                    .map(ArtifactCache::at)
+                    .transpose()?
+                    .unwrap_or_else(ArtifactCache::disabled),
+            };
+            let engine = engine::by_name(bench.engine, cache)?;
+            (teller::bench::call(engine.as_ref(), duration)?, bench.json)
+        }
+        BenchCommand::Http {
+            connections,
+            duration,
+            rate,
+            bench,
+        } => {
+            let load = teller::bench::Load {
+                connections,
+                seconds: duration,
+                rate,
+            };
+            (
+                teller::bench::http(bench.engine.as_str(), load, bench.cache_dir.as_deref())?,
+                bench.json,
+            )
+        }
+    };
+    report.print(json);
     Ok(ExitCode::SUCCESS)
 }
 

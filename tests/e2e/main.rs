@@ -15,6 +15,7 @@ mod abi;
 mod artifacts;
 mod audit;
 mod bad_input;
+mod bench;
 mod cli;
 #[cfg(feature = "wasmedge")]
 mod differential;

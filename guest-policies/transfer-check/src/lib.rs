@@ -32,8 +32,8 @@ mod bindings {
 /// The guest's exports.
 pub struct Policy;
 
-use bindings::bank::policy::types::{
-    Decision, PolicyConfig, PolicyMetadata, Reason, ReasonCode, TransferRequest, Verdict,
+pub use bindings::bank::policy::types::{
+    Decision, PolicyConfig, PolicyMetadata, Reason, ReasonCode, TransferRequest, User, Verdict,
 };
 use bindings::exports::bank::policy::{metadata, transfer_check};
 
@@ -124,7 +124,6 @@ pub fn decide(config: &PolicyConfig, request: &TransferRequest) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bindings::bank::policy::types::User;
 
     fn config() -> PolicyConfig {
         PolicyConfig {

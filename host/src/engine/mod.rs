@@ -32,7 +32,24 @@ pub trait TransferCheck: Send + Sync {
     fn policy(&self) -> &PolicyRef;
 
     fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error>;
+
+    /// A caller that uses instances the way `mode` says, whatever `check`
+    /// does in production: benchmarks compare the two ways on each engine.
+    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error>;
 }
+
+/// How a benchmark's calls get their instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMode {
+    /// Instantiate for every call (no state survives a call).
+    Fresh,
+    /// One instance, instantiated once, for every call.
+    Warm,
+}
+
+/// A transfer check bound to a [`CallMode`].
+pub type Caller<'a> =
+    Box<dyn FnMut(&PolicyConfig, &TransferRequest) -> Result<Decision, Error> + 'a>;
 
 /// A loaded `bank:policy/audit` guest.
 pub trait AuditSealer: Send + Sync {

@@ -11,7 +11,7 @@
 //! instance is retired after [`MAX_CALLS_PER_INSTANCE`] calls.
 
 use super::cache::ArtifactCache;
-use super::{AuditSealer, Engine, TransferCheck};
+use super::{AuditSealer, CallMode, Caller, Engine, TransferCheck};
 use crate::abi::bridge::{from_value, to_value};
 use crate::abi::lift::Lifter;
 use crate::abi::lower::{GuestAlloc, Lowerer};
@@ -211,6 +211,27 @@ impl TransferCheck for WasmEdgeTransferCheck {
         ];
         self.pool.call(&self.check, &args)
     }
+
+    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
+        let mut warm = match mode {
+            CallMode::Warm => Some(self.pool.instantiate()?),
+            CallMode::Fresh => None,
+        };
+        Ok(Box::new(move |config, request| {
+            let args = [
+                self.pool.arg(&self.check, 0, config)?,
+                self.pool.arg(&self.check, 1, request)?,
+            ];
+            let value = match &mut warm {
+                Some(guest) => guest.invoke(&self.pool.contract, &self.check, &args)?,
+                None => self
+                    .pool
+                    .instantiate()?
+                    .invoke(&self.pool.contract, &self.check, &args)?,
+            };
+            self.pool.lift_result(&self.check, value)
+        }))
+    }
 }
 
 struct WasmEdgeAuditSealer {
@@ -282,6 +303,15 @@ impl Pool {
     /// Calls `func` and converts its result to `R`.
     fn call<R: DeserializeOwned>(&self, func: &ExportFunc, args: &[Value]) -> Result<R, Error> {
         let value = self.call_values(func, args)?;
+        self.lift_result(func, value)
+    }
+
+    /// `func`'s result as the Rust type `R`.
+    fn lift_result<R: DeserializeOwned>(
+        &self,
+        func: &ExportFunc,
+        value: Option<Value>,
+    ) -> Result<R, Error> {
         let ty = func
             .result
             .as_ref()

@@ -2,7 +2,7 @@
 //! generated from `wit/`, one fresh instance per call from an `InstancePre`.
 
 use super::cache::ArtifactCache;
-use super::{AuditSealer, Engine, TransferCheck};
+use super::{AuditSealer, CallMode, Caller, Engine, TransferCheck};
 use crate::error::Error;
 use crate::policy::{Artifact, sha256_hex};
 use crate::wit::{
@@ -179,6 +179,22 @@ impl TransferCheck for WasmtimeTransferCheck {
             .bank_policy_transfer_check()
             .call_check(&mut store, config, request)
             .map_err(call_error)
+    }
+
+    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
+        match mode {
+            CallMode::Fresh => Ok(Box::new(|config, request| self.check(config, request))),
+            CallMode::Warm => {
+                let mut store = new_store(&self.engine);
+                let guest = self.pre.instantiate(&mut store).map_err(call_error)?;
+                Ok(Box::new(move |config, request| {
+                    guest
+                        .bank_policy_transfer_check()
+                        .call_check(&mut store, config, request)
+                        .map_err(call_error)
+                }))
+            }
+        }
     }
 }
 

@@ -1,0 +1,98 @@
+//! `teller bench` runs and reports. Only the shape of the report is
+//! checked: benchmarks print figures, tests never judge times.
+
+use crate::support::{ENGINES, cache_dir, teller};
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = teller()
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {out:?}"));
+    assert!(doc["cores"].as_u64().unwrap() >= 1);
+    assert!(doc["features"].is_array());
+    for series in doc["series"].as_array().unwrap() {
+        assert!(series["count"].as_u64().unwrap() > 0, "{series}");
+        let p50 = series["p50_us"].as_f64().unwrap();
+        let p99 = series["p99_us"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= p99, "{series}");
+    }
+    doc
+}
+
+fn names(doc: &serde_json::Value) -> Vec<String> {
+    doc["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn cold_start_reports_teller_next_to_the_floor() {
+    for engine in ENGINES {
+        let doc = bench(&["cold-start", "--engine", engine, "--runs", "5"]);
+        assert_eq!(doc["engine"], *engine);
+        let names = names(&doc);
+        assert!(
+            names[0].contains("teller check") && names[2].contains("/bin/true"),
+            "{names:?}"
+        );
+        assert!(doc["ratios"][0]["value"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn call_reports_fresh_warm_and_native() {
+    for engine in ENGINES {
+        let doc = bench(&["call", "--engine", engine, "--duration", "0.5"]);
+        let names = names(&doc).join("|");
+        for want in ["fresh instance, 1 thread", "warm instance", "native Rust"] {
+            assert!(names.contains(want), "{want} missing from {names}");
+        }
+        for series in doc["series"].as_array().unwrap() {
+            assert!(series["per_second"].as_f64().unwrap() > 0.0, "{series}");
+        }
+    }
+}
+
+#[test]
+fn http_reports_with_and_without_the_audit_log() {
+    let engine = ENGINES[ENGINES.len() - 1];
+    let doc = bench(&[
+        "http",
+        "--engine",
+        engine,
+        "--connections",
+        "4",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(names(&doc).len(), 2);
+    let notes = doc["notes"][0].as_str().unwrap();
+    assert!(!notes.contains("wrote 0 records"), "{notes}");
+    let doc = bench(&[
+        "http",
+        "--engine",
+        engine,
+        "--connections",
+        "2",
+        "--duration",
+        "1",
+        "--rate",
+        "200",
+    ]);
+    assert!(
+        doc["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("200 req/s scheduled")
+    );
+}

@@ -14,8 +14,10 @@
 pub mod bridge;
 pub mod lift;
 pub mod lower;
+mod memory;
 mod value;
 
+pub use memory::VecMemory;
 pub use value::Value;
 
 use std::fmt;

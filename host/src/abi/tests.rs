@@ -3,8 +3,8 @@
 //! are refused with an error, never a panic.
 
 use super::lift::{FlatReader, Lifter};
-use super::lower::{GuestAlloc, Lowerer};
-use super::{AbiError, Contract, Flat, Value};
+use super::lower::Lowerer;
+use super::{AbiError, Contract, Flat, Value, VecMemory};
 
 const WIT: &str = r#"
 package test:abi@0.1.0;
@@ -32,43 +32,6 @@ world test { export all; }
 
 fn contract() -> Contract {
     Contract::parse("test.wit", WIT).unwrap()
-}
-
-/// A guest memory with a bump allocator standing in for `cabi_realloc`.
-struct FakeGuest {
-    memory: Vec<u8>,
-    next: usize,
-}
-
-impl FakeGuest {
-    fn new() -> Self {
-        // Start past 0 so a null pointer is never handed out.
-        FakeGuest {
-            memory: vec![0; 1 << 16],
-            next: 8,
-        }
-    }
-}
-
-impl GuestAlloc for FakeGuest {
-    fn realloc(&mut self, old_ptr: u32, _old: u32, align: u32, size: u32) -> Result<u32, AbiError> {
-        assert_eq!(old_ptr, 0, "lowering only allocates");
-        let ptr = self.next.div_ceil(align as usize) * align as usize;
-        self.next = ptr + size as usize;
-        if self.next > self.memory.len() {
-            self.memory.resize(self.next.next_power_of_two(), 0);
-        }
-        Ok(ptr as u32)
-    }
-
-    fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<(), AbiError> {
-        let at = ptr as usize;
-        self.memory
-            .get_mut(at..at + bytes.len())
-            .ok_or_else(|| AbiError("write out of bounds".into()))?
-            .copy_from_slice(bytes);
-        Ok(())
-    }
 }
 
 fn some(v: Value) -> Option<Box<Value>> {
@@ -153,14 +116,14 @@ fn same(a: &Value, b: &Value) -> bool {
 fn roundtrip(func: &str, args: Vec<Value>) -> Vec<Value> {
     let c = contract();
     let f = c.export("all", func).unwrap();
-    let mut guest = FakeGuest::new();
+    let mut guest = VecMemory::new();
     let flat = Lowerer::new(&c, &mut guest).params(&f, &args).unwrap();
     assert_eq!(
         flat.iter().map(Flat::ty).collect::<Vec<_>>(),
         f.core_params,
         "core signature of {func}"
     );
-    lift_params(&c, &f, &flat, &guest.memory)
+    lift_params(&c, &f, &flat, &guest.bytes)
 }
 
 /// What a guest receives: the parameters, flat or spilled to memory as a
@@ -238,13 +201,13 @@ fn more_than_sixteen_flat_parameters_go_through_memory() {
     let many = c.export("all", "many").unwrap();
     assert!(many.params_indirect);
     let args: Vec<Value> = (0..17).map(|i| Value::U64(i * 1_000_000_007)).collect();
-    let mut guest = FakeGuest::new();
+    let mut guest = VecMemory::new();
     let flat = Lowerer::new(&c, &mut guest).params(&many, &args).unwrap();
     let [Flat::I32(ptr)] = flat[..] else {
         panic!("{flat:?}")
     };
     assert_eq!(ptr % 8, 0, "u64 tuple must be 8-aligned");
-    let mut lifter = Lifter::new(&c, &guest.memory);
+    let mut lifter = Lifter::new(&c, &guest.bytes);
     for (i, ty) in many.params.iter().enumerate() {
         let v = lifter.load(ty, ptr as usize + 8 * i).unwrap();
         assert_eq!(v, args[i]);
@@ -399,7 +362,7 @@ fn flat_results_of_the_wrong_core_type_are_refused() {
 fn values_that_do_not_match_their_type_are_refused_when_lowering() {
     let c = contract();
     let f = c.export("all", "text").unwrap();
-    let mut guest = FakeGuest::new();
+    let mut guest = VecMemory::new();
     let mut lower = Lowerer::new(&c, &mut guest);
     assert!(lower.params(&f, &[Value::U8(1)]).is_err());
     assert!(lower.params(&f, &[]).is_err());
@@ -438,10 +401,10 @@ fn typed_values_cross_the_serde_bridge() {
         super::bridge::to_value(&c, &check.params[0], &config).unwrap(),
         super::bridge::to_value(&c, &check.params[1], &request).unwrap(),
     ];
-    let mut guest = FakeGuest::new();
+    let mut guest = VecMemory::new();
     let flat = Lowerer::new(&c, &mut guest).params(&check, &args).unwrap();
     assert!(check.params_indirect, "check's 27 flat parameters spill");
-    let back = lift_params(&c, &check, &flat, &guest.memory);
+    let back = lift_params(&c, &check, &flat, &guest.bytes);
     let config2: PolicyConfig =
         super::bridge::from_value(&c, &check.params[0], back[0].clone()).unwrap();
     let request2: TransferRequest =

@@ -137,13 +137,23 @@ pub fn features() -> Vec<&'static str> {
     f
 }
 
+/// Progress on stderr: a line that updates itself on a terminal, a line
+/// per quarter in a log.
 fn progress(label: &str, done: u64, total: u64) {
-    if total >= 10 && done.is_multiple_of((total / 10).max(1)) {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let step = (total / if tty { 10 } else { 4 }).max(1);
+    if !done.is_multiple_of(step) && done != total {
+        return;
+    }
+    if tty {
         eprint!("\r{label}: {done}/{total}  ");
         let _ = std::io::stderr().flush();
         if done == total {
             eprintln!();
         }
+    } else {
+        eprintln!("{label}: {done}/{total}");
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use teller::config::Config;
-use teller::engine::{self, EngineName, cache::ArtifactCache};
+use teller::engine::{self, EngineName, Workload, cache::ArtifactCache};
 use teller::error::Error;
 use teller::policy::PolicySource;
 use teller::service::{Caller, Teller};
@@ -188,12 +188,12 @@ fn cache(run: &RunArgs) -> Result<ArtifactCache, Error> {
     })
 }
 
-fn start(run: &RunArgs, audit_log: Option<&Path>) -> Result<Teller, Error> {
+fn start(run: &RunArgs, audit_log: Option<&Path>, workload: Workload) -> Result<Teller, Error> {
     let config = match &run.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let engine = engine::by_name(run.engine, cache(run)?)?;
+    let engine = engine::by_name(run.engine, cache(run)?, workload)?;
     let (teller, recovery) = Teller::start(engine.as_ref(), &policies(run), &config, audit_log)?;
     if let (Some(r), Some(path)) = (recovery, audit_log)
         && r.truncated_bytes > 0
@@ -208,7 +208,7 @@ fn start(run: &RunArgs, audit_log: Option<&Path>) -> Result<Teller, Error> {
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
-    let teller = start(&args.run, args.audit_log.as_deref())?;
+    let teller = start(&args.run, args.audit_log.as_deref(), Workload::Server)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -284,7 +284,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Error> {
             format!("the document is over {} bytes", teller::api::MAX_BODY),
         ));
     }
-    let teller = start(&args.run, None)?;
+    let teller = start(&args.run, None, Workload::Once)?;
     let decision = teller.check(
         &body,
         &Caller {
@@ -308,7 +308,7 @@ fn compile(run: &RunArgs) -> Result<ExitCode, Error> {
             "compile fills the cache: give --cache-dir or set HOME",
         ));
     };
-    let engine = engine::by_name(run.engine, cache)?;
+    let engine = engine::by_name(run.engine, cache, Workload::Once)?;
     let source = policies(run);
     for name in [teller::policy::TRANSFER_CHECK, teller::policy::AUDIT] {
         eprint!("teller: compiling {name} for {} ... ", engine.name());
@@ -345,7 +345,7 @@ fn bench(command: BenchCommand) -> Result<ExitCode, Error> {
                     .transpose()?
                     .unwrap_or_else(ArtifactCache::disabled),
             };
-            let engine = engine::by_name(bench.engine, cache)?;
+            let engine = engine::by_name(bench.engine, cache, Workload::Server)?;
             (teller::bench::call(engine.as_ref(), duration)?, bench.json)
         }
         BenchCommand::Http {

@@ -60,10 +60,24 @@ pub trait AuditSealer: Send + Sync {
     fn seal(&self, seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecord, Error>;
 }
 
+/// What the engine is set up for: a server trades start-up time for
+/// cheaper instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// One decision, then exit (`teller check`): start fast.
+    Once,
+    /// Many decisions, concurrently (`teller serve`).
+    Server,
+}
+
 /// Builds the engine named on the command line.
-pub fn by_name(name: EngineName, cache: cache::ArtifactCache) -> Result<Box<dyn Engine>, Error> {
+pub fn by_name(
+    name: EngineName,
+    cache: cache::ArtifactCache,
+    workload: Workload,
+) -> Result<Box<dyn Engine>, Error> {
     match name {
-        EngineName::Wasmtime => Ok(Box::new(wasmtime::WasmtimeEngine::new(cache)?)),
+        EngineName::Wasmtime => Ok(Box::new(wasmtime::WasmtimeEngine::new(cache, workload)?)),
         #[cfg(feature = "wasmedge")]
         EngineName::Wasmedge => Ok(Box::new(wasmedge::WasmEdgeEngine::new(cache)?)),
     }

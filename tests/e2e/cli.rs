@@ -44,18 +44,23 @@ fn wasmedge_is_under_test_when_required() {
     }
 }
 
+/// `teller compile --engine ENGINE --cache-dir CACHE`; its stderr.
+fn compile(engine: &str, cache: &std::path::Path) -> String {
+    let out = teller()
+        .args(["compile", "--engine", engine, "--cache-dir"])
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn compile_fills_the_cache_and_damaged_entries_are_rebuilt() {
     for engine in crate::support::ENGINES {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");
-        let out = teller()
-            .args(["compile", "--engine", engine, "--cache-dir"])
-            .arg(&cache)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = compile(engine, &cache);
         assert!(
             stderr.contains("compiling transfer-check") && stderr.contains("compiling audit"),
             "{stderr}"
@@ -76,13 +81,7 @@ fn compile_fills_the_cache_and_damaged_entries_are_rebuilt() {
         flipped[mid] ^= 0x10;
         std::fs::write(&entries[1], &flipped).unwrap();
 
-        let out = teller()
-            .args(["compile", "--engine", engine, "--cache-dir"])
-            .arg(&cache)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = compile(engine, &cache);
         assert_eq!(
             stderr.matches("is corrupted; rebuilding it").count(),
             2,

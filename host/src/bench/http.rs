@@ -39,7 +39,7 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
     for (label, audit) in [
         ("transfer checks, no audit log", None),
         (
-            "transfer checks, audit log (group of 1 fsync)",
+            "transfer checks, audit log on",
             Some(log.as_path()),
         ),
     ] {

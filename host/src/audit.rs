@@ -13,6 +13,7 @@ use serde::Deserialize;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -37,7 +38,10 @@ impl Head {
 pub struct AuditLog {
     path: PathBuf,
     file: File,
+    /// The last durable record.
     head: Head,
+    /// The file's durable length: where a failed write is cut back to.
+    len: u64,
 }
 
 /// What opening found.
@@ -92,6 +96,7 @@ impl AuditLog {
                 path: path.to_path_buf(),
                 file,
                 head,
+                len: whole_len,
             },
             Recovery { truncated_bytes },
         ))
@@ -111,41 +116,151 @@ impl AuditLog {
         sealer: &dyn AuditSealer,
         event: &AuditEvent,
     ) -> Result<SealedRecord, Error> {
-        let seq = self.head.seq + 1;
-        let record = sealer.seal(seq, &self.head.hash, event)?;
-        if record.seq != seq || record.prev_hash != self.head.hash || record.line.contains('\n') {
-            return Err(Error::guest(
-                "guest_bad_output",
-                "the audit guest returned a record that does not continue the chain",
-            ));
-        }
-        let mut line = Vec::with_capacity(record.line.len() + 1);
-        line.extend_from_slice(record.line.as_bytes());
-        line.push(b'\n');
-        let written = self
-            .file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            // A partial line would break the chain for every later record:
-            // cut it off again before reporting.
-            let _ = self.truncate_to_head();
-            return Err(Error::internal(
-                "audit_write_failed",
-                format!("cannot write audit log {}: {e}", self.path.display()),
-            ));
-        }
-        self.head = Head {
-            seq,
-            hash: record.hash.clone(),
-        };
-        Ok(record)
+        self.append_group(sealer, &[event])
+            .pop()
+            .unwrap_or_else(|| Err(Error::internal("internal", "no result for the record")))
     }
 
-    fn truncate_to_head(&mut self) -> std::io::Result<()> {
-        let len = self.file.metadata()?.len();
-        let (_, whole) = last_whole_line(&mut self.file, len)?;
-        self.file.set_len(whole)
+    /// Seals `events` as the next records and makes them durable with one
+    /// write and one `fsync` (group commit). Each event gets its own result;
+    /// if the write fails, none of the group's records count, the file is
+    /// cut back to its last durable length and the chain stays where it was.
+    pub fn append_group(
+        &mut self,
+        sealer: &dyn AuditSealer,
+        events: &[&AuditEvent],
+    ) -> Vec<Result<SealedRecord, Error>> {
+        let mut pending = self.head.clone();
+        let mut lines = Vec::new();
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            let seq = pending.seq + 1;
+            let sealed = sealer.seal(seq, &pending.hash, event).and_then(|record| {
+                if record.seq != seq
+                    || record.prev_hash != pending.hash
+                    || record.line.contains('\n')
+                {
+                    return Err(Error::guest(
+                        "guest_bad_output",
+                        "the audit guest returned a record that does not continue the chain",
+                    ));
+                }
+                Ok(record)
+            });
+            if let Ok(record) = &sealed {
+                lines.extend_from_slice(record.line.as_bytes());
+                lines.push(b'\n');
+                pending = Head {
+                    seq,
+                    hash: record.hash.clone(),
+                };
+            }
+            results.push(sealed);
+        }
+        if lines.is_empty() {
+            return results;
+        }
+        let written = self
+            .file
+            .write_all(&lines)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.head = pending;
+                self.len += lines.len() as u64;
+            }
+            Err(e) => {
+                // A partial group would break the chain for every later
+                // record: cut back to what was durable before reporting.
+                let _ = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data());
+                let failed = Error::internal(
+                    "audit_write_failed",
+                    format!("cannot write audit log {}: {e}", self.path.display()),
+                );
+                for result in &mut results {
+                    if result.is_ok() {
+                        *result = Err(failed.clone());
+                    }
+                }
+            }
+        }
+        results
+    }
+}
+
+/// Appends to an [`AuditLog`] from a thread of its own, so that concurrent
+/// requests share `fsync`s: while one group is being made durable the next
+/// one gathers (group commit). Each caller still gets its answer only once
+/// its own record is on disk.
+pub struct AuditWriter {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Job {
+    event: AuditEvent,
+    reply: mpsc::SyncSender<Result<SealedRecord, Error>>,
+}
+
+/// Records one `fsync` covers at most.
+const MAX_GROUP: usize = 1024;
+
+impl AuditWriter {
+    pub fn start(mut log: AuditLog, sealer: Arc<dyn AuditSealer>) -> Result<Self, Error> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_GROUP * 4);
+        let thread = std::thread::Builder::new()
+            .name("teller-audit".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match queue.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let events: Vec<&AuditEvent> = group.iter().map(|j| &j.event).collect();
+                    let results = log.append_group(sealer.as_ref(), &events);
+                    for (job, result) in group.into_iter().zip(results) {
+                        let _ = job.reply.send(result);
+                    }
+                }
+            })
+            .map_err(|e| {
+                Error::internal(
+                    "audit_log_unusable",
+                    format!("cannot start the audit writer: {e}"),
+                )
+            })?;
+        Ok(AuditWriter {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Records `event`; returns once its record is durable.
+    pub fn append(&self, event: AuditEvent) -> Result<SealedRecord, Error> {
+        let stopped = || Error::internal("audit_log_unusable", "the audit writer has stopped");
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Job { event, reply })
+            .map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
+    }
+}
+
+impl Drop for AuditWriter {
+    /// Writes whatever is queued, then stops the thread.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -307,5 +422,103 @@ pub fn verify(path: &Path) -> Result<Result<Head, VerifyError>, Error> {
             seq: record.seq,
             hash: record.hash,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::sha256_hex;
+    use crate::wit::{Actor, Origin, PolicyRef};
+
+    /// Seals the minimal record the verifier accepts; refuses `refuse`.
+    struct FakeSealer;
+
+    impl AuditSealer for FakeSealer {
+        fn policy(&self) -> &PolicyRef {
+            unimplemented!()
+        }
+
+        fn seal(&self, seq: u64, prev: &str, event: &AuditEvent) -> Result<SealedRecord, Error> {
+            if event.action == "refuse" {
+                return Err(Error::guest("guest_refused", "refused"));
+            }
+            let body = format!("{{\"seq\":{seq},\"prev_hash\":\"{prev}\"}}");
+            let hash = sha256_hex(body.as_bytes());
+            Ok(SealedRecord {
+                seq,
+                prev_hash: prev.to_string(),
+                line: format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]),
+                hash,
+            })
+        }
+    }
+
+    fn event(action: &str) -> AuditEvent {
+        AuditEvent {
+            id: String::new(),
+            timestamp: String::new(),
+            actor: Actor {
+                id: String::new(),
+                role: String::new(),
+            },
+            action: action.to_string(),
+            resource: vec![],
+            outcome: String::new(),
+            reasons: vec![],
+            origin: Origin {
+                client: String::new(),
+                request_id: String::new(),
+            },
+            policy: None,
+            engine: String::new(),
+            details: vec![],
+        }
+    }
+
+    #[test]
+    fn a_refused_record_leaves_the_rest_of_its_group_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (mut log, _) = AuditLog::open(&path).unwrap();
+        let events = [event("a"), event("refuse"), event("b"), event("c")];
+        let refs: Vec<&AuditEvent> = events.iter().collect();
+        let results = log.append_group(&FakeSealer, &refs);
+        let seqs: Vec<Option<u64>> = results
+            .iter()
+            .map(|r| r.as_ref().ok().map(|r| r.seq))
+            .collect();
+        assert_eq!(seqs, [Some(1), None, Some(2), Some(3)]);
+        assert_eq!(log.head().seq, 3);
+        assert_eq!(verify(&path).unwrap().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn the_writer_answers_every_concurrent_caller_after_its_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (log, _) = AuditLog::open(&path).unwrap();
+        let writer = AuditWriter::start(log, Arc::new(FakeSealer)).unwrap();
+        let mut seqs: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..50)
+                            .map(|_| writer.append(event("x")).unwrap().seq)
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=800).collect::<Vec<_>>());
+        drop(writer);
+        assert_eq!(verify(&path).unwrap().unwrap().seq, 800);
+        let (log, recovery) = AuditLog::open(&path).unwrap();
+        assert_eq!((log.head().seq, recovery.truncated_bytes), (800, 0));
     }
 }

@@ -2,9 +2,9 @@
 //! an audit event. The HTTP API and the CLI both call these, so they answer
 //! alike.
 
-use crate::audit::{AuditLog, Recovery};
+use crate::audit::{AuditLog, AuditWriter, Recovery};
 use crate::config::Config;
-use crate::engine::{AuditSealer, Engine, TransferCheck};
+use crate::engine::{Engine, TransferCheck};
 use crate::error::Error;
 use crate::policy::{self, PolicySource};
 use crate::request::{decode_transfer, json_error};
@@ -15,19 +15,14 @@ use crate::wit::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A ready teller: loaded guests, their configuration, the audit log.
 pub struct Teller {
     engine: &'static str,
     transfer: Arc<dyn TransferCheck>,
     config: PolicyConfig,
-    audit: Option<Audit>,
-}
-
-struct Audit {
-    sealer: Arc<dyn AuditSealer>,
-    log: Mutex<AuditLog>,
+    audit: Option<AuditWriter>,
 }
 
 /// Who sent a request.
@@ -94,13 +89,7 @@ impl Teller {
             Some(path) => {
                 let sealer = engine.load_audit(&policies.artifact(policy::AUDIT)?)?;
                 let (log, recovery) = AuditLog::open(path)?;
-                (
-                    Some(Audit {
-                        sealer,
-                        log: Mutex::new(log),
-                    }),
-                    Some(recovery),
-                )
+                (Some(AuditWriter::start(log, sealer)?), Some(recovery))
             }
         };
         Ok((
@@ -136,7 +125,7 @@ impl Teller {
             None => None,
             Some(audit) => {
                 let event = self.decision_event(&request, &decision, &decision_id, caller);
-                Some(audit.append(&event)?)
+                Some(audit.append(event).map(AuditRef::from)?)
             }
         };
         let policy = self.transfer.policy();
@@ -195,9 +184,10 @@ impl Teller {
             engine: self.engine.to_string(),
             details: doc.details.into_iter().collect(),
         };
+        let id = event.id.clone();
         Ok(RecordedEvent {
-            audit: audit.append(&event)?,
-            id: event.id,
+            audit: audit.append(event)?.into(),
+            id,
         })
     }
 
@@ -246,19 +236,12 @@ impl Teller {
     }
 }
 
-impl Audit {
-    fn append(&self, event: &AuditEvent) -> Result<AuditRef, Error> {
-        let mut log = self.log.lock().map_err(|_| {
-            Error::internal(
-                "audit_log_unusable",
-                "the audit log is unusable after an earlier failure",
-            )
-        })?;
-        let record = log.append(self.sealer.as_ref(), event)?;
-        Ok(AuditRef {
+impl From<crate::wit::SealedRecord> for AuditRef {
+    fn from(record: crate::wit::SealedRecord) -> Self {
+        AuditRef {
             seq: record.seq,
             hash: record.hash,
-        })
+        }
     }
 }
 

@@ -273,3 +273,34 @@ fn bad_audit_events_are_refused_and_nothing_is_written() {
         "bad input must leave no record"
     );
 }
+
+#[test]
+fn concurrent_audited_requests_share_fsyncs_and_all_land_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let server = restart(&log);
+    let mut seqs: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..25)
+                        .map(|_| {
+                            let r = server.post("/v1/transfer/check", EXAMPLE);
+                            assert_eq!(r.status, 200, "{r:?}");
+                            r.json()["audit"]["seq"].as_u64().unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    let (code, out) = verify(&log);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("200 records"), "{out}");
+}

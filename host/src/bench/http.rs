@@ -38,10 +38,7 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
     let mut series = Vec::new();
     for (label, audit) in [
         ("transfer checks, no audit log", None),
-        (
-            "transfer checks, audit log on",
-            Some(log.as_path()),
-        ),
+        ("transfer checks, audit log on", Some(log.as_path())),
     ] {
         let server = Server::start(engine, audit, cache_dir)?;
         eprintln!(

@@ -304,3 +304,78 @@ fn concurrent_audited_requests_share_fsyncs_and_all_land_in_order() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("200 records"), "{out}");
 }
+
+/// kill -9 in the middle of a concurrent audited load: after a restart,
+/// every request that was answered 2xx has its record, the chain verifies
+/// and the sequence continues without a gap.
+#[test]
+fn kill_9_under_load_loses_no_answered_record() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let server = restart(&log);
+    let addr = server.addr;
+    let stop = AtomicBool::new(false);
+    let answered: Vec<(u64, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut acked = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        // Once the server is gone, connections fail: stop.
+                        let Ok(r) = std::panic::catch_unwind(|| {
+                            crate::support::request(
+                                addr,
+                                "POST",
+                                "/v1/transfer/check",
+                                EXAMPLE.as_bytes(),
+                            )
+                        }) else {
+                            break;
+                        };
+                        if r.status == 200 {
+                            let j = r.json();
+                            acked.push((
+                                j["audit"]["seq"].as_u64().unwrap(),
+                                j["decision_id"].as_str().unwrap().to_string(),
+                            ));
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        server.kill_now();
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert!(
+        answered.len() > 20,
+        "only {} requests were answered",
+        answered.len()
+    );
+    drop(server);
+
+    let server = restart(&log);
+    let (code, out) = verify(&log);
+    assert_eq!(code, 0, "{out}");
+    let records: Vec<serde_json::Value> = lines(&log)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (seq, id) in &answered {
+        let record = &records[*seq as usize - 1];
+        assert_eq!(record["seq"], *seq);
+        assert_eq!(
+            record["id"],
+            id.as_str(),
+            "answered decision {id} is not record {seq}"
+        );
+    }
+    let next = server.post("/v1/transfer/check", EXAMPLE).json();
+    assert_eq!(next["audit"]["seq"], records.len() as u64 + 1, "{next}");
+}

@@ -90,6 +90,13 @@ impl Server {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+
+    /// kill -9 through a shared reference (other threads still use `addr`).
+    pub fn kill_now(&self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status();
+    }
 }
 
 impl Drop for Server {

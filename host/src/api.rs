@@ -32,9 +32,31 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Bounds on the work in flight: past them a request gets 503 with
+/// `Retry-After` at once, instead of memory growing without bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Decisions and events being worked on at once.
+    pub max_concurrency: usize,
+    /// Requests waiting for one of those slots.
+    pub max_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrency: 256,
+            max_queue: 1024,
+        }
+    }
+}
+
 struct Shared {
     teller: Teller,
     ready: AtomicBool,
+    slots: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+    limits: Limits,
 }
 
 /// Serves `teller` on `listener` until `shutdown` completes, then stops
@@ -42,11 +64,15 @@ struct Shared {
 pub async fn serve(
     listener: TcpListener,
     teller: Teller,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         teller,
         ready: AtomicBool::new(true),
+        slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency.max(1))),
+        waiting: std::sync::atomic::AtomicUsize::new(0),
+        limits,
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -154,15 +180,45 @@ async fn run<T: Send + 'static>(
     op: fn(&Teller, &[u8], &Caller) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let body = read_body(req).await?;
+    let slot = admit(&shared).await?;
     let caller = Caller {
         client: peer.to_string(),
     };
     if !shared.teller.audit_enabled() {
         return op(&shared.teller, &body, &caller);
     }
-    tokio::task::spawn_blocking(move || op(&shared.teller, &body, &caller))
-        .await
-        .map_err(|e| Error::internal("internal", format!("request task failed: {e}")))?
+    // The slot is held until the blocking work is done.
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        op(&shared.teller, &body, &caller)
+    })
+    .await
+    .map_err(|e| Error::internal("internal", format!("request task failed: {e}")))?
+}
+
+/// A slot to work in, or `overloaded` when all are taken and the queue for
+/// them is full.
+async fn admit(shared: &Shared) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+    let overloaded = || {
+        Error::new(
+            Kind::Overloaded,
+            "overloaded",
+            format!(
+                "more than {} requests in flight and {} waiting; retry shortly",
+                shared.limits.max_concurrency, shared.limits.max_queue
+            ),
+        )
+    };
+    if let Ok(permit) = shared.slots.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    if shared.waiting.fetch_add(1, Ordering::SeqCst) >= shared.limits.max_queue {
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        return Err(overloaded());
+    }
+    let permit = shared.slots.clone().acquire_owned().await;
+    shared.waiting.fetch_sub(1, Ordering::SeqCst);
+    permit.map_err(|_| overloaded())
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Error> {
@@ -203,7 +259,13 @@ fn error(e: &Error) -> Response<Full<Bytes>> {
     if e.kind == Kind::Guest || e.kind == Kind::Internal {
         eprintln!("teller: {e}");
     }
-    json(status, e.to_json().into_bytes())
+    let mut response = json(status, e.to_json().into_bytes());
+    if e.kind == Kind::Overloaded {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {

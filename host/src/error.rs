@@ -31,6 +31,8 @@ pub enum Kind {
     MethodNotAllowed,
     /// A capability this instance was not started with (HTTP 503).
     Unavailable,
+    /// Too much work in flight; retry later (HTTP 503, Retry-After).
+    Overloaded,
     /// A guest trapped, timed out or returned nonsense (HTTP 500, exit 1).
     Guest,
     /// teller itself failed: I/O, the audit log (HTTP 500, exit 1).
@@ -71,7 +73,7 @@ impl Error {
             Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
             Kind::Guest | Kind::Internal => 500,
-            Kind::Unavailable => 503,
+            Kind::Unavailable | Kind::Overloaded => 503,
         }
     }
 
@@ -79,7 +81,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self.kind {
             Kind::BadRequest | Kind::TooLarge | Kind::NotFound | Kind::MethodNotAllowed => 2,
-            Kind::Guest | Kind::Internal | Kind::Unavailable => 1,
+            Kind::Guest | Kind::Internal | Kind::Unavailable | Kind::Overloaded => 1,
         }
     }
 

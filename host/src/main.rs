@@ -123,6 +123,12 @@ struct ServeArgs {
     /// responses wait until their record is on disk.
     #[arg(long, env = "TELLER_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// Requests worked on at once; more wait in the queue.
+    #[arg(long, env = "TELLER_MAX_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrency: u32,
+    /// Requests that may wait for a slot; past that, 503 with Retry-After.
+    #[arg(long, env = "TELLER_MAX_QUEUE", default_value_t = 1024)]
+    max_queue: u32,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -237,7 +243,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
                 .map_or("off".to_string(), |p| p.display().to_string()),
         );
         let _ = std::io::stdout().flush();
-        teller::api::serve(listener, teller, shutdown_signal())
+        let limits = teller::api::Limits {
+            max_concurrency: args.max_concurrency as usize,
+            max_queue: args.max_queue as usize,
+        };
+        teller::api::serve(listener, teller, limits, shutdown_signal())
             .await
             .map_err(|e| Error::internal("serve_failed", e.to_string()))?;
         eprintln!("teller: stopped");

@@ -236,3 +236,60 @@ fn bad_configuration_stops_start_up_naming_file_and_field() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
 }
+
+#[test]
+fn overload_gets_503_with_retry_after_and_the_server_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    // One slot and no queue; the audit log's fsync keeps the slot busy.
+    let server = Server::start(
+        ENGINES[0],
+        &[
+            "--max-concurrency",
+            "1",
+            "--max-queue",
+            "0",
+            "--audit-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let responses: Vec<crate::support::Response> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..10)
+                        .map(|_| server.post("/v1/transfer/check", EXAMPLE))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let refused: Vec<_> = responses.iter().filter(|r| r.status == 503).collect();
+    let allowed = responses.iter().filter(|r| r.status == 200).count();
+    assert_eq!(
+        refused.len() + allowed,
+        responses.len(),
+        "only 200 or 503 expected"
+    );
+    assert!(
+        !refused.is_empty() && allowed > 0,
+        "{} refused, {allowed} allowed",
+        refused.len()
+    );
+    for r in &refused {
+        assert_eq!(r.json()["error"]["code"], "overloaded");
+        assert!(
+            r.headers.to_ascii_lowercase().contains("retry-after: 1"),
+            "{r:?}"
+        );
+    }
+    let r = server.post("/v1/transfer/check", EXAMPLE);
+    assert_eq!(r.status, 200, "{r:?}");
+    // Every allowed decision was recorded; no refused one was.
+    let records = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert_eq!(records, allowed + 1);
+}

@@ -294,7 +294,7 @@ mod tests {
         for round in 0..200 {
             let mut store = new_store(&engine.engine);
             let instance = pre.instantiate(&mut store).unwrap();
-            let f: TypedFunc<(), (u32,)> = instance.get_typed_func(&mut store, &count).unwrap();
+            let f: TypedFunc<(), (u32,)> = instance.get_typed_func(&mut store, count).unwrap();
             assert_eq!(f.call(&mut store, ()).unwrap(), (1,), "round {round}");
             assert_eq!(f.call(&mut store, ()).unwrap(), (2,), "round {round}");
         }

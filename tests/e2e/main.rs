@@ -19,6 +19,7 @@ mod bench;
 mod cli;
 #[cfg(feature = "wasmedge")]
 mod differential;
+mod kubernetes;
 mod oracle;
 mod rules;
 mod support;

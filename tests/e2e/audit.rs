@@ -279,24 +279,10 @@ fn concurrent_audited_requests_share_fsyncs_and_all_land_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
     let server = restart(&log);
-    let mut seqs: Vec<u64> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                s.spawn(|| {
-                    (0..25)
-                        .map(|_| {
-                            let r = server.post("/v1/transfer/check", EXAMPLE);
-                            assert_eq!(r.status, 200, "{r:?}");
-                            r.json()["audit"]["seq"].as_u64().unwrap()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let mut seqs = crate::support::concurrently(8, 25, || {
+        let r = server.post("/v1/transfer/check", EXAMPLE);
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["audit"]["seq"].as_u64().unwrap()
     });
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());

@@ -253,21 +253,8 @@ fn overload_gets_503_with_retry_after_and_the_server_recovers() {
             log.to_str().unwrap(),
         ],
     );
-    let responses: Vec<crate::support::Response> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..16)
-            .map(|_| {
-                s.spawn(|| {
-                    (0..10)
-                        .map(|_| server.post("/v1/transfer/check", EXAMPLE))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let responses =
+        crate::support::concurrently(16, 10, || server.post("/v1/transfer/check", EXAMPLE));
     let refused: Vec<_> = responses.iter().filter(|r| r.status == 503).collect();
     let allowed = responses.iter().filter(|r| r.status == 200).count();
     assert_eq!(

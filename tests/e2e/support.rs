@@ -158,6 +158,19 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Response {
     }
 }
 
+/// Runs `op` `each` times on each of `threads` threads at once; all results.
+pub fn concurrently<T: Send>(threads: usize, each: usize, op: impl Fn() -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| (0..each).map(|_| op()).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
 /// A transfer document with the fields tests vary.
 pub fn doc(
     action: &str,

@@ -365,3 +365,65 @@ fn kill_9_under_load_loses_no_answered_record() {
     let next = server.post("/v1/transfer/check", EXAMPLE).json();
     assert_eq!(next["audit"]["seq"], records.len() as u64 + 1, "{next}");
 }
+
+/// SIGTERM under concurrent audited load: teller stops accepting, answers
+/// what it took, exits 0, and leaves a whole log with every answered record.
+#[test]
+fn sigterm_drains_and_leaves_a_whole_log() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let server = restart(&log);
+    let addr = server.addr;
+    let stop = AtomicBool::new(false);
+    let (answered, status) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut acked = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(r) = std::panic::catch_unwind(|| {
+                            crate::support::request(
+                                addr,
+                                "POST",
+                                "/v1/transfer/check",
+                                EXAMPLE.as_bytes(),
+                            )
+                        }) else {
+                            break;
+                        };
+                        assert_eq!(r.status, 200, "{r:?}");
+                        acked.push(r.json()["audit"]["seq"].as_u64().unwrap());
+                    }
+                    acked
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let status = server.stop();
+        stop.store(true, Ordering::Relaxed);
+        let answered: Vec<u64> = clients
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        (answered, status)
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "teller did not exit cleanly on SIGTERM"
+    );
+    assert!(answered.len() > 20, "only {} answered", answered.len());
+    let (code, out) = verify(&log);
+    assert_eq!(code, 0, "{out}");
+    let records = lines(&log).len() as u64;
+    assert!(
+        answered.iter().all(|seq| *seq <= records),
+        "an answered record is missing"
+    );
+    assert_eq!(
+        records,
+        answered.len() as u64,
+        "every record was answered, every answer recorded"
+    );
+}

@@ -150,6 +150,9 @@ enum AuditCommand {
     /// Recompute the hash chain of FILE. Exit status 0 when intact, 1 naming
     /// the first bad record, 2 when the file cannot be read.
     Verify { file: PathBuf },
+    /// Print the last record's seq and hash as JSON, for anchoring the
+    /// chain outside this machine (read-only; a torn tail is ignored).
+    Head { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -161,6 +164,10 @@ fn main() -> ExitCode {
             println!("{}", e.to_json());
         }),
         Command::Audit(AuditCommand::Verify { file }) => verify(&file),
+        Command::Audit(AuditCommand::Head { file }) => teller::audit::head(&file).map(|head| {
+            println!("{{\"seq\":{},\"hash\":\"{}\"}}", head.seq, head.hash);
+            ExitCode::SUCCESS
+        }),
         Command::Compile(run) => compile(&run),
         Command::Bench(command) => bench(command),
     };

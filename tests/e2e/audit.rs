@@ -104,6 +104,15 @@ fn decisions_recorded_on(engine: &str) {
     let (code, out) = verify(&log);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("11 records"), "{out}");
+    let head = teller().args(["audit", "head"]).arg(&log).output().unwrap();
+    assert!(head.status.success(), "{head:?}");
+    let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(head["seq"], 11);
+    assert_eq!(head["hash"], decision["audit"]["hash"]);
+    assert!(
+        out.contains(head["hash"].as_str().unwrap()),
+        "verify and head agree: {out}"
+    );
     assert_eq!(server.stop().code(), Some(0));
 }
 

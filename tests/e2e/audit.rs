@@ -300,22 +300,21 @@ fn concurrent_audited_requests_share_fsyncs_and_all_land_in_order() {
     assert!(out.contains("200 records"), "{out}");
 }
 
-/// kill -9 in the middle of a concurrent audited load: after a restart,
-/// every request that was answered 2xx has its record, the chain verifies
-/// and the sequence continues without a gap.
-#[test]
-fn kill_9_under_load_loses_no_answered_record() {
+/// Sends the README example from 8 threads until `halt` (run after
+/// `after`) has stopped the server and its connections fail; returns every
+/// response received and what `halt` returned.
+fn load_until_halted<T>(
+    addr: std::net::SocketAddr,
+    after: std::time::Duration,
+    halt: impl FnOnce() -> T,
+) -> (Vec<crate::support::Response>, T) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
-    let server = restart(&log);
-    let addr = server.addr;
     let stop = AtomicBool::new(false);
-    let answered: Vec<(u64, String)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
+    std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
             .map(|_| {
                 s.spawn(|| {
-                    let mut acked = Vec::new();
+                    let mut answered = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         // Once the server is gone, connections fail: stop.
                         let Ok(r) = std::panic::catch_unwind(|| {
@@ -328,26 +327,46 @@ fn kill_9_under_load_loses_no_answered_record() {
                         }) else {
                             break;
                         };
-                        if r.status == 200 {
-                            let j = r.json();
-                            acked.push((
-                                j["audit"]["seq"].as_u64().unwrap(),
-                                j["decision_id"].as_str().unwrap().to_string(),
-                            ));
-                        }
+                        answered.push(r);
                     }
-                    acked
+                    answered
                 })
             })
             .collect();
-        std::thread::sleep(std::time::Duration::from_millis(700));
-        server.kill_now();
+        std::thread::sleep(after);
+        let halted = halt();
         stop.store(true, Ordering::Relaxed);
-        handles
+        let answered = clients
             .into_iter()
             .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+            .collect();
+        (answered, halted)
+    })
+}
+
+/// kill -9 in the middle of a concurrent audited load: after a restart,
+/// every request that was answered 2xx has its record, the chain verifies
+/// and the sequence continues without a gap.
+#[test]
+fn kill_9_under_load_loses_no_answered_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let server = restart(&log);
+    let (responses, ()) =
+        load_until_halted(server.addr, std::time::Duration::from_millis(700), || {
+            server.kill_now()
+        });
+    let answered: Vec<(u64, String)> = responses
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| {
+            let j = r.json();
+            (
+                j["audit"]["seq"].as_u64().unwrap(),
+                j["decision_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     assert!(
         answered.len() > 20,
         "only {} requests were answered",
@@ -379,44 +398,21 @@ fn kill_9_under_load_loses_no_answered_record() {
 /// what it took, exits 0, and leaves a whole log with every answered record.
 #[test]
 fn sigterm_drains_and_leaves_a_whole_log() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
     let server = restart(&log);
     let addr = server.addr;
-    let stop = AtomicBool::new(false);
-    let (answered, status) = std::thread::scope(|s| {
-        let clients: Vec<_> = (0..8)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut acked = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let Ok(r) = std::panic::catch_unwind(|| {
-                            crate::support::request(
-                                addr,
-                                "POST",
-                                "/v1/transfer/check",
-                                EXAMPLE.as_bytes(),
-                            )
-                        }) else {
-                            break;
-                        };
-                        assert_eq!(r.status, 200, "{r:?}");
-                        acked.push(r.json()["audit"]["seq"].as_u64().unwrap());
-                    }
-                    acked
-                })
-            })
-            .collect();
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let status = server.stop();
-        stop.store(true, Ordering::Relaxed);
-        let answered: Vec<u64> = clients
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
-        (answered, status)
-    });
+    let (responses, status) =
+        load_until_halted(addr, std::time::Duration::from_millis(500), || {
+            server.stop()
+        });
+    let answered: Vec<u64> = responses
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{r:?}");
+            r.json()["audit"]["seq"].as_u64().unwrap()
+        })
+        .collect();
     assert_eq!(
         status.code(),
         Some(0),

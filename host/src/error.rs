@@ -52,10 +52,12 @@ impl Error {
         Self::new(Kind::Internal, code, message)
     }
 
+    /// Masks any account-number-like digit run in `message` (serde quotes
+    /// the offending value), so none reaches a client, a log or a terminal.
     pub fn new(kind: Kind, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: teller_audit::mask_digit_runs(&message.into()),
             field: None,
             kind,
         }

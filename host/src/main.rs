@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use teller::audit::{AuditKeys, AuditSettings, Commit};
 use teller::config::Config;
 use teller::engine::{self, EngineName, Workload, cache::ArtifactCache};
 use teller::error::Error;
@@ -35,7 +36,8 @@ enum Command {
     /// Compile the guest policies for an engine into the cache ahead of
     /// time (WasmEdge AOT, wasmtime .cwasm), so that no start pays for it.
     Compile(RunArgs),
-    /// Measure: cold start, per-call latency, HTTP load. Prints a table,
+    /// Measure: cold start, per-call latency, HTTP load, audited throughput.
+    /// Prints a table,
     /// or one JSON document with --json.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -72,6 +74,21 @@ enum BenchCommand {
         /// sends as fast as answers come.
         #[arg(long)]
         rate: Option<f64>,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
+    /// Audited decisions per second in-process, with group commit (plain
+    /// and encrypted) and with one fsync per record.
+    Audit {
+        /// Concurrent callers, as concurrent HTTP requests would be.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        threads: u32,
+        /// Seconds in all, shared by the series.
+        #[arg(long, default_value_t = 6.0)]
+        duration: f64,
+        /// Where the scratch logs go: the disk whose fsync is to be measured.
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        dir: PathBuf,
         #[command(flatten)]
         bench: BenchArgs,
     },
@@ -119,10 +136,8 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (printed at start).
     #[arg(long, env = "TELLER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Append every decision and event to this hash-chained audit log;
-    /// responses wait until their record is on disk.
-    #[arg(long, env = "TELLER_AUDIT_LOG")]
-    audit_log: Option<PathBuf>,
+    #[command(flatten)]
+    audit: AuditArgs,
     /// Requests worked on at once; more wait in the queue.
     #[arg(long, env = "TELLER_MAX_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: u32,
@@ -131,6 +146,62 @@ struct ServeArgs {
     max_queue: u32,
     #[command(flatten)]
     run: RunArgs,
+}
+
+/// The audit log of `teller serve`.
+#[derive(Args)]
+struct AuditArgs {
+    /// Append every decision and event to the hash-chained audit log in
+    /// this directory (created if missing); responses wait until their
+    /// record is on disk.
+    #[arg(long, env = "TELLER_AUDIT_DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Start a new segment once the current one reaches this many bytes.
+    #[arg(long, env = "TELLER_AUDIT_SEGMENT_BYTES", default_value_t = teller::audit::DEFAULT_SEGMENT_BYTES,
+          value_parser = clap::value_parser!(u64).range(teller::audit::MIN_SEGMENT_BYTES..))]
+    audit_segment_bytes: u64,
+    /// Encrypt each event (AES-256-GCM) with the first key in this file:
+    /// lines of ID:BASE64, as `teller audit new-key` prints. The key may
+    /// instead come from the TELLER_AUDIT_KEY environment variable.
+    #[arg(long, env = "TELLER_AUDIT_KEY_FILE")]
+    audit_key_file: Option<PathBuf>,
+}
+
+impl AuditArgs {
+    fn settings(&self) -> Result<Option<AuditSettings>, Error> {
+        let keys = audit_keys(self.audit_key_file.as_deref())?;
+        let Some(dir) = &self.audit_dir else {
+            if keys.is_some() {
+                return Err(Error::bad_request(
+                    "audit_key_without_log",
+                    "an audit key was given but no --audit-dir: there is nothing to encrypt",
+                ));
+            }
+            return Ok(None);
+        };
+        Ok(Some(AuditSettings {
+            dir: dir.clone(),
+            segment_bytes: self.audit_segment_bytes,
+            keys,
+            commit: Commit::Group,
+        }))
+    }
+}
+
+/// The audit keys from `file` or from TELLER_AUDIT_KEY; both is an error,
+/// so that it is never unclear which key encrypted a record.
+fn audit_keys(file: Option<&Path>) -> Result<Option<AuditKeys>, Error> {
+    match (file, AuditKeys::from_env()?) {
+        (Some(_), Some(_)) => Err(Error::bad_request(
+            "audit_key_ambiguous",
+            format!(
+                "an audit key file and {} are both set; give the key one way",
+                teller::audit::KEY_ENV
+            ),
+        )),
+        (Some(path), None) => AuditKeys::from_file(path).map(Some),
+        (None, env) => Ok(env),
+    }
 }
 
 #[derive(Args)]
@@ -147,12 +218,31 @@ struct CheckArgs {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute the hash chain of FILE. Exit status 0 when intact, 1 naming
-    /// the first bad record, 2 when the file cannot be read.
-    Verify { file: PathBuf },
+    /// Recompute the hash chain of the log in DIR across all its segments.
+    /// Exit status 0 when intact, 1 naming the first bad record, 2 when the
+    /// log cannot be read.
+    Verify { dir: PathBuf },
     /// Print the last record's seq and hash as JSON, for anchoring the
     /// chain outside this machine (read-only; a torn tail is ignored).
-    Head { file: PathBuf },
+    Head { dir: PathBuf },
+    /// Print the plaintext events of the encrypted records in DIR (or of
+    /// record --seq), one JSON line each. Needs the key that encrypted
+    /// them: --key-file, or TELLER_AUDIT_KEY.
+    Decrypt {
+        dir: PathBuf,
+        /// Only this record.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Lines of ID:BASE64; every key id in it can open records.
+        #[arg(long, env = "TELLER_AUDIT_KEY_FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Print a new random AES-256 key as a key-file line, ID:BASE64.
+    NewKey {
+        /// The key id records will name (A-Z a-z 0-9 . _ -), e.g. 2026-11.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -163,11 +253,7 @@ fn main() -> ExitCode {
             // The same body the HTTP API would answer, for scripts.
             println!("{}", e.to_json());
         }),
-        Command::Audit(AuditCommand::Verify { file }) => verify(&file),
-        Command::Audit(AuditCommand::Head { file }) => teller::audit::head(&file).map(|head| {
-            println!("{{\"seq\":{},\"hash\":\"{}\"}}", head.seq, head.hash);
-            ExitCode::SUCCESS
-        }),
+        Command::Audit(command) => audit(command),
         Command::Compile(run) => compile(&run),
         Command::Bench(command) => bench(command),
     };
@@ -201,19 +287,23 @@ fn cache(run: &RunArgs) -> Result<ArtifactCache, Error> {
     })
 }
 
-fn start(run: &RunArgs, audit_log: Option<&Path>, workload: Workload) -> Result<Teller, Error> {
+fn start(
+    run: &RunArgs,
+    audit: Option<&AuditSettings>,
+    workload: Workload,
+) -> Result<Teller, Error> {
     let config = match &run.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
     let engine = engine::by_name(run.engine, cache(run)?, workload)?;
-    let (teller, recovery) = Teller::start(engine.as_ref(), &policies(run), &config, audit_log)?;
-    if let (Some(r), Some(path)) = (recovery, audit_log)
+    let (teller, recovery) = Teller::start(engine.as_ref(), &policies(run), &config, audit)?;
+    if let (Some(r), Some(settings)) = (recovery, audit)
         && r.truncated_bytes > 0
     {
         eprintln!(
             "teller: audit log {}: cut off a torn last record ({} bytes) left by a crash",
-            path.display(),
+            settings.dir.display(),
             r.truncated_bytes
         );
     }
@@ -221,7 +311,8 @@ fn start(run: &RunArgs, audit_log: Option<&Path>, workload: Workload) -> Result<
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
-    let teller = start(&args.run, args.audit_log.as_deref(), Workload::Server)?;
+    let audit = args.audit.settings()?;
+    let teller = start(&args.run, audit.as_ref(), Workload::Server)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -245,9 +336,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
             policy.name,
             policy.version,
             policy.sha256.get(..12).unwrap_or_default(),
-            args.audit_log
-                .as_deref()
-                .map_or("off".to_string(), |p| p.display().to_string()),
+            audit.as_ref().map_or("off".to_string(), |a| format!(
+                "{}{}",
+                a.dir.display(),
+                a.keys.as_ref().map_or(String::new(), |k| format!(
+                    ", encrypted with key {}",
+                    k.current_id()
+                ))
+            )),
         );
         let _ = std::io::stdout().flush();
         let limits = teller::api::Limits {
@@ -355,15 +451,20 @@ fn bench(command: BenchCommand) -> Result<ExitCode, Error> {
             bench.json,
         ),
         BenchCommand::Call { duration, bench } => {
-            let cache = match &bench.cache_dir {
-                Some(dir) => ArtifactCache::at(dir)?,
-                None => ArtifactCache::default_dir()
-                    .map(ArtifactCache::at)
-                    .transpose()?
-                    .unwrap_or_else(ArtifactCache::disabled),
-            };
-            let engine = engine::by_name(bench.engine, cache, Workload::Server)?;
+            let engine = engine::by_name(bench.engine, bench_cache(&bench)?, Workload::Server)?;
             (teller::bench::call(engine.as_ref(), duration)?, bench.json)
+        }
+        BenchCommand::Audit {
+            threads,
+            duration,
+            dir,
+            bench,
+        } => {
+            let engine = engine::by_name(bench.engine, bench_cache(&bench)?, Workload::Server)?;
+            (
+                teller::bench::audit(engine.as_ref(), threads as usize, duration, &dir)?,
+                bench.json,
+            )
         }
         BenchCommand::Http {
             connections,
@@ -386,12 +487,60 @@ fn bench(command: BenchCommand) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(file: &Path) -> Result<ExitCode, Error> {
-    match teller::audit::verify(file)? {
-        Ok(head) => {
+/// The cache for in-process benches: the given or default directory.
+fn bench_cache(bench: &BenchArgs) -> Result<ArtifactCache, Error> {
+    Ok(match &bench.cache_dir {
+        Some(dir) => ArtifactCache::at(dir)?,
+        None => ArtifactCache::default_dir()
+            .map(ArtifactCache::at)
+            .transpose()?
+            .unwrap_or_else(ArtifactCache::disabled),
+    })
+}
+
+fn audit(command: AuditCommand) -> Result<ExitCode, Error> {
+    match command {
+        AuditCommand::Verify { dir } => verify(&dir),
+        AuditCommand::Head { dir } => teller::audit::head(&dir).map(|head| {
+            println!("{{\"seq\":{},\"hash\":\"{}\"}}", head.seq, head.hash);
+            ExitCode::SUCCESS
+        }),
+        AuditCommand::Decrypt { dir, seq, key_file } => {
+            let keys = audit_keys(key_file.as_deref())?.ok_or_else(|| {
+                Error::bad_request(
+                    "audit_key_missing",
+                    format!(
+                        "decrypt needs the key: give --key-file or set {}",
+                        teller::audit::KEY_ENV
+                    ),
+                )
+            })?;
+            let stdout = std::io::stdout();
+            let done = teller::audit::decrypt(&dir, &keys, seq, &mut stdout.lock())?;
+            eprintln!(
+                "teller: decrypted {} records{}",
+                done.opened,
+                if done.plain > 0 {
+                    format!("; {} were written without a key", done.plain)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::NewKey { id } => {
+            println!("{}", AuditKeys::generate_line(&id)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn verify(dir: &Path) -> Result<ExitCode, Error> {
+    match teller::audit::verify(dir)? {
+        Ok(verified) => {
             println!(
-                "ok: {} records, chain intact; head seq {} hash {}",
-                head.seq, head.seq, head.hash
+                "ok: {} records in {} segments, chain intact; head seq {} hash {}",
+                verified.head.seq, verified.segments, verified.head.seq, verified.head.hash
             );
             Ok(ExitCode::SUCCESS)
         }

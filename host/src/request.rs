@@ -131,12 +131,12 @@ fn amount<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         type Value = u64;
 
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "an integer number of minor units from 0 to {MAX_AMOUNT}")
+            write!(f, "an integer number of minor units from 0 to 2^63-1")
         }
 
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
             if v > MAX_AMOUNT {
-                return Err(E::custom(format!("{v} is above the maximum {MAX_AMOUNT}")));
+                return Err(E::custom("it is above the maximum, 2^63-1"));
             }
             Ok(v)
         }

@@ -2,7 +2,7 @@
 //! an audit event. The HTTP API and the CLI both call these, so they answer
 //! alike.
 
-use crate::audit::{AuditLog, AuditWriter, Recovery};
+use crate::audit::{AuditLog, AuditSettings, AuditWriter, Recovery};
 use crate::config::Config;
 use crate::engine::{Engine, TransferCheck};
 use crate::error::Error;
@@ -14,7 +14,6 @@ use crate::wit::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 /// A ready teller: loaded guests, their configuration, the audit log.
@@ -81,15 +80,17 @@ impl Teller {
         engine: &dyn Engine,
         policies: &PolicySource,
         config: &Config,
-        audit_log: Option<&Path>,
+        audit: Option<&AuditSettings>,
     ) -> Result<(Self, Option<Recovery>), Error> {
         let transfer = engine.load_transfer_check(&policies.artifact(policy::TRANSFER_CHECK)?)?;
-        let (audit, recovery) = match audit_log {
+        let (audit, recovery) = match audit {
             None => (None, None),
-            Some(path) => {
+            Some(settings) => {
                 let sealer = engine.load_audit(&policies.artifact(policy::AUDIT)?)?;
-                let (log, recovery) = AuditLog::open(path)?;
-                (Some(AuditWriter::start(log, sealer)?), Some(recovery))
+                let encrypter = settings.keys.as_ref().map(|k| k.encrypter()).transpose()?;
+                let (log, recovery) = AuditLog::open(&settings.dir, settings.segment_bytes)?;
+                let writer = AuditWriter::start(log, sealer, encrypter, settings.commit)?;
+                (Some(writer), Some(recovery))
             }
         };
         Ok((
@@ -158,7 +159,7 @@ impl Teller {
             Error::new(
                 crate::error::Kind::Unavailable,
                 "audit_log_disabled",
-                "this teller has no audit log; start it with --audit-log",
+                "this teller has no audit log; start it with --audit-dir",
             )
         })?;
         let mut json = serde_json::Deserializer::from_slice(body);
@@ -183,6 +184,7 @@ impl Teller {
             policy: None,
             engine: self.engine.to_string(),
             details: doc.details.into_iter().collect(),
+            encrypted: None,
         };
         let id = event.id.clone();
         Ok(RecordedEvent {
@@ -232,6 +234,7 @@ impl Teller {
             policy: Some(self.transfer.policy().clone()),
             engine: self.engine.to_string(),
             details,
+            encrypted: None,
         }
     }
 }

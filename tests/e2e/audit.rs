@@ -16,17 +16,39 @@ fn verify(path: &Path) -> (i32, String) {
     )
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
+/// Every record of the log in `dir`, across its segments in order.
+fn lines(dir: &Path) -> Vec<String> {
+    segments(dir)
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .collect()
+}
+
+/// The segment files of the log in `dir`, in order.
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// The first segment, where a log under the default size lives whole.
+fn first_segment(dir: &Path) -> std::path::PathBuf {
+    dir.join("audit-00000000000000000001.log")
 }
 
 /// A log of `n` decisions and `n` posted events, written on `engine`.
 fn build_log_on(engine: &str, path: &Path, n: usize) -> Server {
-    let server = Server::start(engine, &["--audit-log", path.to_str().unwrap()]);
+    let server = Server::start(engine, &["--audit-dir", path.to_str().unwrap()]);
     for i in 0..n {
         let r = server.post("/v1/transfer/check", EXAMPLE);
         assert_eq!(r.status, 200, "{r:?}");
@@ -53,7 +75,7 @@ fn build_log(path: &Path, n: usize) -> Server {
 }
 
 fn restart(path: &Path) -> Server {
-    Server::start(ENGINES[0], &["--audit-log", path.to_str().unwrap()])
+    Server::start(ENGINES[0], &["--audit-dir", path.to_str().unwrap()])
 }
 
 #[test]
@@ -65,7 +87,7 @@ fn every_decision_is_recorded_masked_and_the_chain_verifies() {
 
 fn decisions_recorded_on(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     let server = build_log_on(engine, &log, 5);
     let r = server.post(
         "/v1/transfer/check",
@@ -76,7 +98,7 @@ fn decisions_recorded_on(engine: &str) {
 
     let records = lines(&log);
     assert_eq!(records.len(), 11);
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = records.join("\n");
     for clear in [
         "6222020200001234567",
         "6222020200007654321",
@@ -94,7 +116,34 @@ fn decisions_recorded_on(engine: &str) {
     assert_eq!(first["policy"]["name"], "transfer-check");
     assert_eq!(first["engine"], engine);
     assert_eq!(first["details"]["amount"], "250000");
-    assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(first["encrypted"], serde_json::Value::Null);
+    // PCI DSS 10.2.2: user, event type, time, outcome, origin, resource.
+    let time = first["timestamp"].as_str().unwrap();
+    assert!(
+        time.len() == 24
+            && time.as_bytes()[10] == b'T'
+            && time.as_bytes()[19] == b'.'
+            && time.ends_with('Z'),
+        "RFC 3339 UTC with milliseconds: {time}"
+    );
+    assert_eq!(first["actor"]["role"], "authorized");
+    assert_eq!(first["action"], "transfer");
+    assert!(
+        first["origin"]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{first}"
+    );
+    assert_eq!(first["policy"]["version"], "0.1.0");
+    let sha = first["policy"]["sha256"].as_str().unwrap();
+    assert!(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()));
+    let event: serde_json::Value = serde_json::from_str(&records[1]).unwrap();
+    assert_eq!(event["actor"]["id"], "ops-1");
+    assert_eq!(event["action"], "limit.change");
+    assert_eq!(event["outcome"], "success");
+    assert_eq!(event["resource"][0], "account ***************4567");
+    assert_eq!(event["prev_hash"], first["hash"]);
     let last: serde_json::Value = serde_json::from_str(&records[10]).unwrap();
     assert_eq!(last["outcome"], "deny");
     assert_eq!(last["reasons"][0], "amount_over_limit");
@@ -119,7 +168,7 @@ fn decisions_recorded_on(engine: &str) {
 #[test]
 fn a_restart_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     // Written on one engine, continued on the other: the chain is the
     // guests' contract, not an engine's.
     build_log(&log, 2).kill();
@@ -132,19 +181,20 @@ fn a_restart_continues_the_chain() {
 #[test]
 fn a_torn_last_record_is_cut_off_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     build_log(&log, 2).kill();
-    let whole = std::fs::read(&log).unwrap();
+    let segment = first_segment(&log);
+    let whole = std::fs::read(&segment).unwrap();
     let mut torn = whole.clone();
     torn.extend_from_slice(br#"{"seq":5,"timestamp":"2026-"#);
-    std::fs::write(&log, &torn).unwrap();
+    std::fs::write(&segment, &torn).unwrap();
     let (code, out) = verify(&log);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("record 5") && out.contains("torn"), "{out}");
 
     let server = restart(&log);
     assert_eq!(
-        std::fs::read(&log).unwrap(),
+        std::fs::read(&segment).unwrap(),
         whole,
         "torn tail not cut back"
     );
@@ -156,14 +206,15 @@ fn a_torn_last_record_is_cut_off_at_start_up() {
 #[test]
 fn tampering_is_detected_and_the_record_named() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     build_log(&log, 3).kill();
     let original = lines(&log);
     assert_eq!(original.len(), 6);
+    let segment = first_segment(&log);
     let write = |records: &[String]| {
         let mut text = records.join("\n");
         text.push('\n');
-        std::fs::write(&log, text).unwrap();
+        std::fs::write(&segment, text).unwrap();
     };
 
     // Modify: deny turned into allow in record 3 (a decision).
@@ -218,7 +269,7 @@ fn tampering_is_detected_and_the_record_named() {
     // Truncate mid-record.
     let mut text = original.join("\n");
     text.push('\n');
-    std::fs::write(&log, &text.as_bytes()[..text.len() - 40]).unwrap();
+    std::fs::write(&segment, &text.as_bytes()[..text.len() - 40]).unwrap();
     let (code, out) = verify(&log);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("record 6") && out.contains("torn"), "{out}");
@@ -250,7 +301,7 @@ fn tampering_is_detected_and_the_record_named() {
 #[test]
 fn bad_audit_events_are_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     let server = restart(&log);
     for (body, code) in [
         ("{", "malformed_json"),
@@ -277,7 +328,7 @@ fn bad_audit_events_are_refused_and_nothing_is_written() {
     let r = server.post("/v1/transfer/check", r#"{"action":"transfer"}"#);
     assert_eq!(r.status, 400);
     assert_eq!(
-        std::fs::read(&log).unwrap().len(),
+        std::fs::read(first_segment(&log)).unwrap().len(),
         0,
         "bad input must leave no record"
     );
@@ -286,7 +337,7 @@ fn bad_audit_events_are_refused_and_nothing_is_written() {
 #[test]
 fn concurrent_audited_requests_share_fsyncs_and_all_land_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     let server = restart(&log);
     let mut seqs = crate::support::concurrently(8, 25, || {
         let r = server.post("/v1/transfer/check", EXAMPLE);
@@ -350,7 +401,7 @@ fn load_until_halted<T>(
 #[test]
 fn kill_9_under_load_loses_no_answered_record() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     let server = restart(&log);
     let (responses, ()) =
         load_until_halted(server.addr, std::time::Duration::from_millis(700), || {
@@ -399,7 +450,7 @@ fn kill_9_under_load_loses_no_answered_record() {
 #[test]
 fn sigterm_drains_and_leaves_a_whole_log() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     let server = restart(&log);
     let addr = server.addr;
     let (responses, status) =

@@ -240,7 +240,7 @@ fn bad_configuration_stops_start_up_naming_file_and_field() {
 #[test]
 fn overload_gets_503_with_retry_after_and_the_server_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     // One slot and no queue; the audit log's fsync keeps the slot busy.
     let server = Server::start(
         ENGINES[0],
@@ -249,7 +249,7 @@ fn overload_gets_503_with_retry_after_and_the_server_recovers() {
             "1",
             "--max-queue",
             "0",
-            "--audit-log",
+            "--audit-dir",
             log.to_str().unwrap(),
         ],
     );
@@ -277,6 +277,9 @@ fn overload_gets_503_with_retry_after_and_the_server_recovers() {
     let r = server.post("/v1/transfer/check", EXAMPLE);
     assert_eq!(r.status, 200, "{r:?}");
     // Every allowed decision was recorded; no refused one was.
-    let records = std::fs::read_to_string(&log).unwrap().lines().count();
+    let records = std::fs::read_to_string(log.join("audit-00000000000000000001.log"))
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(records, allowed + 1);
 }

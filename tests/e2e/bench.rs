@@ -96,3 +96,33 @@ fn http_reports_with_and_without_the_audit_log() {
             .contains("200 req/s scheduled")
     );
 }
+
+#[test]
+fn audit_reports_group_commit_next_to_one_fsync_per_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = bench(&[
+        "audit",
+        "--engine",
+        ENGINES[0],
+        "--threads",
+        "8",
+        "--duration",
+        "1.5",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let names = names(&doc).join("|");
+    for want in ["group commit", "AES-256-GCM", "one fsync per record"] {
+        assert!(names.contains(want), "{want} missing from {names}");
+    }
+    let ratio = &doc["ratios"][0];
+    assert!(
+        ratio["name"]
+            .as_str()
+            .unwrap()
+            .contains("one fsync per record")
+    );
+    assert!(ratio["value"].as_f64().unwrap() > 0.0, "{ratio}");
+    // The scratch logs are cleaned up.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

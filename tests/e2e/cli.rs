@@ -16,7 +16,9 @@ fn help_explains_every_command() {
         "--listen",
         "--policy-dir",
         "--config",
-        "--audit-log",
+        "--audit-dir",
+        "--audit-key-file",
+        "--audit-segment-bytes",
         "--engine",
         "TELLER_LISTEN",
     ] {

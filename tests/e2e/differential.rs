@@ -5,7 +5,9 @@
 use crate::support::engine;
 use proptest::prelude::*;
 use teller::policy::{AUDIT, PolicySource, TRANSFER_CHECK};
-use teller::wit::{Actor, AuditEvent, Origin, PolicyConfig, PolicyRef, TransferRequest, User};
+use teller::wit::{
+    Actor, AuditEvent, EncryptedEvent, Origin, PolicyConfig, PolicyRef, TransferRequest, User,
+};
 
 const CASES: u32 = 1000;
 
@@ -95,14 +97,17 @@ fn event() -> impl Strategy<Value = AuditEvent> {
             prop::option::of((text(), text(), "[0-9a-f]{64}")),
             text(),
         ),
-        prop::collection::vec((text(), text()), 0..5),
+        (
+            prop::collection::vec((text(), text()), 0..5),
+            prop::option::of((text(), text(), text(), text())),
+        ),
     )
         .prop_map(
             |(
                 (id, ts, actor_id, role, action),
                 (resource, outcome, reasons),
                 (client, rid, policy, engine),
-                details,
+                (details, encrypted),
             )| {
                 AuditEvent {
                     id,
@@ -123,6 +128,12 @@ fn event() -> impl Strategy<Value = AuditEvent> {
                     }),
                     engine,
                     details,
+                    encrypted: encrypted.map(|(key_id, salt, nonce, ciphertext)| EncryptedEvent {
+                        key_id,
+                        salt,
+                        nonce,
+                        ciphertext,
+                    }),
                 }
             },
         )

@@ -109,7 +109,7 @@ fn deployment_is_highly_available_and_locked_down() {
             .unwrap_or_else(|| panic!("{name} not set"))
     };
     assert_eq!(value("TELLER_LISTEN"), "0.0.0.0:8080");
-    let audit_log = value("TELLER_AUDIT_LOG");
+    let audit_log = value("TELLER_AUDIT_DIR");
     let mounts = container.volume_mounts.clone().unwrap();
     let audit = mounts.iter().find(|m| m.name == "audit").unwrap();
     assert!(
@@ -147,7 +147,12 @@ fn deployment_is_highly_available_and_locked_down() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for var in ["TELLER_LISTEN", "TELLER_AUDIT_LOG", "TELLER_CACHE_DIR"] {
+    for var in [
+        "TELLER_LISTEN",
+        "TELLER_AUDIT_DIR",
+        "TELLER_AUDIT_KEY_FILE",
+        "TELLER_CACHE_DIR",
+    ] {
         assert!(help.contains(var), "teller serve does not read {var}");
     }
 }

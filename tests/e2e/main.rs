@@ -14,6 +14,7 @@
 mod abi;
 mod artifacts;
 mod audit;
+mod audit_keys;
 mod bad_input;
 mod bench;
 mod cli;

@@ -24,12 +24,13 @@ pub fn engine(name: &str) -> Box<dyn teller::engine::Engine> {
 /// `teller` with a cache shared by all tests (compiled guests are reused).
 pub fn teller() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_teller"));
-    cmd.env("TELLER_CACHE_DIR", cache_dir())
-        .env_remove("TELLER_ENGINE")
-        .env_remove("TELLER_LISTEN")
-        .env_remove("TELLER_POLICY_DIR")
-        .env_remove("TELLER_CONFIG")
-        .env_remove("TELLER_AUDIT_LOG");
+    // Only what a test sets: no TELLER_* setting leaks in from outside.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TELLER_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("TELLER_CACHE_DIR", cache_dir());
     cmd
 }
 

@@ -13,7 +13,8 @@
 //! so a verifier recovers `body` from the line alone and needs no knowledge of
 //! the serialization. Account numbers never reach the line in clear: every
 //! digit of a resource but its last four is masked, and so is every run of
-//! twelve or more digits anywhere in free text.
+//! twelve or more digits anywhere in free text. The unmasked event reaches
+//! the line only as the host's ciphertext (`encrypted`), covered by the hash.
 
 #[allow(unsafe_code)]
 mod bindings {
@@ -140,6 +141,18 @@ pub fn seal(seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecor
         string(&mut out, v);
     }
     out.push('}');
+    out.push_str(",\"encrypted\":");
+    match &event.encrypted {
+        None => out.push_str("null"),
+        Some(e) => {
+            out.push_str("{\"key_id\":");
+            string(&mut out, &e.key_id);
+            field(&mut out, "salt", &e.salt);
+            field(&mut out, "nonce", &e.nonce);
+            field(&mut out, "ciphertext", &e.ciphertext);
+            out.push('}');
+        }
+    }
     field(&mut out, "prev_hash", prev_hash);
     out.push('}');
 
@@ -271,6 +284,7 @@ mod tests {
                 "note".to_string(),
                 "card 4111111111111111 \"x\"\n".to_string(),
             )],
+            encrypted: None,
         }
     }
 

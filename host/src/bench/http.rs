@@ -34,7 +34,7 @@ pub struct Load {
 /// Runs the load against a server without, then with, an audit log.
 pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Result<Report, Error> {
     let dir = tempfile::tempdir().map_err(|e| run_error("temporary directory", e))?;
-    let log = dir.path().join("audit.log");
+    let log = dir.path().join("audit");
     let mut series = Vec::new();
     for (label, audit) in [
         ("transfer checks, no audit log", None),
@@ -49,9 +49,10 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
         drop(server);
         series.push(result?);
     }
-    let records = std::fs::read_to_string(&log)
-        .map(|t| t.lines().count())
-        .unwrap_or(0);
+    let records = crate::audit::verify(&log)?
+        .map_err(|bad| run_error("the bench's audit log does not verify", bad))?
+        .head
+        .seq;
     let mut notes = vec![format!(
         "{} connections, {:.0} s each, {}; the audit run wrote {records} records",
         load.connections,
@@ -89,7 +90,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(log) = audit {
-            cmd.arg("--audit-log").arg(log);
+            cmd.arg("--audit-dir").arg(log);
         }
         if let Some(dir) = cache_dir {
             cmd.arg("--cache-dir").arg(dir);

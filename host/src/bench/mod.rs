@@ -1,9 +1,11 @@
 //! `teller bench`: the figures behind the bank's budgets (cold start, per
-//! call, HTTP load), printed as a table or, with `--json`, as one JSON
+//! call, HTTP load, audited throughput), printed as a table or, with `--json`, as one JSON
 //! document. Benchmarks report; they never pass or fail on a time.
 
+mod audit;
 mod http;
 
+pub use audit::audit;
 pub use http::{Load, http};
 
 use crate::engine::{CallMode, Engine, TransferCheck};

@@ -1,0 +1,107 @@
+//! The audit writer thread: group commit for concurrent requests.
+
+use super::{AuditLog, Encrypter};
+use crate::engine::AuditSealer;
+use crate::error::Error;
+use crate::wit::{AuditEvent, SealedRecord};
+use std::sync::{Arc, mpsc};
+
+/// How records are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Commit {
+    /// One `fsync` covers every record queued while the last one ran.
+    #[default]
+    Group,
+    /// One `fsync` per record: the baseline group commit is measured
+    /// against.
+    PerRecord,
+}
+
+/// Appends to an [`AuditLog`] from a thread of its own, so that concurrent
+/// requests share `fsync`s: while one group is being made durable the next
+/// one gathers (group commit). Each caller still gets its answer only once
+/// its own record is on disk.
+pub struct AuditWriter {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Encrypts in the caller's thread, so the writer thread only seals.
+    encrypter: Option<Encrypter>,
+}
+
+struct Job {
+    event: AuditEvent,
+    reply: mpsc::SyncSender<Result<SealedRecord, Error>>,
+}
+
+/// Records one `fsync` covers at most.
+const MAX_GROUP: usize = 1024;
+
+impl AuditWriter {
+    pub fn start(
+        mut log: AuditLog,
+        sealer: Arc<dyn AuditSealer>,
+        encrypter: Option<Encrypter>,
+        commit: Commit,
+    ) -> Result<Self, Error> {
+        let max_group = match commit {
+            Commit::Group => MAX_GROUP,
+            Commit::PerRecord => 1,
+        };
+        let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_GROUP * 4);
+        let thread = std::thread::Builder::new()
+            .name("teller-audit".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut group = vec![first];
+                    while group.len() < max_group {
+                        match queue.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let events: Vec<&AuditEvent> = group.iter().map(|j| &j.event).collect();
+                    let results = log.append_group(sealer.as_ref(), &events);
+                    for (job, result) in group.into_iter().zip(results) {
+                        let _ = job.reply.send(result);
+                    }
+                }
+            })
+            .map_err(|e| {
+                Error::internal(
+                    "audit_log_unusable",
+                    format!("cannot start the audit writer: {e}"),
+                )
+            })?;
+        Ok(AuditWriter {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            encrypter,
+        })
+    }
+
+    /// Records `event`; returns once its record is durable.
+    pub fn append(&self, mut event: AuditEvent) -> Result<SealedRecord, Error> {
+        if let Some(encrypter) = &self.encrypter {
+            event.encrypted = None;
+            event.encrypted = Some(encrypter.encrypt(&event)?);
+        }
+        let stopped = || Error::internal("audit_log_unusable", "the audit writer has stopped");
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Job { event, reply })
+            .map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
+    }
+}
+
+impl Drop for AuditWriter {
+    /// Writes whatever is queued, then stops the thread.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

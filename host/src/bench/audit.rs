@@ -1,0 +1,126 @@
+//! `teller bench audit`: audited decisions per second in-process, with
+//! group commit and with one `fsync` per record, side by side.
+
+use super::{EXAMPLE, Report, Series, new_histogram, run_error};
+use crate::audit::{AuditKeys, AuditSettings, Commit, DEFAULT_SEGMENT_BYTES};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::policy::PolicySource;
+use crate::service::{Caller, Teller};
+use hdrhistogram::Histogram;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Runs `threads` callers deciding the README example for `seconds` in
+/// each mode, each mode on a fresh log in a scratch directory under `dir`.
+pub fn audit(
+    engine: &dyn Engine,
+    threads: usize,
+    seconds: f64,
+    dir: &Path,
+) -> Result<Report, Error> {
+    let scratch = tempfile::Builder::new()
+        .prefix("teller-bench-audit-")
+        .tempdir_in(dir)
+        .map_err(|e| {
+            run_error(
+                &format!("cannot make a scratch directory in {}", dir.display()),
+                e,
+            )
+        })?;
+    let slice = Duration::from_secs_f64(seconds / 3.0);
+    let key = AuditKeys::generate_line("bench")?;
+    let runs = [
+        ("group commit", Commit::Group, false),
+        ("group commit, AES-256-GCM", Commit::Group, true),
+        ("one fsync per record", Commit::PerRecord, false),
+    ];
+    let mut series = Vec::new();
+    for (i, (label, commit, encrypted)) in runs.into_iter().enumerate() {
+        eprintln!("audit: {} {label}, {threads} threads", engine.name());
+        let settings = AuditSettings {
+            dir: scratch.path().join(format!("log-{i}")),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            keys: encrypted
+                .then(|| AuditKeys::parse(&key, "bench"))
+                .transpose()?,
+            commit,
+        };
+        let (teller, _) = Teller::start(
+            engine,
+            &PolicySource::Builtin,
+            &Config::default(),
+            Some(&settings),
+        )?;
+        let name = format!("audited decisions, {label}");
+        series.push(measure(&teller, threads, slice, name)?);
+        drop(teller);
+        match crate::audit::verify(&settings.dir)? {
+            Ok(_) => {}
+            Err(bad) => return Err(run_error("the bench's own log does not verify", bad)),
+        }
+    }
+    let rate = |i: usize| series.get(i).and_then(|s| s.per_second).unwrap_or(0.0);
+    let ratios = vec![
+        (
+            "decisions/s group commit / one fsync per record".to_string(),
+            rate(0) / rate(2).max(f64::MIN_POSITIVE),
+        ),
+        (
+            "decisions/s encrypted / plain (group commit)".to_string(),
+            rate(1) / rate(0).max(f64::MIN_POSITIVE),
+        ),
+    ];
+    Ok(Report {
+        bench: "audit",
+        engine: engine.name(),
+        series,
+        ratios,
+        notes: vec![format!(
+            "{threads} threads deciding the README example; each series ran {:.1} s on a fresh log in {} (fsync is only real on a disk, not tmpfs); every log verified afterwards",
+            slice.as_secs_f64(),
+            dir.display()
+        )],
+    })
+}
+
+fn measure(teller: &Teller, threads: usize, time: Duration, name: String) -> Result<Series, Error> {
+    let caller = Caller {
+        client: "bench".to_string(),
+    };
+    let results: Vec<Result<(Histogram<u64>, u64), Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut histogram = new_histogram()?;
+                    let mut calls = 0u64;
+                    let started = Instant::now();
+                    while started.elapsed() < time {
+                        let t = Instant::now();
+                        teller.check(EXAMPLE.as_bytes(), &caller)?;
+                        let _ = histogram.record(t.elapsed().as_nanos() as u64);
+                        calls += 1;
+                    }
+                    Ok((histogram, calls))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(run_error("bench thread", "panicked")))
+            })
+            .collect()
+    });
+    let mut series = Series::new(name)?;
+    let mut calls = 0;
+    for result in results {
+        let (histogram, n) = result?;
+        let _ = series.histogram.add(&histogram);
+        calls += n;
+    }
+    series.per_second = Some(calls as f64 / time.as_secs_f64());
+    Ok(series)
+}

@@ -30,6 +30,12 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
         "teller_abi_echo",
         "tests/guests/abi-echo",
     ),
+    (
+        "hostile",
+        "teller-hostile",
+        "teller_hostile",
+        "tests/guests/hostile",
+    ),
 ];
 
 const TARGETS: [&str; 2] = ["wasm32-wasip2", "wasm32-wasip1"];

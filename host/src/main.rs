@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use teller::audit::{AuditKeys, AuditSettings, Commit};
 use teller::config::Config;
-use teller::engine::{self, EngineName, Workload, cache::ArtifactCache};
+use teller::engine::{self, EngineName, GuestLimits, Workload, cache::ArtifactCache};
 use teller::error::Error;
 use teller::policy::PolicySource;
 use teller::service::{Caller, Teller};
@@ -129,6 +129,31 @@ struct RunArgs {
     /// Compile the guests at every start instead of caching them.
     #[arg(long, env = "TELLER_NO_CACHE")]
     no_cache: bool,
+    /// Wall-clock time one guest call may take; past it the call fails with
+    /// guest_timeout and its instance is thrown away.
+    #[arg(long, env = "TELLER_GUEST_DEADLINE_MS", default_value_t = GuestLimits::DEFAULT_DEADLINE_MS,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    guest_deadline_ms: u64,
+    /// Linear memory one guest instance may grow to; past it the call fails
+    /// with guest_memory_limit.
+    #[arg(long, env = "TELLER_GUEST_MEMORY_MIB", default_value_t = GuestLimits::DEFAULT_MEMORY_MIB,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    guest_memory_mib: u64,
+    /// Work one guest call may do (wasmtime fuel, WasmEdge instruction
+    /// cost); past it the call fails with guest_out_of_fuel. Off by default:
+    /// counting costs time on every call.
+    #[arg(long, env = "TELLER_GUEST_FUEL", value_parser = clap::value_parser!(u64).range(1..))]
+    guest_fuel: Option<u64>,
+}
+
+impl RunArgs {
+    fn limits(&self) -> GuestLimits {
+        GuestLimits {
+            deadline: std::time::Duration::from_millis(self.guest_deadline_ms),
+            memory_bytes: self.guest_memory_mib << 20,
+            fuel: self.guest_fuel,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -296,7 +321,7 @@ fn start(
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let engine = engine::by_name(run.engine, cache(run)?, workload)?;
+    let engine = engine::by_name(run.engine, cache(run)?, workload, run.limits())?;
     let (teller, recovery) = Teller::start(engine.as_ref(), &policies(run), &config, audit)?;
     if let (Some(r), Some(settings)) = (recovery, audit)
         && r.truncated_bytes > 0
@@ -421,7 +446,7 @@ fn compile(run: &RunArgs) -> Result<ExitCode, Error> {
             "compile fills the cache: give --cache-dir or set HOME",
         ));
     };
-    let engine = engine::by_name(run.engine, cache, Workload::Once)?;
+    let engine = engine::by_name(run.engine, cache, Workload::Once, run.limits())?;
     let source = policies(run);
     for name in [teller::policy::TRANSFER_CHECK, teller::policy::AUDIT] {
         eprint!("teller: compiling {name} for {} ... ", engine.name());
@@ -451,7 +476,12 @@ fn bench(command: BenchCommand) -> Result<ExitCode, Error> {
             bench.json,
         ),
         BenchCommand::Call { duration, bench } => {
-            let engine = engine::by_name(bench.engine, bench_cache(&bench)?, Workload::Server)?;
+            let engine = engine::by_name(
+                bench.engine,
+                bench_cache(&bench)?,
+                Workload::Server,
+                GuestLimits::default(),
+            )?;
             (teller::bench::call(engine.as_ref(), duration)?, bench.json)
         }
         BenchCommand::Audit {
@@ -460,7 +490,12 @@ fn bench(command: BenchCommand) -> Result<ExitCode, Error> {
             dir,
             bench,
         } => {
-            let engine = engine::by_name(bench.engine, bench_cache(&bench)?, Workload::Server)?;
+            let engine = engine::by_name(
+                bench.engine,
+                bench_cache(&bench)?,
+                Workload::Server,
+                GuestLimits::default(),
+            )?;
             (
                 teller::bench::audit(engine.as_ref(), threads as usize, duration, &dir)?,
                 bench.json,

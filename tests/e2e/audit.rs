@@ -443,6 +443,12 @@ fn kill_9_under_load_loses_no_answered_record() {
     }
     let next = server.post("/v1/transfer/check", EXAMPLE).json();
     assert_eq!(next["audit"]["seq"], records.len() as u64 + 1, "{next}");
+    println!(
+        "kill -9: {} requests answered 2xx, {} records on disk after restart, all answered ones found; next seq {}",
+        answered.len(),
+        records.len(),
+        next["audit"]["seq"]
+    );
 }
 
 /// SIGTERM under concurrent audited load: teller stops accepting, answers

@@ -18,6 +18,7 @@ mod audit_keys;
 mod bad_input;
 mod bench;
 mod cli;
+mod containment;
 #[cfg(feature = "wasmedge")]
 mod differential;
 mod kubernetes;

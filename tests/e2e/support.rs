@@ -18,7 +18,13 @@ pub fn engine(name: &str) -> Box<dyn teller::engine::Engine> {
     use clap::ValueEnum;
     let name = teller::engine::EngineName::from_str(name, false).unwrap();
     let cache = teller::engine::cache::ArtifactCache::at(cache_dir()).unwrap();
-    teller::engine::by_name(name, cache, teller::engine::Workload::Server).unwrap()
+    teller::engine::by_name(
+        name,
+        cache,
+        teller::engine::Workload::Server,
+        teller::engine::GuestLimits::default(),
+    )
+    .unwrap()
 }
 
 /// `teller` with a cache shared by all tests (compiled guests are reused).

@@ -70,16 +70,49 @@ pub enum Workload {
     Server,
 }
 
+/// What one call into a guest may use. Past a limit the call fails with
+/// `guest_timeout`, `guest_memory_limit` or `guest_out_of_fuel`, the
+/// instance is thrown away and the host goes on serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Wall-clock time for one call.
+    pub deadline: std::time::Duration,
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: u64,
+    /// Work one call may do, in the engine's units (wasmtime fuel, WasmEdge
+    /// instruction cost); `None` is no budget but the deadline.
+    pub fuel: Option<u64>,
+}
+
+impl GuestLimits {
+    pub const DEFAULT_DEADLINE_MS: u64 = 100;
+    pub const DEFAULT_MEMORY_MIB: u64 = 64;
+    pub const WASM_PAGE: u64 = 64 * 1024;
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            deadline: std::time::Duration::from_millis(Self::DEFAULT_DEADLINE_MS),
+            memory_bytes: Self::DEFAULT_MEMORY_MIB << 20,
+            fuel: None,
+        }
+    }
+}
+
 /// Builds the engine named on the command line.
 pub fn by_name(
     name: EngineName,
     cache: cache::ArtifactCache,
     workload: Workload,
+    limits: GuestLimits,
 ) -> Result<Box<dyn Engine>, Error> {
     match name {
-        EngineName::Wasmtime => Ok(Box::new(wasmtime::WasmtimeEngine::new(cache, workload)?)),
+        EngineName::Wasmtime => Ok(Box::new(wasmtime::WasmtimeEngine::new(
+            cache, workload, limits,
+        )?)),
         #[cfg(feature = "wasmedge")]
-        EngineName::Wasmedge => Ok(Box::new(wasmedge::WasmEdgeEngine::new(cache)?)),
+        EngineName::Wasmedge => Ok(Box::new(wasmedge::WasmEdgeEngine::new(cache, limits)?)),
     }
 }
 

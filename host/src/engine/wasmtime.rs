@@ -2,7 +2,7 @@
 //! generated from `wit/`, one fresh instance per call from an `InstancePre`.
 
 use super::cache::ArtifactCache;
-use super::{AuditSealer, CallMode, Caller, Engine, TransferCheck, Workload};
+use super::{AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload};
 use crate::error::Error;
 use crate::policy::{Artifact, sha256_hex};
 use crate::wit::{
@@ -12,13 +12,16 @@ use crate::wit::{
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
-use wasmtime::{Config, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 // Both worlds export `metadata`; one set of its bindings serves them all.
 use wit::transfer_check::exports::bank::policy::metadata::GuestIndices as MetadataIndices;
 
-/// Linear memory a single instance may grow to.
-const MEMORY_LIMIT: usize = 64 << 20;
+/// How often the epoch advances: the resolution of the call deadline.
+const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Core instances one component instance may create.
+const MAX_CORE_INSTANCES: usize = 4;
 
 /// Instances a server may have alive at once (the pooling allocator
 /// reserves their memory up front).
@@ -37,6 +40,7 @@ pub struct WasmtimeEngine {
     engine: wasmtime::Engine,
     linker: Linker<State>,
     cache: ArtifactCache,
+    stores: Stores,
 }
 
 /// Per-call store data: an empty WASI context (std in the guests imports
@@ -44,7 +48,130 @@ pub struct WasmtimeEngine {
 struct State {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: Limiter,
+}
+
+/// Enforces the memory cap and remembers refusing a growth, so that the
+/// trap that follows (an allocator giving up) is reported as what it is.
+struct Limiter {
+    memory_bytes: usize,
+    memory_refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+}
+
+/// Makes the store for each call with the guest limits applied, and says
+/// what a failed call ran into.
+#[derive(Clone)]
+struct Stores {
+    engine: wasmtime::Engine,
+    limits: GuestLimits,
+    deadline_ticks: u64,
+}
+
+impl Stores {
+    fn new_store(&self) -> Store<State> {
+        let state = State {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: usize::try_from(self.limits.memory_bytes).unwrap_or(usize::MAX),
+                memory_refused: false,
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        self.arm(&mut store);
+        store
+    }
+
+    /// A full deadline and fuel budget for the next call on `store`.
+    fn arm(&self, store: &mut Store<State>) {
+        store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(fuel) = self.limits.fuel {
+            // Only fails when fuel is not enabled, and it is.
+            let _ = store.set_fuel(fuel);
+        }
+    }
+
+    /// Sorts a failed call into the guest error codes clients see.
+    fn error(&self, e: wasmtime::Error, store: &Store<State>) -> Error {
+        if store.data().limiter.memory_refused {
+            return Error::guest(
+                "guest_memory_limit",
+                format!(
+                    "the guest needed more than its {} MiB of memory",
+                    self.limits.memory_bytes >> 20
+                ),
+            );
+        }
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => Error::guest(
+                "guest_timeout",
+                format!(
+                    "the guest ran past its {} ms deadline",
+                    self.limits.deadline.as_millis()
+                ),
+            ),
+            Some(wasmtime::Trap::OutOfFuel) => Error::guest(
+                "guest_out_of_fuel",
+                format!(
+                    "the guest used up its fuel ({})",
+                    self.limits.fuel.unwrap_or_default()
+                ),
+            ),
+            // The trap alone: the wasm backtrace would spread one log line
+            // over many.
+            Some(trap) => Error::guest("guest_trap", format!("the guest trapped: {trap}")),
+            None => Error::guest(
+                "guest_bad_output",
+                format!("the guest's call failed: {e:#}"),
+            ),
+        }
+    }
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] for as long as the engine
+/// lives, so that every store's epoch deadline is wall-clock time.
+fn start_epoch_ticker(engine: &wasmtime::Engine) -> Result<(), Error> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("teller-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| Error::internal("engine_init", format!("cannot start the epoch ticker: {e}")))
 }
 
 impl WasiView for State {
@@ -57,8 +184,17 @@ impl WasiView for State {
 }
 
 impl WasmtimeEngine {
-    pub fn new(cache: ArtifactCache, workload: Workload) -> Result<Self, Error> {
+    pub fn new(
+        cache: ArtifactCache,
+        workload: Workload,
+        limits: GuestLimits,
+    ) -> Result<Self, Error> {
         let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.consume_fuel(limits.fuel.is_some());
+        let memory_bytes = usize::try_from(limits.memory_bytes).map_err(|_| {
+            Error::internal("engine_init", "the memory cap does not fit this machine")
+        })?;
         if workload == Workload::Server {
             // An instance per request: take it from pre-reserved slots
             // instead of mapping and unmapping memory (which serializes
@@ -68,7 +204,7 @@ impl WasmtimeEngine {
                 .total_core_instances(SERVER_INSTANCES * 4)
                 .total_memories(SERVER_INSTANCES * 2)
                 .total_tables(SERVER_INSTANCES * 4)
-                .max_memory_size(MEMORY_LIMIT)
+                .max_memory_size(memory_bytes)
                 .pagemap_scan(wasmtime::Enabled::Auto)
                 .linear_memory_keep_resident(KEEP_RESIDENT)
                 .table_keep_resident(KEEP_RESIDENT)
@@ -80,10 +216,22 @@ impl WasmtimeEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| Error::internal("engine_init", format!("cannot link WASI: {e:#}")))?;
+        start_epoch_ticker(&engine)?;
+        let ticks = limits
+            .deadline
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos())
+            .max(1);
+        let stores = Stores {
+            engine: engine.clone(),
+            limits,
+            deadline_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+        };
         Ok(Self {
             engine,
             linker,
             cache,
+            stores,
         })
     }
 
@@ -127,21 +275,6 @@ impl WasmtimeEngine {
     }
 }
 
-/// A store for one call, with the instance limits applied.
-fn new_store(engine: &wasmtime::Engine) -> Store<State> {
-    let state = State {
-        wasi: WasiCtx::builder().build(),
-        table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size(MEMORY_LIMIT)
-            .instances(4)
-            .build(),
-    };
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limits);
-    store
-}
-
 impl Engine for WasmtimeEngine {
     fn name(&self) -> &'static str {
         "wasmtime"
@@ -152,7 +285,7 @@ impl Engine for WasmtimeEngine {
             self.load(artifact, wit::transfer_check::TransferCheckPolicyPre::new)?;
         Ok(Arc::new(WasmtimeTransferCheck {
             policy,
-            engine: self.engine.clone(),
+            stores: self.stores.clone(),
             pre,
         }))
     }
@@ -161,7 +294,7 @@ impl Engine for WasmtimeEngine {
         let (policy, pre) = self.load(artifact, wit::audit::AuditSealerPre::new)?;
         Ok(Arc::new(WasmtimeAuditSealer {
             policy,
-            engine: self.engine.clone(),
+            stores: self.stores.clone(),
             pre,
         }))
     }
@@ -178,7 +311,7 @@ impl WasmtimeEngine {
         let (component, sha256) = self.component(artifact)?;
         let loaded = self.linker.instantiate_pre(&component).and_then(|pre| {
             let indices = MetadataIndices::new(&pre)?;
-            let mut store = new_store(&self.engine);
+            let mut store = self.stores.new_store();
             let instance = pre.instantiate(&mut store)?;
             let meta = indices
                 .load(&mut store, &instance)?
@@ -192,7 +325,7 @@ impl WasmtimeEngine {
 
 struct WasmtimeTransferCheck {
     policy: PolicyRef,
-    engine: wasmtime::Engine,
+    stores: Stores,
     pre: wit::transfer_check::TransferCheckPolicyPre<State>,
 }
 
@@ -202,25 +335,32 @@ impl TransferCheck for WasmtimeTransferCheck {
     }
 
     fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
-        let mut store = new_store(&self.engine);
-        let guest = self.pre.instantiate(&mut store).map_err(call_error)?;
-        guest
-            .bank_policy_transfer_check()
-            .call_check(&mut store, config, request)
-            .map_err(call_error)
+        let mut store = self.stores.new_store();
+        self.pre
+            .instantiate(&mut store)
+            .and_then(|guest| {
+                guest
+                    .bank_policy_transfer_check()
+                    .call_check(&mut store, config, request)
+            })
+            .map_err(|e| self.stores.error(e, &store))
     }
 
     fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
         match mode {
             CallMode::Fresh => Ok(Box::new(|config, request| self.check(config, request))),
             CallMode::Warm => {
-                let mut store = new_store(&self.engine);
-                let guest = self.pre.instantiate(&mut store).map_err(call_error)?;
+                let mut store = self.stores.new_store();
+                let guest = self
+                    .pre
+                    .instantiate(&mut store)
+                    .map_err(|e| self.stores.error(e, &store))?;
                 Ok(Box::new(move |config, request| {
+                    self.stores.arm(&mut store);
                     guest
                         .bank_policy_transfer_check()
                         .call_check(&mut store, config, request)
-                        .map_err(call_error)
+                        .map_err(|e| self.stores.error(e, &store))
                 }))
             }
         }
@@ -229,7 +369,7 @@ impl TransferCheck for WasmtimeTransferCheck {
 
 struct WasmtimeAuditSealer {
     policy: PolicyRef,
-    engine: wasmtime::Engine,
+    stores: Stores,
     pre: wit::audit::AuditSealerPre<State>,
 }
 
@@ -239,12 +379,15 @@ impl AuditSealer for WasmtimeAuditSealer {
     }
 
     fn seal(&self, seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecord, Error> {
-        let mut store = new_store(&self.engine);
-        let guest = self.pre.instantiate(&mut store).map_err(call_error)?;
-        guest
-            .bank_policy_audit()
-            .call_seal(&mut store, seq, prev_hash, event)
-            .map_err(call_error)?
+        let mut store = self.stores.new_store();
+        self.pre
+            .instantiate(&mut store)
+            .and_then(|guest| {
+                guest
+                    .bank_policy_audit()
+                    .call_seal(&mut store, seq, prev_hash, event)
+            })
+            .map_err(|e| self.stores.error(e, &store))?
             .map_err(|refusal| Error::guest("guest_refused", refusal))
     }
 }
@@ -259,20 +402,6 @@ fn load_error(artifact: &Artifact, e: wasmtime::Error) -> Error {
     )
 }
 
-/// Sorts a failed call into the guest error codes clients see.
-fn call_error(e: wasmtime::Error) -> Error {
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt | wasmtime::Trap::OutOfFuel) => {
-            Error::guest("guest_timeout", format!("the guest ran out of time: {e:#}"))
-        }
-        Some(_) => Error::guest("guest_trap", format!("the guest trapped: {e:#}")),
-        None => Error::guest(
-            "guest_bad_output",
-            format!("the guest's call failed: {e:#}"),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +412,12 @@ mod tests {
     /// see 1 every time, however often its slot is reused.
     #[test]
     fn no_state_survives_a_pooled_instance() {
-        let engine = WasmtimeEngine::new(ArtifactCache::disabled(), Workload::Server).unwrap();
+        let engine = WasmtimeEngine::new(
+            ArtifactCache::disabled(),
+            Workload::Server,
+            GuestLimits::default(),
+        )
+        .unwrap();
         let component =
             Component::new(&engine.engine, teller_policy_artifacts::ABI_ECHO.component).unwrap();
         let pre = engine.linker.instantiate_pre(&component).unwrap();
@@ -292,7 +426,7 @@ mod tests {
             .unwrap();
         let count = component.get_export_index(Some(&iface), "count").unwrap();
         for round in 0..200 {
-            let mut store = new_store(&engine.engine);
+            let mut store = engine.stores.new_store();
             let instance = pre.instantiate(&mut store).unwrap();
             let f: TypedFunc<(), (u32,)> = instance.get_typed_func(&mut store, count).unwrap();
             assert_eq!(f.call(&mut store, ()).unwrap(), (1,), "round {round}");

@@ -9,9 +9,17 @@
 //! concurrent caller: a caller takes one, calls, and gives it back. An
 //! instance whose call failed in any way is dropped, never reused, and every
 //! instance is retired after [`MAX_CALLS_PER_INSTANCE`] calls.
+//!
+//! Limits: a watchdog thread stops a call at its deadline through the
+//! executor's stop flag ([`raw`]); the memory cap is WasmEdge's page limit;
+//! the fuel budget is WasmEdge's cost limit, with the module compiled to
+//! measure cost.
+
+mod raw;
+mod watchdog;
 
 use super::cache::ArtifactCache;
-use super::{AuditSealer, CallMode, Caller, Engine, TransferCheck};
+use super::{AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck};
 use crate::abi::bridge::{from_value, to_value};
 use crate::abi::lift::Lifter;
 use crate::abi::lower::{GuestAlloc, Lowerer};
@@ -21,17 +29,14 @@ use crate::policy::{Artifact, sha256_hex};
 use crate::wit::{
     AuditEvent, Decision, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord, TransferRequest,
 };
+use raw::{AstModule, RawError, Val};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex};
-use wasmedge_sdk::error::{CoreCommonError, CoreError, CoreExecutionError, WasmEdgeError};
-use wasmedge_sdk::{CompilerOptimizationLevel, CompilerOutputFormat, ValType};
-use wasmedge_sys::{
-    AsInstance, Config, Executor, Instance, Loader, Module, Store, Validator, WasiModule, WasmValue,
-};
-
-/// Linear memory an instance may grow to: 1024 pages of 64 KiB.
-const MEMORY_PAGES: u32 = 1024;
+use wasmedge_sdk::error::WasmEdgeError;
+use wasmedge_sdk::{CompilerOptimizationLevel, CompilerOutputFormat};
+use wasmedge_sys::Config;
+use watchdog::Watchdog;
 
 /// Calls an instance serves before it is replaced by a fresh one.
 pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
@@ -41,15 +46,22 @@ pub struct WasmEdgeEngine {
     contract: Arc<Contract>,
     cache: ArtifactCache,
     version: String,
+    limits: GuestLimits,
 }
 
 impl WasmEdgeEngine {
-    pub fn new(cache: ArtifactCache) -> Result<Self, Error> {
+    pub fn new(cache: ArtifactCache, limits: GuestLimits) -> Result<Self, Error> {
         // WasmEdge logs every trap to stderr; teller reports them itself.
         wasmedge_sdk::LogManager::log_off();
         let mut config = Config::create().map_err(|e| init_error(&e))?;
-        config.set_max_memory_pages(MEMORY_PAGES);
+        let pages = u32::try_from(limits.memory_bytes / GuestLimits::WASM_PAGE)
+            .map_err(|_| Error::internal("engine_init", "the memory cap is over 4 GiB"))?;
+        config.set_max_memory_pages(pages);
         config.interruptible(true);
+        if limits.fuel.is_some() {
+            // Compiled into the AOT code, so part of the cache key too.
+            config.measure_cost(true);
+        }
         config.set_aot_optimization_level(CompilerOptimizationLevel::O3);
         config.set_aot_compiler_output_format(CompilerOutputFormat::Wasm);
         let contract = Contract::bank_policy()
@@ -59,6 +71,7 @@ impl WasmEdgeEngine {
             contract: Arc::new(contract),
             cache,
             version: wasmedge_sys::utils::version_string(),
+            limits,
         })
     }
 
@@ -68,24 +81,26 @@ impl WasmEdgeEngine {
     }
 
     /// AOT-compiles a core module, or takes it from the cache.
-    fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<Module>, String), Error> {
+    fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<AstModule>, String), Error> {
         let sha256 = sha256_hex(wasm);
         // Everything that changes the compiled output is in the key.
-        let key = format!("wasmedge-{}-{sha256}-o3-interruptible", self.version);
+        let key = format!(
+            "wasmedge-{}-{sha256}-o3-interruptible{}",
+            self.version,
+            if self.limits.fuel.is_some() {
+                "-cost"
+            } else {
+                ""
+            }
+        );
         let compiled = self.cache.get_or_build(&key, || self.compile(name, wasm))?;
-        let invalid = |e: Box<WasmEdgeError>| {
+        let module = AstModule::load(&self.config, &compiled).map_err(|e| {
             Error::internal(
                 "policy_invalid",
                 format!("policy {name} cannot be loaded: {e}"),
             )
-        };
-        let module = Loader::create(Some(&self.config))
-            .and_then(|loader| loader.from_bytes(&compiled))
-            .map_err(invalid)?;
-        Validator::create(Some(&self.config))
-            .and_then(|v| v.validate(&module))
-            .map_err(invalid)?;
-        Ok((module, sha256))
+        })?;
+        Ok((Arc::new(module), sha256))
     }
 
     fn compile(&self, name: &str, wasm: &[u8]) -> Result<Vec<u8>, Error> {
@@ -124,6 +139,7 @@ impl WasmEdgeEngine {
             config: self.config.clone(),
             contract,
             module,
+            limits: self.limits,
             idle: Mutex::new(Vec::new()),
             capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
         };
@@ -260,7 +276,8 @@ impl AuditSealer for WasmEdgeAuditSealer {
 struct Pool {
     config: Arc<Config>,
     contract: Arc<Contract>,
-    module: Arc<Module>,
+    module: Arc<AstModule>,
+    limits: GuestLimits,
     idle: Mutex<Vec<GuestInstance>>,
     capacity: usize,
 }
@@ -325,7 +342,7 @@ impl Pool {
     }
 
     fn give_back(&self, guest: GuestInstance) {
-        if guest.calls >= MAX_CALLS_PER_INSTANCE {
+        if guest.calls >= MAX_CALLS_PER_INSTANCE || guest.stopped {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()
@@ -336,38 +353,34 @@ impl Pool {
     }
 
     fn instantiate(&self) -> Result<GuestInstance, Error> {
-        GuestInstance::new(&self.config, &self.module).map_err(|e| classify(&e, "instantiate"))
+        let raw = raw::Instance::new(&self.config, &self.module, self.limits.fuel.is_some())
+            .map_err(|e| Error::guest("guest_trap", format!("cannot instantiate: {e}")))?;
+        Ok(GuestInstance {
+            raw,
+            limits: self.limits,
+            calls: 0,
+            stopped: false,
+            failure: None,
+        })
     }
 }
 
-/// One instantiated module with everything it needs to run. Fields drop
-/// in order: the instance before the WASI module it imports from.
+/// One instantiated module, its limits, and how it has been used.
 struct GuestInstance {
-    instance: Instance,
-    _wasi: WasiModule,
-    _store: Store,
-    executor: Executor,
+    raw: raw::Instance,
+    limits: GuestLimits,
     calls: u32,
+    /// The watchdog stopped a call: the stop flag may still be set, so the
+    /// instance must not be reused.
+    stopped: bool,
+    /// Why the last core call failed, kept while the canonical-ABI code
+    /// (which only sees `AbiError`s) unwinds.
+    failure: Option<Error>,
 }
 
 impl GuestInstance {
-    fn new(config: &Config, module: &Module) -> Result<Self, Box<WasmEdgeError>> {
-        let mut executor = Executor::create(Some(config), None)?;
-        let mut store = Store::create()?;
-        // No arguments, environment or directories: the guest gets nothing.
-        let wasi = WasiModule::create(None, None, None)?;
-        executor.register_import_module(&mut store, &wasi)?;
-        let instance = executor.register_active_module(&mut store, module)?;
-        Ok(GuestInstance {
-            instance,
-            _wasi: wasi,
-            _store: store,
-            executor,
-            calls: 0,
-        })
-    }
-
-    /// The canonical-ABI call: lower, call, lift, post-return.
+    /// The canonical-ABI call: lower, call, lift, post-return, all within
+    /// one deadline and one fuel budget.
     fn invoke(
         &mut self,
         contract: &Contract,
@@ -375,6 +388,25 @@ impl GuestInstance {
         args: &[Value],
     ) -> Result<Option<Value>, Error> {
         self.calls += 1;
+        self.failure = None;
+        if let Some(fuel) = self.limits.fuel {
+            self.raw.set_cost_limit(fuel);
+        }
+        let watchdog = Watchdog::get();
+        let armed = watchdog.arm(self.limits.deadline, self.raw.stop_handle());
+        let result = self.invoke_within_limits(contract, func, args);
+        if watchdog.disarm(armed) {
+            self.stopped = true;
+        }
+        result.map_err(|e| self.failure.take().unwrap_or(e))
+    }
+
+    fn invoke_within_limits(
+        &mut self,
+        contract: &Contract,
+        func: &ExportFunc,
+        args: &[Value],
+    ) -> Result<Option<Value>, Error> {
         let flat = Lowerer::new(contract, self)
             .params(func, args)
             .map_err(bad_output)?;
@@ -385,56 +417,82 @@ impl GuestInstance {
                 .results(func, &results)
                 .map_err(bad_output)?
         };
-        if func.result.is_some() && self.instance.get_func(&func.post_return).is_ok() {
+        if func.result.is_some() && self.raw.has_func(&func.post_return) {
             self.call_core(&func.post_return, &results)?;
         }
         Ok(value)
     }
 
     fn call_core(&mut self, name: &str, args: &[Flat]) -> Result<Vec<Flat>, Error> {
-        let mut func = self.instance.get_func_mut(name).map_err(|e| {
-            Error::guest(
-                "guest_bad_output",
-                format!("the guest has no export {name}: {e}"),
-            )
-        })?;
-        let params = args.iter().map(|a| match *a {
-            Flat::I32(v) => WasmValue::from_i32(v),
-            Flat::I64(v) => WasmValue::from_i64(v),
-            Flat::F32(v) => WasmValue::from_f32(v),
-            Flat::F64(v) => WasmValue::from_f64(v),
-        });
-        let results = self
-            .executor
-            .call_func(&mut func, params)
-            .map_err(|e| classify(&e, name))?;
-        results
+        let params: Vec<Val> = args
             .iter()
-            .map(|v| match v.ty() {
-                ValType::I32 => Ok(Flat::I32(v.to_i32())),
-                ValType::I64 => Ok(Flat::I64(v.to_i64())),
-                ValType::F32 => Ok(Flat::F32(v.to_f32())),
-                ValType::F64 => Ok(Flat::F64(v.to_f64())),
-                other => Err(Error::guest(
-                    "guest_bad_output",
-                    format!("{name} returned a {other:?}"),
-                )),
+            .map(|a| match *a {
+                Flat::I32(v) => Val::I32(v),
+                Flat::I64(v) => Val::I64(v),
+                Flat::F32(v) => Val::F32(v),
+                Flat::F64(v) => Val::F64(v),
             })
-            .collect()
+            .collect();
+        let results = self.raw.call(name, &params).map_err(|e| {
+            let error = self.classify(&e, name);
+            self.failure = Some(error.clone());
+            error
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|v| match v {
+                Val::I32(v) => Flat::I32(v),
+                Val::I64(v) => Flat::I64(v),
+                Val::F32(v) => Flat::F32(v),
+                Val::F64(v) => Flat::F64(v),
+            })
+            .collect())
+    }
+
+    /// Sorts a failed core call into the guest error codes clients see.
+    fn classify(&self, e: &RawError, what: &str) -> Error {
+        match e.code {
+            raw::INTERRUPTED => Error::guest(
+                "guest_timeout",
+                format!(
+                    "the guest ran past its {} ms deadline",
+                    self.limits.deadline.as_millis()
+                ),
+            ),
+            raw::COST_LIMIT_EXCEEDED => Error::guest(
+                "guest_out_of_fuel",
+                format!(
+                    "the guest used up its fuel ({})",
+                    self.limits.fuel.unwrap_or_default()
+                ),
+            ),
+            0 => Error::guest("guest_bad_output", format!("{what}: {e}")),
+            _ => {
+                // WasmEdge does not say that a trap followed a refused
+                // memory.grow (an allocator giving up); a trap with memory
+                // past half the cap is reported as that.
+                let used = u64::from(self.raw.memory_pages().unwrap_or(0)) * GuestLimits::WASM_PAGE;
+                if used > self.limits.memory_bytes / 2 {
+                    Error::guest(
+                        "guest_memory_limit",
+                        format!(
+                            "the guest trapped with {} of its {} MiB of memory in use: {e}",
+                            used >> 20,
+                            self.limits.memory_bytes >> 20
+                        ),
+                    )
+                } else {
+                    Error::guest("guest_trap", format!("{what}: the guest trapped: {e}"))
+                }
+            }
+        }
     }
 
     /// All of linear memory, for lifting (no guest code runs meanwhile).
     fn memory(&self) -> Result<&[u8], Error> {
-        let memory = self
-            .instance
-            .get_memory_ref("memory")
-            .map_err(|e| Error::guest("guest_bad_output", format!("no exported memory: {e}")))?;
-        let bytes = memory.size() as usize * 65536;
-        let slice: Option<&[u8]> = memory.slice(0, bytes);
-        // The slice borrows the instance's memory, which outlives `memory`
-        // (a handle); re-borrow it for `self`'s lifetime.
-        let slice = slice.ok_or_else(|| Error::guest("guest_bad_output", "memory unreadable"))?;
-        Ok(extend(slice))
+        self.raw
+            .memory_bytes()
+            .ok_or_else(|| Error::guest("guest_bad_output", "the guest exports no memory"))
     }
 }
 
@@ -458,24 +516,10 @@ impl GuestAlloc for GuestInstance {
     }
 
     fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<(), AbiError> {
-        let mut memory = self
-            .instance
-            .get_memory_mut("memory")
-            .map_err(|e| AbiError(format!("no exported memory: {e}")))?;
-        memory
-            .set_data(bytes, ptr)
+        self.raw
+            .write_memory(ptr, bytes)
             .map_err(|e| AbiError(format!("writing {} bytes at {ptr:#x}: {e}", bytes.len())))
     }
-}
-
-/// `Memory::slice` ties its result to the short-lived memory handle, though
-/// the bytes belong to the instance.
-#[allow(unsafe_code)]
-fn extend<'a>(slice: &[u8]) -> &'a [u8] {
-    // SAFETY: the bytes live in the instance's linear memory, which lives as
-    // long as the instance; the caller holds `&self` of the instance, so no
-    // guest code can run (and grow or move memory) while the slice is used.
-    unsafe { std::slice::from_raw_parts(slice.as_ptr(), slice.len()) }
 }
 
 fn bad_output(e: AbiError) -> Error {
@@ -487,24 +531,4 @@ fn bad_output(e: AbiError) -> Error {
 
 fn init_error(e: &WasmEdgeError) -> Error {
     Error::internal("engine_init", format!("cannot start WasmEdge: {e}"))
-}
-
-/// Sorts WasmEdge's errors into the guest error codes clients see.
-fn classify(e: &WasmEdgeError, what: &str) -> Error {
-    match e {
-        WasmEdgeError::Core(CoreError::Common(
-            CoreCommonError::Interrupted | CoreCommonError::CostLimitExceeded,
-        ))
-        | WasmEdgeError::ExecuteTimeout => Error::guest(
-            "guest_timeout",
-            format!("{what}: the guest ran out of time: {e}"),
-        ),
-        WasmEdgeError::Core(CoreError::Execution(CoreExecutionError::FuncSigMismatch)) => {
-            Error::guest("guest_bad_output", format!("{what}: wrong signature: {e}"))
-        }
-        WasmEdgeError::Core(_) => {
-            Error::guest("guest_trap", format!("{what}: the guest trapped: {e}"))
-        }
-        other => Error::guest("guest_trap", format!("{what}: {other}")),
-    }
 }

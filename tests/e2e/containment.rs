@@ -1,0 +1,137 @@
+//! A guest that loops, traps, panics, eats memory or returns malformed data
+//! costs one request a clear 500, never the server: on each engine, over
+//! real HTTP, with the next ordinary request answered right after.
+
+use crate::support::{ENGINES, Server, doc};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use teller_policy_artifacts::{AUDIT, HOSTILE};
+
+/// A policy directory whose transfer check is the hostile test guest.
+fn hostile_policies(dir: &Path) {
+    for (name, guest) in [("transfer-check", HOSTILE), ("audit", AUDIT)] {
+        std::fs::write(dir.join(format!("{name}.component.wasm")), guest.component).unwrap();
+        std::fs::write(dir.join(format!("{name}.module.wasm")), guest.module).unwrap();
+    }
+}
+
+const DEADLINE_MS: u64 = 300;
+
+fn start(engine: &str, dir: &Path, extra: &[&str]) -> Server {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    hostile_policies(&policies);
+    let log = dir.join("audit");
+    let deadline = DEADLINE_MS.to_string();
+    let mut args = vec![
+        "--policy-dir",
+        policies.to_str().unwrap(),
+        "--audit-dir",
+        log.to_str().unwrap(),
+        "--guest-deadline-ms",
+        &deadline,
+        "--guest-memory-mib",
+        "32",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(engine, &args)
+}
+
+fn ordinary(server: &Server) {
+    let r = server.post(
+        "/v1/transfer/check",
+        &doc("transfer", 5, "a", Some(true), None),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["policy"]["name"], "hostile");
+}
+
+#[test]
+fn every_misbehaviour_is_a_500_and_the_server_goes_on() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(engine, dir.path(), &[]);
+        ordinary(&server);
+        for (action, code) in [
+            ("loop", "guest_timeout"),
+            ("trap", "guest_trap"),
+            ("panic", "guest_trap"),
+            ("oom", "guest_memory_limit"),
+            ("bad-utf8", "guest_bad_output"),
+        ] {
+            let started = Instant::now();
+            let r = server.post("/v1/transfer/check", &doc(action, 5, "a", Some(true), None));
+            let took = started.elapsed();
+            assert_eq!(r.status, 500, "{engine} {action}: {r:?}");
+            assert_eq!(
+                r.json()["error"]["code"],
+                code,
+                "{engine} {action}: {}",
+                r.body
+            );
+            if action == "loop" {
+                // Stopped at the deadline, not long after (generous: a loaded
+                // CI machine).
+                assert!(
+                    took >= Duration::from_millis(DEADLINE_MS) && took < Duration::from_secs(5),
+                    "{engine}: the looping call took {took:?}"
+                );
+            }
+            ordinary(&server);
+        }
+        // Only the answered decisions were recorded (1 + 5 ordinary ones).
+        let verify = crate::support::teller()
+            .args(["audit", "verify"])
+            .arg(dir.path().join("audit"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&verify.stdout);
+        assert!(
+            verify.status.success() && out.contains("ok: 6 records"),
+            "{engine}: {out}"
+        );
+        assert_eq!(server.stop().code(), Some(0), "{engine}");
+    }
+}
+
+/// While guests loop on every worker the server has, ordinary requests
+/// still get answers, and the loops all end at their deadline.
+#[test]
+fn looping_guests_do_not_starve_ordinary_requests() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(engine, dir.path(), &[]);
+        let looping = doc("loop", 5, "a", Some(true), None);
+        std::thread::scope(|s| {
+            let loops: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| server.post("/v1/transfer/check", &looping)))
+                .collect();
+            for _ in 0..5 {
+                ordinary(&server);
+            }
+            for handle in loops {
+                let r = handle.join().unwrap();
+                assert_eq!(r.json()["error"]["code"], "guest_timeout", "{engine}");
+            }
+        });
+        ordinary(&server);
+    }
+}
+
+#[test]
+fn a_fuel_budget_stops_a_loop_before_its_deadline() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(engine, dir.path(), &["--guest-fuel", "2000000"]);
+        ordinary(&server);
+        let r = server.post("/v1/transfer/check", &doc("loop", 5, "a", Some(true), None));
+        assert_eq!(r.status, 500, "{engine}: {r:?}");
+        assert_eq!(
+            r.json()["error"]["code"],
+            "guest_out_of_fuel",
+            "{engine}: {}",
+            r.body
+        );
+        ordinary(&server);
+    }
+}

@@ -7,7 +7,10 @@
 //! | `GET /healthz`            | 200 while the process serves             |
 //! | `GET /readyz`             | 200 while it takes traffic, 503 draining |
 //!
-//! Every error is `{"error":{"code","message","field"}}`.
+//! Every error is `{"error":{"code","message","field"}}`. Heads over
+//! [`MAX_HEAD`] bytes or [`MAX_HEADERS`] fields get 431; a client slower
+//! than [`Limits::client_timeout`] loses its connection (headers) or gets
+//! 408 (body).
 
 use crate::error::{Error, Kind};
 use crate::service::{Caller, Teller};
@@ -29,6 +32,12 @@ use tokio::net::TcpListener;
 /// Largest request body accepted; larger ones get 413.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Largest request line plus headers accepted; larger ones get 431.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Most header fields in one request; more get 431.
+pub const MAX_HEADERS: usize = 64;
+
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -40,6 +49,9 @@ pub struct Limits {
     pub max_concurrency: usize,
     /// Requests waiting for one of those slots.
     pub max_queue: usize,
+    /// How long a client may take to send a request's headers (or to start
+    /// its next one on a kept-alive connection), and then its body.
+    pub client_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -47,6 +59,7 @@ impl Default for Limits {
         Limits {
             max_concurrency: 256,
             max_queue: 1024,
+            client_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -91,8 +104,13 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let service = service_fn(move |req| handle(shared.clone(), peer, req));
+                // A slow or silent client is cut off after the timeout, so
+                // it cannot hold a connection (and its memory) open.
                 let conn = http1::Builder::new()
-                    .max_buf_size(MAX_BODY + 16 * 1024)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.client_timeout)
+                    .max_buf_size(MAX_HEAD)
+                    .max_headers(MAX_HEADERS)
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -179,7 +197,18 @@ async fn run<T: Send + 'static>(
     req: Request<Incoming>,
     op: fn(&Teller, &[u8], &Caller) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let body = read_body(req).await?;
+    let body = tokio::time::timeout(shared.limits.client_timeout, read_body(req))
+        .await
+        .map_err(|_| {
+            Error::new(
+                Kind::Timeout,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    shared.limits.client_timeout.as_millis()
+                ),
+            )
+        })??;
     let slot = admit(&shared).await?;
     let caller = Caller {
         client: peer.to_string(),

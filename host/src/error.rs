@@ -33,6 +33,8 @@ pub enum Kind {
     Unavailable,
     /// Too much work in flight; retry later (HTTP 503, Retry-After).
     Overloaded,
+    /// The client was too slow to send its request (HTTP 408).
+    Timeout,
     /// A guest trapped, timed out or returned nonsense (HTTP 500, exit 1).
     Guest,
     /// teller itself failed: I/O, the audit log (HTTP 500, exit 1).
@@ -74,6 +76,7 @@ impl Error {
             Kind::TooLarge => 413,
             Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
+            Kind::Timeout => 408,
             Kind::Guest | Kind::Internal => 500,
             Kind::Unavailable | Kind::Overloaded => 503,
         }
@@ -82,7 +85,11 @@ impl Error {
     /// The CLI's exit status: 2 for bad input, 1 for a failure to run.
     pub fn exit_code(&self) -> u8 {
         match self.kind {
-            Kind::BadRequest | Kind::TooLarge | Kind::NotFound | Kind::MethodNotAllowed => 2,
+            Kind::BadRequest
+            | Kind::TooLarge
+            | Kind::NotFound
+            | Kind::MethodNotAllowed
+            | Kind::Timeout => 2,
             Kind::Guest | Kind::Internal | Kind::Unavailable | Kind::Overloaded => 1,
         }
     }

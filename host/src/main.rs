@@ -169,6 +169,11 @@ struct ServeArgs {
     /// Requests that may wait for a slot; past that, 503 with Retry-After.
     #[arg(long, env = "TELLER_MAX_QUEUE", default_value_t = 1024)]
     max_queue: u32,
+    /// How long a client may take to send its request headers (or to start
+    /// its next request on a kept-alive connection), and then its body.
+    #[arg(long, env = "TELLER_CLIENT_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    client_timeout_ms: u64,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -374,6 +379,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         let limits = teller::api::Limits {
             max_concurrency: args.max_concurrency as usize,
             max_queue: args.max_queue as usize,
+            client_timeout: std::time::Duration::from_millis(args.client_timeout_ms),
         };
         teller::api::serve(listener, teller, limits, shutdown_signal())
             .await

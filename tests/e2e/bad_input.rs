@@ -283,3 +283,66 @@ fn overload_gets_503_with_retry_after_and_the_server_recovers() {
         .count();
     assert_eq!(records, allowed + 1);
 }
+
+/// Oversized heads get 431; clients too slow with their headers lose the
+/// connection and those too slow with their body get 408; meanwhile and
+/// afterwards everyone else is answered.
+#[test]
+fn huge_heads_and_slow_clients_are_cut_off() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let server = Server::start(ENGINES[0], &["--client-timeout-ms", "500"]);
+
+    let big = format!(
+        "POST /v1/transfer/check HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\nContent-Length: 2\r\n\r\n{{}}",
+        "a".repeat(20 * 1024)
+    );
+    let r = crate::support::raw(server.addr, big.as_bytes());
+    assert_eq!(r.status, 431, "{r:?}");
+    let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = crate::support::raw(
+        server.addr,
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 431, "{r:?}");
+
+    // Headers that never finish: the connection is closed.
+    let started = std::time::Instant::now();
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    slow.write_all(b"POST /v1/transfer/check HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // A silent kept-open connection, too.
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(
+        server.post("/v1/transfer/check", EXAMPLE).status,
+        200,
+        "answered while slow clients hang on"
+    );
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let _ = idle.read_to_end(&mut rest);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "slow connections held for {took:?}"
+    );
+
+    // A body that stops halfway: 408.
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    stalled
+        .write_all(b"POST /v1/transfer/check HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"action\":")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("body_timeout"), "{answer:?}");
+
+    assert_eq!(server.post("/v1/transfer/check", EXAMPLE).status, 200);
+}

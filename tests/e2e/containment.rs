@@ -94,6 +94,42 @@ fn every_misbehaviour_is_a_500_and_the_server_goes_on() {
     }
 }
 
+/// What a guest prints goes nowhere: it must not forge lines in teller's
+/// own logs.
+#[test]
+fn a_guest_cannot_write_to_tellers_output() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        hostile_policies(dir.path());
+        let mut child = crate::support::teller()
+            .args(["check", "--engine", engine, "--policy-dir"])
+            .arg(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(doc("panic", 5, "a", None, None).as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "{engine}: {stdout}{stderr}");
+        assert!(stdout.contains("guest_trap"), "{engine}: {stdout}");
+        assert!(
+            !stdout.contains("panics, as asked") && !stderr.contains("panics, as asked"),
+            "{engine}: the guest's panic message reached teller's output: {stdout}{stderr}"
+        );
+    }
+}
+
 /// While guests loop on every worker the server has, ordinary requests
 /// still get answers, and the loops all end at their deadline.
 #[test]

@@ -467,6 +467,9 @@ impl GuestInstance {
                 ),
             ),
             0 => Error::guest("guest_bad_output", format!("{what}: {e}")),
+            raw::PROC_EXIT => {
+                Error::guest("guest_trap", format!("{what}: the guest called proc_exit"))
+            }
             _ => {
                 // WasmEdge does not say that a trap followed a refused
                 // memory.grow (an allocator giving up); a trap with memory

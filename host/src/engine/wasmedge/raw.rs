@@ -171,8 +171,8 @@ unsafe extern "C" fn noop(
 }
 
 impl Instance {
-    /// Instantiates `module` with an empty WASI (no arguments, environment
-    /// or directories). `measure_cost` must match how `config` was set.
+    /// Instantiates `module` with [`wasi_shim`] for its WASI imports.
+    /// `measure_cost` must match how `config` was set.
     pub fn new(config: &Config, module: &AstModule, measure_cost: bool) -> Result<Self, RawError> {
         // SAFETY: every object is created here, checked for null, and owned
         // by `Instance` (whose `Drop` deletes it) before anything can fail.
@@ -188,14 +188,7 @@ impl Instance {
             };
             let executor = ffi::WasmEdge_ExecutorCreate(config.as_ptr(), stats);
             let store = ffi::WasmEdge_StoreCreate();
-            let wasi = ffi::WasmEdge_ModuleInstanceCreateWASI(
-                std::ptr::null(),
-                0,
-                std::ptr::null(),
-                0,
-                std::ptr::null(),
-                0,
-            );
+            let wasi = wasi_shim();
             let stopper = Self::stopper(executor);
             let mut this = Instance {
                 stopper: StopHandle(
@@ -391,6 +384,171 @@ impl Instance {
         }
     }
 }
+
+/// The part of `wasi_snapshot_preview1` a policy gets: no arguments, no
+/// environment, output accepted and thrown away (a guest must not write
+/// into teller's own logs), `proc_exit` as a trap, `sched_yield`. No files,
+/// clocks or randomness: a decision depends on its inputs only. A guest that
+/// imports anything else fails to instantiate, at start-up, naming it.
+/// (WasmEdge's own WASI module would hand the guest teller's stdio.)
+fn wasi_shim() -> *mut ffi::WasmEdge_ModuleInstanceContext {
+    type HostFn = unsafe extern "C" fn(
+        *mut std::ffi::c_void,
+        *const ffi::WasmEdge_CallingFrameContext,
+        *const ffi::WasmEdge_Value,
+        *mut ffi::WasmEdge_Value,
+    ) -> ffi::WasmEdge_Result;
+    let functions: [(&str, usize, usize, HostFn); 7] = [
+        ("args_get", 2, 1, wasi_empty),
+        ("args_sizes_get", 2, 1, wasi_no_sizes),
+        ("environ_get", 2, 1, wasi_empty),
+        ("environ_sizes_get", 2, 1, wasi_no_sizes),
+        ("fd_write", 4, 1, wasi_fd_write),
+        ("proc_exit", 1, 0, wasi_proc_exit),
+        ("sched_yield", 0, 1, wasi_empty),
+    ];
+    // SAFETY: the module takes ownership of each function; types are
+    // deleted once their function is made; names are copied by WasmEdge.
+    unsafe {
+        let module = ffi::WasmEdge_ModuleInstanceCreate(name("wasi_snapshot_preview1"));
+        if module.is_null() {
+            return module;
+        }
+        for (func, params, results, host) in functions {
+            let i32s = |n: usize| vec![ffi::WasmEdge_ValTypeGenI32(); n];
+            let (p, r) = (i32s(params), i32s(results));
+            let ty = ffi::WasmEdge_FunctionTypeCreate(
+                p.as_ptr(),
+                p.len() as u32,
+                r.as_ptr(),
+                r.len() as u32,
+            );
+            let instance =
+                ffi::WasmEdge_FunctionInstanceCreate(ty, Some(host), std::ptr::null_mut(), 0);
+            ffi::WasmEdge_FunctionTypeDelete(ty);
+            if instance.is_null() {
+                ffi::WasmEdge_ModuleInstanceDelete(module);
+                return std::ptr::null_mut();
+            }
+            ffi::WasmEdge_ModuleInstanceAddFunction(module, name(func), instance);
+        }
+        module
+    }
+}
+
+const WASI_SUCCESS: i32 = 0;
+const WASI_EFAULT: i32 = 21;
+
+/// Writes `value` little-endian at `offset` of the caller's memory.
+unsafe fn store_u32(
+    frame: *const ffi::WasmEdge_CallingFrameContext,
+    offset: i32,
+    value: u32,
+) -> bool {
+    // SAFETY: the frame is the one WasmEdge passed in; `GetPointer` checks
+    // the range and returns null outside the memory.
+    unsafe {
+        let memory = ffi::WasmEdge_CallingFrameGetMemoryInstance(frame, 0);
+        if memory.is_null() {
+            return false;
+        }
+        let ptr = ffi::WasmEdge_MemoryInstanceGetPointer(memory, offset as u32, 4);
+        if ptr.is_null() {
+            return false;
+        }
+        std::ptr::copy_nonoverlapping(value.to_le_bytes().as_ptr(), ptr, 4);
+        true
+    }
+}
+
+/// Reads a little-endian `u32` at `offset` of the caller's memory.
+unsafe fn load_u32(frame: *const ffi::WasmEdge_CallingFrameContext, offset: u32) -> Option<u32> {
+    // SAFETY: as in `store_u32`.
+    unsafe {
+        let memory = ffi::WasmEdge_CallingFrameGetMemoryInstance(frame, 0);
+        if memory.is_null() {
+            return None;
+        }
+        let ptr = ffi::WasmEdge_MemoryInstanceGetPointerConst(memory, offset, 4);
+        if ptr.is_null() {
+            return None;
+        }
+        let mut bytes = [0u8; 4];
+        std::ptr::copy_nonoverlapping(ptr, bytes.as_mut_ptr(), 4);
+        Some(u32::from_le_bytes(bytes))
+    }
+}
+
+fn errno(returns: *mut ffi::WasmEdge_Value, value: i32) -> ffi::WasmEdge_Result {
+    // SAFETY: WasmEdge sizes `returns` from the function type: one i32.
+    unsafe { *returns = ffi::WasmEdge_ValueGenI32(value) };
+    ffi::WasmEdge_Result { Code: 0 }
+}
+
+unsafe extern "C" fn wasi_empty(
+    _data: *mut std::ffi::c_void,
+    _frame: *const ffi::WasmEdge_CallingFrameContext,
+    _params: *const ffi::WasmEdge_Value,
+    returns: *mut ffi::WasmEdge_Value,
+) -> ffi::WasmEdge_Result {
+    errno(returns, WASI_SUCCESS)
+}
+
+unsafe extern "C" fn wasi_no_sizes(
+    _data: *mut std::ffi::c_void,
+    frame: *const ffi::WasmEdge_CallingFrameContext,
+    params: *const ffi::WasmEdge_Value,
+    returns: *mut ffi::WasmEdge_Value,
+) -> ffi::WasmEdge_Result {
+    // SAFETY: two i32 parameters, by the function type.
+    let stored = unsafe {
+        let count = ffi::WasmEdge_ValueGetI32(*params);
+        let size = ffi::WasmEdge_ValueGetI32(*params.add(1));
+        store_u32(frame, count, 0) && store_u32(frame, size, 0)
+    };
+    errno(returns, if stored { WASI_SUCCESS } else { WASI_EFAULT })
+}
+
+unsafe extern "C" fn wasi_fd_write(
+    _data: *mut std::ffi::c_void,
+    frame: *const ffi::WasmEdge_CallingFrameContext,
+    params: *const ffi::WasmEdge_Value,
+    returns: *mut ffi::WasmEdge_Value,
+) -> ffi::WasmEdge_Result {
+    // SAFETY: four i32 parameters, by the function type; memory accesses
+    // are bounds-checked by WasmEdge.
+    unsafe {
+        let iovs = ffi::WasmEdge_ValueGetI32(*params.add(1)) as u32;
+        let count = ffi::WasmEdge_ValueGetI32(*params.add(2)) as u32;
+        let nwritten = ffi::WasmEdge_ValueGetI32(*params.add(3));
+        let mut total: u32 = 0;
+        for i in 0..count.min(1024) {
+            let Some(len) = iovs
+                .checked_add(i * 8 + 4)
+                .and_then(|at| load_u32(frame, at))
+            else {
+                return errno(returns, WASI_EFAULT);
+            };
+            total = total.saturating_add(len);
+        }
+        let stored = store_u32(frame, nwritten, total);
+        errno(returns, if stored { WASI_SUCCESS } else { WASI_EFAULT })
+    }
+}
+
+/// `proc_exit` ends the call as a trap: a policy has no process to end.
+unsafe extern "C" fn wasi_proc_exit(
+    _data: *mut std::ffi::c_void,
+    _frame: *const ffi::WasmEdge_CallingFrameContext,
+    _params: *const ffi::WasmEdge_Value,
+    _returns: *mut ffi::WasmEdge_Value,
+) -> ffi::WasmEdge_Result {
+    // SAFETY: a plain constructor.
+    unsafe { ffi::WasmEdge_ResultGen(ffi::WasmEdge_ErrCategory_UserLevelError, PROC_EXIT) }
+}
+
+/// The user-level error `proc_exit` raises.
+pub const PROC_EXIT: u32 = 0xE517;
 
 impl Drop for Instance {
     /// The stopper first (it refers to the executor), then the instances

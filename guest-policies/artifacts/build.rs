@@ -10,7 +10,8 @@ use std::process::Command;
 
 /// (file stem used by teller, cargo package, library name in the .wasm,
 /// source directory in the workspace). The test guests are built here too
-/// but only tests refer to them, so they never reach the teller binary.
+/// but only tests refer to them, so they never reach the teller binary. A
+/// package without a library holds the function commands ([`COMMANDS`]).
 const GUESTS: &[(&str, &str, &str, &str)] = &[
     (
         "transfer-check",
@@ -24,6 +25,7 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
         "teller_audit",
         "guest-policies/audit",
     ),
+    ("commands", "teller-commands", "", "guest-policies/commands"),
     (
         "abi-echo",
         "teller-abi-echo",
@@ -39,6 +41,9 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
 ];
 
 const TARGETS: [&str; 2] = ["wasm32-wasip2", "wasm32-wasip1"];
+
+/// The function commands: wasm32-wasip1 binaries of `teller-commands`.
+const COMMANDS: [&str; 2] = ["transfer-check", "audit-seal"];
 
 fn main() -> Result<(), String> {
     let manifest_dir = PathBuf::from(var("CARGO_MANIFEST_DIR")?);
@@ -91,7 +96,7 @@ fn main() -> Result<(), String> {
     }
 
     let mut code = String::new();
-    for (stem, _, lib, _) in GUESTS {
+    for (stem, _, lib, _) in GUESTS.iter().filter(|g| !g.2.is_empty()) {
         let component = target_dir.join(format!("wasm32-wasip2/release/{lib}.wasm"));
         let module = target_dir.join(format!("wasm32-wasip1/release/{lib}.wasm"));
         for path in [&component, &module] {
@@ -111,6 +116,22 @@ fn main() -> Result<(), String> {
              module_path: {m:?},\n}};",
             c = component.display().to_string(),
             m = module.display().to_string(),
+        );
+    }
+    for name in COMMANDS {
+        let path = target_dir.join(format!("wasm32-wasip1/release/{name}.wasm"));
+        if !path.is_file() {
+            return Err(format!(
+                "the guest build did not produce {}",
+                path.display()
+            ));
+        }
+        let konst = format!("{}_COMMAND", name.to_uppercase().replace('-', "_"));
+        let _ = writeln!(
+            code,
+            "/// The `{name}` function as a wasm32-wasip1 command.\npub const {konst}: Command = Command {{\n    \
+             name: {name:?},\n    wasm: include_bytes!({p:?}),\n    path: {p:?},\n}};",
+            p = path.display().to_string(),
         );
     }
     std::fs::write(out_dir.join("artifacts.rs"), code)

@@ -42,11 +42,14 @@ impl Default for TransferCheckConfig {
 }
 
 fn default_limit() -> u64 {
-    1_000_000
+    teller_transfer_check::DEFAULT_AMOUNT_LIMIT
 }
 
 fn default_roles() -> Vec<String> {
-    vec!["authorized".to_string()]
+    teller_transfer_check::DEFAULT_AUTHORIZED_ROLES
+        .iter()
+        .map(|r| r.to_string())
+        .collect()
 }
 
 impl Config {
@@ -76,7 +79,7 @@ impl Config {
         if tc.amount_limit > MAX_AMOUNT {
             return Err(Error::bad_request(
                 "config_invalid",
-                format!("amount_limit {} is above {MAX_AMOUNT}", tc.amount_limit),
+                "amount_limit is above 2^63-1, the largest amount a request may carry",
             )
             .with_field("transfer_check.amount_limit"));
         }

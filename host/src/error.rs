@@ -59,7 +59,7 @@ impl Error {
     pub fn new(kind: Kind, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: teller_audit::mask_digit_runs(&message.into()),
+            message: teller_request::mask::digit_runs(&message.into()),
             field: None,
             kind,
         }

@@ -162,7 +162,7 @@ impl Teller {
                 "this teller has no audit log; start it with --audit-dir",
             )
         })?;
-        let mut json = serde_json::Deserializer::from_slice(body);
+        let mut json = serde_json::Deserializer::from_str(crate::request::utf8(body)?);
         let doc: EventDocument = serde_path_to_error::deserialize(&mut json).map_err(json_error)?;
         json.end()
             .map_err(|e| Error::bad_request("malformed_json", format!("malformed JSON: {e}")))?;

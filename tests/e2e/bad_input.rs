@@ -235,6 +235,34 @@ fn bad_configuration_stops_start_up_naming_file_and_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
+
+    // Impossible limits: refused by name before anything starts.
+    for (flag, value) in [
+        ("--guest-deadline-ms", "0"),
+        ("--guest-memory-mib", "99999"),
+        ("--guest-fuel", "0"),
+        ("--max-concurrency", "0"),
+        ("--client-timeout-ms", "1"),
+        ("--audit-segment-bytes", "10"),
+        ("--listen", "localhost:http"),
+    ] {
+        let out = teller().args(["serve", flag, value]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
+    // A memory cap below what the guest starts with: the guest cannot be
+    // instantiated, and start-up says so.
+    for engine in ENGINES {
+        let out = teller()
+            .args(["check", "--engine", engine, "--guest-memory-mib", "1", "-"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{engine}: {stderr}");
+        assert!(stderr.contains("transfer-check"), "{engine}: {stderr}");
+    }
 }
 
 #[test]

@@ -18,6 +18,8 @@ mod audit_keys;
 mod bad_input;
 mod bench;
 mod cli;
+#[cfg(feature = "wasmedge")]
+mod commands;
 mod containment;
 #[cfg(feature = "wasmedge")]
 mod differential;

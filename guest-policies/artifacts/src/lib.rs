@@ -14,7 +14,19 @@ pub struct Guest {
     pub module_path: &'static str,
 }
 
+/// A guest function built as a `wasm32-wasip1` command: JSON in on stdin,
+/// JSON out on stdout, what a node's WasmEdge runs as a wasm container.
+#[derive(Debug, Clone, Copy)]
+pub struct Command {
+    pub name: &'static str,
+    pub wasm: &'static [u8],
+    pub path: &'static str,
+}
+
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+
+/// Every function command.
+pub const COMMANDS: [Command; 2] = [TRANSFER_CHECK_COMMAND, AUDIT_SEAL_COMMAND];
 
 /// Every built-in guest (`ABI_ECHO` is a test program, not built in).
 pub const ALL: [Guest; 2] = [TRANSFER_CHECK, AUDIT];

@@ -21,6 +21,8 @@ mod bindings {
     wit_bindgen::generate!({
         world: "audit-sealer",
         path: "../../wit",
+        // The `audit-seal` command reads events as teller's API writes them.
+        additional_derives: [serde::Deserialize],
     });
 
     // Exports only exist in the wasm builds; native builds are for unit
@@ -31,9 +33,12 @@ mod bindings {
     export!(Sealer with_types_in self);
 }
 
-use bindings::bank::policy::types::{AuditEvent, PolicyMetadata, SealedRecord};
+pub use bindings::bank::policy::types::{
+    Actor, AuditEvent, EncryptedEvent, Origin, PolicyMetadata, PolicyRef, SealedRecord,
+};
 use bindings::exports::bank::policy::{audit, metadata};
 use sha2::{Digest, Sha256};
+use teller_request::mask::{account as mask_account, digit_runs as mask_digit_runs};
 
 /// The guest's exports.
 pub struct Sealer;
@@ -54,9 +59,6 @@ impl audit::Guest for Sealer {
         seal(seq, &prev_hash, &event)
     }
 }
-
-/// Digit runs at least this long in free text are treated as account numbers.
-const ACCOUNT_DIGITS: usize = 12;
 
 /// Builds the record line for `event` chained on `prev_hash`.
 pub fn seal(seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecord, String> {
@@ -193,59 +195,6 @@ fn string(out: &mut String, value: &str) {
         }
     }
     out.push('"');
-}
-
-/// Masks every digit but the last four: a resource names an account.
-pub fn mask_account(value: &str) -> String {
-    let digits = value.chars().filter(char::is_ascii_digit).count();
-    let mut to_mask = digits.saturating_sub(4);
-    value
-        .chars()
-        .map(|c| {
-            if to_mask > 0 && c.is_ascii_digit() {
-                to_mask -= 1;
-                '*'
-            } else {
-                c
-            }
-        })
-        .collect()
-}
-
-/// Masks, in free text, each run of [`ACCOUNT_DIGITS`] or more digits but
-/// its last four.
-pub fn mask_digit_runs(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = String::with_capacity(value.len());
-    let mut start = 0;
-    while start < bytes.len() {
-        let run = bytes
-            .get(start..)
-            .unwrap_or_default()
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        if run == 0 {
-            // Copy one whole character; digits are ASCII so this stays on
-            // character boundaries.
-            let ch = value
-                .get(start..)
-                .and_then(|rest| rest.chars().next())
-                .unwrap_or('\u{fffd}');
-            out.push(ch);
-            start += ch.len_utf8().max(1);
-            continue;
-        }
-        let digits = value.get(start..start + run).unwrap_or_default();
-        if run >= ACCOUNT_DIGITS {
-            out.extend(std::iter::repeat_n('*', run - 4));
-            out.push_str(digits.get(run - 4..).unwrap_or_default());
-        } else {
-            out.push_str(digits);
-        }
-        start += run;
-    }
-    out
 }
 
 fn hex(bytes: &[u8]) -> String {

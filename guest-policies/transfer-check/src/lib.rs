@@ -32,6 +32,32 @@ mod bindings {
 /// The guest's exports.
 pub struct Policy;
 
+/// The bank's limit, in minor units, when the host configures none.
+pub const DEFAULT_AMOUNT_LIMIT: u64 = 1_000_000;
+
+/// The roles allowed to transfer when the host configures none.
+pub const DEFAULT_AUTHORIZED_ROLES: [&str; 1] = ["authorized"];
+
+/// The JSON API's name for a verdict.
+pub fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+        Verdict::Review => "review",
+    }
+}
+
+/// The JSON API's name for a reason code.
+pub fn reason_name(code: ReasonCode) -> &'static str {
+    match code {
+        ReasonCode::ActionNotTransfer => "action_not_transfer",
+        ReasonCode::AmountOverLimit => "amount_over_limit",
+        ReasonCode::RoleNotAuthorized => "role_not_authorized",
+        ReasonCode::AuditDisabled => "audit_disabled",
+        ReasonCode::ApprovalRequired => "approval_required",
+    }
+}
+
 pub use bindings::bank::policy::types::{
     Decision, PolicyConfig, PolicyMetadata, Reason, ReasonCode, TransferRequest, User, Verdict,
 };

@@ -1,0 +1,54 @@
+//! The audit sealer as a WASI command: `{"seq":N,"prev_hash":"<64 hex>",
+//! "event":{…}}` on stdin (the event as teller's audit API types serialize
+//! it), the sealed record's line on stdout.
+//!
+//! Exit status: 0 sealed, 1 refused by the sealer, 2 bad input.
+
+use serde::Deserialize;
+use std::process::ExitCode;
+use teller_audit::AuditEvent;
+use teller_commands::{fail, read_stdin};
+use teller_request::Error;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealInput {
+    seq: u64,
+    prev_hash: String,
+    event: AuditEvent,
+}
+
+fn main() -> ExitCode {
+    let input = read_stdin().and_then(|body| {
+        let text = teller_request::utf8(&body)?;
+        let mut json = serde_json::Deserializer::from_str(text);
+        let input: SealInput = parse(&mut json).map_err(|e| Error::new("invalid_input", e))?;
+        Ok(input)
+    });
+    let input = match input {
+        Ok(input) => input,
+        Err(e) => return fail(&e),
+    };
+    match teller_audit::seal(input.seq, &input.prev_hash, &input.event) {
+        Ok(record) => {
+            println!("{}", record.line);
+            ExitCode::SUCCESS
+        }
+        Err(refusal) => {
+            println!(
+                "{}",
+                serde_json::json!({"error": {"code": "guest_refused", "message": refusal}})
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The whole of stdin as one `SealInput`.
+fn parse(
+    json: &mut serde_json::Deserializer<serde_json::de::StrRead<'_>>,
+) -> Result<SealInput, String> {
+    let input = SealInput::deserialize(&mut *json).map_err(|e| e.to_string())?;
+    json.end().map_err(|e| e.to_string())?;
+    Ok(input)
+}

@@ -13,17 +13,17 @@
 use crate::error::Error;
 use crate::request::MAX_AMOUNT;
 use crate::wit::PolicyConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub transfer_check: TransferCheckConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransferCheckConfig {
     #[serde(default = "default_limit")]
@@ -100,6 +100,16 @@ impl Config {
         Ok(())
     }
 
+    /// The configuration as a file `parse` reads back.
+    pub fn to_toml(&self) -> Result<String, Error> {
+        toml::to_string(self).map_err(|e| {
+            Error::internal(
+                "config_invalid",
+                format!("cannot write the configuration: {e}"),
+            )
+        })
+    }
+
     /// The parameters as the guest receives them.
     pub fn policy_config(&self) -> PolicyConfig {
         PolicyConfig {
@@ -112,6 +122,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_configuration_reads_back() {
+        let mut config = Config::default();
+        config.transfer_check.authorized_roles = vec!["a \"quoted\" \u{1f600} role".into()];
+        let back = Config::parse(&config.to_toml().unwrap()).unwrap();
+        assert_eq!(
+            back.transfer_check.authorized_roles,
+            config.transfer_check.authorized_roles
+        );
+        assert_eq!(back.transfer_check.amount_limit, 1_000_000);
+    }
 
     #[test]
     fn defaults_are_the_banks_policy() {

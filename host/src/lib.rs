@@ -4,7 +4,8 @@
 //! - [`engine`]: the `Engine` trait and its implementations;
 //! - [`service`]: decide a transfer, record an event (transport-neutral);
 //! - [`api`]: the HTTP server; [`audit`]: the hash-chained log;
-//! - [`request`], [`config`], [`policy`], [`error`]: inputs and errors.
+//! - [`request`], [`config`], [`policy`], [`error`]: inputs and errors;
+//! - [`oci`]: the policies as an OCI image (`teller package`).
 
 pub mod abi;
 pub mod api;
@@ -13,6 +14,7 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod oci;
 pub mod policy;
 pub mod request;
 pub mod service;

@@ -36,6 +36,10 @@ enum Command {
     /// Compile the guest policies for an engine into the cache ahead of
     /// time (WasmEdge AOT, wasmtime .cwasm), so that no start pays for it.
     Compile(RunArgs),
+    /// Write the guest policies (both forms) and their configuration as an
+    /// OCI image layout tar, with the CNCF wasm artifact media types; `ctr
+    /// images import` takes it, `teller serve --from-oci` serves it.
+    Package(PackageArgs),
     /// Measure: cold start, per-call latency, HTTP load, audited throughput.
     /// Prints a table,
     /// or one JSON document with --json.
@@ -122,6 +126,11 @@ struct RunArgs {
     /// authorized_roles. Defaults: 1000000 and ["authorized"].
     #[arg(long, env = "TELLER_CONFIG")]
     config: Option<PathBuf>,
+    /// An image written by `teller package` (OCI image layout tar): its
+    /// policies and configuration, every digest checked, instead of
+    /// --policy-dir and --config.
+    #[arg(long, env = "TELLER_FROM_OCI", conflicts_with_all = ["policy_dir", "config"])]
+    from_oci: Option<PathBuf>,
     /// Where compiled guests are cached (default $XDG_CACHE_HOME/teller or
     /// ~/.cache/teller).
     #[arg(long, env = "TELLER_CACHE_DIR")]
@@ -235,6 +244,23 @@ fn audit_keys(file: Option<&Path>) -> Result<Option<AuditKeys>, Error> {
 }
 
 #[derive(Args)]
+struct PackageArgs {
+    /// The image file to write (an OCI image layout, as a tar).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// The image's name, as containerd and registries will know it.
+    #[arg(long, default_value = concat!("teller-policies:", env!("CARGO_PKG_VERSION")))]
+    name: String,
+    /// Package these policies instead of the built-in ones.
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+    /// The policy configuration to package (validated first); without it,
+    /// the defaults are written out.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct CheckArgs {
     /// The transfer document (JSON); `-` or nothing reads stdin.
     #[arg(default_value = "-")]
@@ -285,6 +311,7 @@ fn main() -> ExitCode {
         }),
         Command::Audit(command) => audit(command),
         Command::Compile(run) => compile(&run),
+        Command::Package(args) => package(&args),
         Command::Bench(command) => bench(command),
     };
     match result {
@@ -296,11 +323,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn policies(run: &RunArgs) -> PolicySource {
-    match &run.policy_dir {
+/// The policies and their configuration `run` names.
+fn policies(run: &RunArgs) -> Result<(PolicySource, Config), Error> {
+    if let Some(path) = &run.from_oci {
+        let image = teller::oci::read(path)?;
+        let origin = format!(
+            "image {} ({})",
+            image.name.as_deref().unwrap_or("unnamed"),
+            path.display()
+        );
+        let config = match image.files.get(teller::oci::CONFIG_FILE) {
+            Some(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| {
+                    Error::bad_request(
+                        "config_invalid",
+                        format!("{origin}: teller.toml is not UTF-8"),
+                    )
+                })?;
+                Config::parse(text).map_err(|e| Error {
+                    message: format!("{origin}: teller.toml: {}", e.message),
+                    ..e
+                })?
+            }
+            None => Config::default(),
+        };
+        let files = std::sync::Arc::new(image.files);
+        return Ok((PolicySource::Files { origin, files }, config));
+    }
+    let config = match &run.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let source = match &run.policy_dir {
         Some(dir) => PolicySource::Dir(dir.clone()),
         None => PolicySource::Builtin,
-    }
+    };
+    Ok((source, config))
 }
 
 fn cache(run: &RunArgs) -> Result<ArtifactCache, Error> {
@@ -322,12 +380,9 @@ fn start(
     audit: Option<&AuditSettings>,
     workload: Workload,
 ) -> Result<Teller, Error> {
-    let config = match &run.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let (source, config) = policies(run)?;
     let engine = engine::by_name(run.engine, cache(run)?, workload, run.limits())?;
-    let (teller, recovery) = Teller::start(engine.as_ref(), &policies(run), &config, audit)?;
+    let (teller, recovery) = Teller::start(engine.as_ref(), &source, &config, audit)?;
     if let (Some(r), Some(settings)) = (recovery, audit)
         && r.truncated_bytes > 0
     {
@@ -444,6 +499,54 @@ fn check(args: CheckArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn package(args: &PackageArgs) -> Result<ExitCode, Error> {
+    let source = match &args.policy_dir {
+        Some(dir) => PolicySource::Dir(dir.clone()),
+        None => PolicySource::Builtin,
+    };
+    let config_text = match &args.config {
+        Some(path) => {
+            Config::load(path)?;
+            std::fs::read_to_string(path).map_err(|e| {
+                Error::bad_request(
+                    "config_unreadable",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+        }
+        None => Config::default().to_toml()?,
+    };
+    let mut layers = Vec::new();
+    for name in [teller::policy::TRANSFER_CHECK, teller::policy::AUDIT] {
+        let artifact = source.artifact(name)?;
+        layers.push(teller::oci::Layer {
+            title: format!("{name}.module.wasm"),
+            media_type: teller::oci::WASM_LAYER,
+            bytes: artifact.module()?.into_owned(),
+        });
+        layers.push(teller::oci::Layer {
+            title: format!("{name}.component.wasm"),
+            media_type: teller::oci::WASM_LAYER,
+            bytes: artifact.component()?.into_owned(),
+        });
+    }
+    layers.push(teller::oci::Layer {
+        title: teller::oci::CONFIG_FILE.to_string(),
+        media_type: teller::oci::POLICY_CONFIG_LAYER,
+        bytes: config_text.into_bytes(),
+    });
+    let written = teller::oci::write(&args.output, &args.name, &layers)?;
+    println!(
+        "wrote {}: image {}, manifest {}, {} layers, {} bytes",
+        args.output.display(),
+        args.name,
+        written.manifest_digest,
+        written.layers,
+        written.bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn compile(run: &RunArgs) -> Result<ExitCode, Error> {
     let cache = cache(run)?;
     let Some(dir) = cache.dir().map(Path::to_path_buf) else {
@@ -453,7 +556,7 @@ fn compile(run: &RunArgs) -> Result<ExitCode, Error> {
         ));
     };
     let engine = engine::by_name(run.engine, cache, Workload::Once, run.limits())?;
-    let source = policies(run);
+    let (source, _) = policies(run)?;
     for name in [teller::policy::TRANSFER_CHECK, teller::policy::AUDIT] {
         eprint!("teller: compiling {name} for {} ... ", engine.name());
         let started = std::time::Instant::now();

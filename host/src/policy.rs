@@ -1,4 +1,5 @@
-//! Where guest policies come from: built into the binary, or a directory.
+//! Where guest policies come from: built into the binary, a directory, or
+//! an OCI image (`teller package`).
 //!
 //! A policy directory holds, per guest, `NAME.component.wasm` (run by
 //! wasmtime) and `NAME.module.wasm` (the wasip1 core module run by WasmEdge);
@@ -7,7 +8,9 @@
 use crate::error::Error;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use teller_policy_artifacts::Guest;
 
 /// The two guests teller needs.
@@ -21,6 +24,11 @@ pub enum PolicySource {
     Builtin,
     /// `--policy-dir DIR`.
     Dir(PathBuf),
+    /// `--from-oci FILE`: the image's files, digests checked.
+    Files {
+        origin: String,
+        files: Arc<BTreeMap<String, Vec<u8>>>,
+    },
 }
 
 impl PolicySource {
@@ -34,6 +42,9 @@ impl PolicySource {
             origin: match self {
                 PolicySource::Builtin => Origin::Builtin(builtin),
                 PolicySource::Dir(dir) => Origin::Dir(dir.clone()),
+                PolicySource::Files { origin, files } => {
+                    Origin::Files(origin.clone(), files.clone())
+                }
             },
         })
     }
@@ -42,6 +53,7 @@ impl PolicySource {
         match self {
             PolicySource::Builtin => "built-in".to_string(),
             PolicySource::Dir(dir) => dir.display().to_string(),
+            PolicySource::Files { origin, .. } => origin.clone(),
         }
     }
 }
@@ -57,6 +69,7 @@ pub struct Artifact {
 enum Origin {
     Builtin(Guest),
     Dir(PathBuf),
+    Files(String, Arc<BTreeMap<String, Vec<u8>>>),
 }
 
 impl Artifact {
@@ -65,6 +78,9 @@ impl Artifact {
         match &self.origin {
             Origin::Builtin(g) => Ok(Cow::Borrowed(g.component)),
             Origin::Dir(dir) => read(dir.join(format!("{}.component.wasm", self.name))),
+            Origin::Files(origin, files) => {
+                file(origin, files, &format!("{}.component.wasm", self.name))
+            }
         }
     }
 
@@ -73,6 +89,9 @@ impl Artifact {
         match &self.origin {
             Origin::Builtin(g) => Ok(Cow::Borrowed(g.module)),
             Origin::Dir(dir) => read(dir.join(format!("{}.module.wasm", self.name))),
+            Origin::Files(origin, files) => {
+                file(origin, files, &format!("{}.module.wasm", self.name))
+            }
         }
     }
 }
@@ -84,6 +103,17 @@ fn read(path: PathBuf) -> Result<Cow<'static, [u8]>, Error> {
             format!("cannot read policy {}: {e}", path.display()),
         )
     })
+}
+
+fn file(
+    origin: &str,
+    files: &BTreeMap<String, Vec<u8>>,
+    name: &str,
+) -> Result<Cow<'static, [u8]>, Error> {
+    files
+        .get(name)
+        .map(|bytes| Cow::Owned(bytes.clone()))
+        .ok_or_else(|| Error::internal("policy_unreadable", format!("{origin} holds no {name}")))
 }
 
 /// Lowercase hex SHA-256, as policies and audit records name artifacts.

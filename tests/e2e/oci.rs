@@ -1,0 +1,214 @@
+//! `teller package` writes an OCI image layout with the CNCF wasm artifact
+//! media types, checked here with `oci-spec`'s types; `teller serve
+//! --from-oci` serves it, and refuses one that was altered.
+
+use crate::support::{ENGINES, Server, doc, teller};
+use oci_spec::image::{ImageIndex, ImageManifest};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+/// Every file of the tar at `path`, by name.
+fn entries(path: &Path) -> HashMap<String, Vec<u8>> {
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
+fn package(dir: &Path, extra: &[&str]) -> std::path::PathBuf {
+    let image = dir.join("teller.tar");
+    let out = teller()
+        .args(["package", "--output"])
+        .arg(&image)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("manifest sha256:"));
+    image
+}
+
+fn blob<'a>(files: &'a HashMap<String, Vec<u8>>, digest: &str) -> &'a Vec<u8> {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let bytes = &files[&format!("blobs/sha256/{hex}")];
+    assert_eq!(teller::policy::sha256_hex(bytes), hex, "blob {digest}");
+    bytes
+}
+
+#[test]
+fn the_image_is_a_valid_oci_layout_with_wasm_media_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = package(
+        dir.path(),
+        &[
+            "--name",
+            "registry.bank.internal/bank-core/teller-policies:0.1.0",
+        ],
+    );
+    let files = entries(&image);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&files["oci-layout"]).unwrap()["imageLayoutVersion"],
+        "1.0.0"
+    );
+    let index = ImageIndex::from_reader(&files["index.json"][..]).unwrap();
+    assert_eq!(index.schema_version(), 2);
+    let [entry] = index.manifests().as_slice() else {
+        panic!("one manifest")
+    };
+    let names = entry.annotations().as_ref().unwrap();
+    assert_eq!(
+        names["io.containerd.image.name"],
+        "registry.bank.internal/bank-core/teller-policies:0.1.0"
+    );
+    assert_eq!(
+        names["org.opencontainers.image.ref.name"],
+        names["io.containerd.image.name"]
+    );
+
+    let manifest_bytes = blob(&files, entry.digest().as_ref());
+    assert_eq!(manifest_bytes.len() as u64, entry.size());
+    let manifest = ImageManifest::from_reader(&manifest_bytes[..]).unwrap();
+    assert_eq!(
+        manifest.config().media_type().to_string(),
+        "application/vnd.wasm.config.v0+json"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(blob(&files, manifest.config().digest().as_ref())).unwrap();
+    assert_eq!(config["architecture"], "wasm");
+    let mut titles = Vec::new();
+    for (i, layer) in manifest.layers().iter().enumerate() {
+        let title = &layer.annotations().as_ref().unwrap()["org.opencontainers.image.title"];
+        let bytes = blob(&files, layer.digest().as_ref());
+        assert_eq!(bytes.len() as u64, layer.size());
+        assert_eq!(config["layerDigests"][i], layer.digest().to_string());
+        let media = layer.media_type().to_string();
+        if title.ends_with(".wasm") {
+            assert_eq!(media, "application/wasm", "{title}");
+            assert_eq!(&bytes[..4], b"\0asm", "{title}");
+        } else {
+            assert_eq!(media, "application/vnd.teller.policy.config.v1+toml");
+            assert!(String::from_utf8_lossy(bytes).contains("amount_limit = 1000000"));
+        }
+        titles.push(title.clone());
+    }
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "audit.component.wasm",
+            "audit.module.wasm",
+            "teller.toml",
+            "transfer-check.component.wasm",
+            "transfer-check.module.wasm",
+        ]
+    );
+    // The built-in policies, byte for byte.
+    let module = manifest
+        .layers()
+        .iter()
+        .find(|l| {
+            l.annotations().as_ref().unwrap()["org.opencontainers.image.title"]
+                == "transfer-check.module.wasm"
+        })
+        .unwrap();
+    assert_eq!(
+        blob(&files, module.digest().as_ref()),
+        &teller_policy_artifacts::TRANSFER_CHECK.module.to_vec()
+    );
+}
+
+#[test]
+fn serve_from_oci_uses_the_images_policies_and_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        "[transfer_check]\namount_limit = 500\nauthorized_roles = [\"teller\"]\n",
+    )
+    .unwrap();
+    let image = package(dir.path(), &["--config", config.to_str().unwrap()]);
+    for engine in ENGINES {
+        let server = Server::start(engine, &["--from-oci", image.to_str().unwrap()]);
+        let r = server
+            .post(
+                "/v1/transfer/check",
+                &doc("transfer", 500, "teller", Some(true), None),
+            )
+            .json();
+        assert_eq!(r["verdict"], "allow", "{engine}: {r}");
+        let r = server
+            .post(
+                "/v1/transfer/check",
+                &doc("transfer", 501, "teller", Some(true), None),
+            )
+            .json();
+        assert_eq!(r["verdict"], "deny", "{engine}: {r}");
+        // The answer names the packaged artifact the engine ran.
+        let artifact = if *engine == "wasmtime" {
+            teller_policy_artifacts::TRANSFER_CHECK.component
+        } else {
+            teller_policy_artifacts::TRANSFER_CHECK.module
+        };
+        assert_eq!(
+            r["policy"]["sha256"],
+            teller::policy::sha256_hex(artifact),
+            "{engine}"
+        );
+        assert_eq!(server.stop().code(), Some(0));
+    }
+}
+
+#[test]
+fn an_altered_or_incomplete_image_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = package(dir.path(), &[]);
+    let bytes = std::fs::read(&image).unwrap();
+    // Flip one byte inside the transfer-check module's blob.
+    let module = teller_policy_artifacts::TRANSFER_CHECK.module;
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &module[1000..1064])
+        .unwrap();
+    let mut altered = bytes.clone();
+    altered[at + 10] ^= 0xFF;
+    let bad = dir.path().join("altered.tar");
+    std::fs::write(&bad, &altered).unwrap();
+    let out = teller()
+        .args(["check", "--from-oci"])
+        .arg(&bad)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("transfer-check.module.wasm") && stderr.contains("altered"),
+        "{stderr}"
+    );
+
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let out = teller()
+        .args(["check", "--from-oci"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let out = teller()
+        .args(["serve", "--from-oci"])
+        .arg(&image)
+        .args(["--policy-dir", "/tmp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

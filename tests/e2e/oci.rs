@@ -212,3 +212,29 @@ fn an_altered_or_incomplete_image_is_refused_at_start_up() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
+
+/// A node's containerd takes the image as it is: `ctr images import`
+/// stores the manifest and every layer. (Unpacking, which needs a root
+/// filesystem, is the shim's business, not this image's.)
+#[test]
+fn ctr_images_import_takes_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "registry.bank.internal/bank-core/teller-policies:0.1.0";
+    let image = package(dir.path(), &["--name", name]);
+    let containerd = crate::support::Containerd::start();
+    let out = containerd.ctr(&["images", "import", "--no-unpack", image.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let out = containerd.ctr(&["images", "ls", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), name);
+    // The module layer, read back from containerd's content store.
+    let files = entries(&image);
+    let index = ImageIndex::from_reader(&files["index.json"][..]).unwrap();
+    let manifest =
+        ImageManifest::from_reader(&blob(&files, index.manifests()[0].digest().as_ref())[..])
+            .unwrap();
+    for layer in manifest.layers() {
+        let out = containerd.ctr(&["content", "get", layer.digest().as_ref()]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(&out.stdout, blob(&files, layer.digest().as_ref()));
+    }
+}

@@ -200,3 +200,66 @@ pub fn doc(
     }
     v.to_string()
 }
+
+/// A containerd of the test's own: private root, state, socket and
+/// config, no CRI, stopped and removed on drop. Fails loudly when
+/// containerd cannot start; it never skips.
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("teller-containerd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n"
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start containerd (scripts/setup installs it): {e}"));
+        let containerd = Containerd { dir, child };
+        for _ in 0..100 {
+            if containerd.ctr(&["version"]).status.success() {
+                return containerd;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(containerd.dir.path().join("containerd.log"))
+            .unwrap_or_default();
+        panic!("containerd did not come up within 10 s (it needs root):\n{log}");
+    }
+
+    /// `ctr --address SOCK --namespace teller ARGS`.
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["--namespace", "teller"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}

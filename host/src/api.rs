@@ -6,6 +6,7 @@
 //! | `POST /v1/audit/events`   | 201 `{seq, hash}` once the record is on disk |
 //! | `GET /healthz`            | 200 while the process serves             |
 //! | `GET /readyz`             | 200 while it takes traffic, 503 draining |
+//! | `GET /metrics`            | Prometheus (OpenMetrics) text            |
 //!
 //! Every error is `{"error":{"code","message","field"}}`. Heads over
 //! [`MAX_HEAD`] bytes or [`MAX_HEADERS`] fields get 431; a client slower
@@ -136,9 +137,21 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = std::time::Instant::now();
     let route = (req.method().clone(), req.uri().path().to_string());
+    let metrics_shared = shared.clone();
     let response = match (&route.0, route.1.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(shared.teller.metrics_text())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
         (&Method::GET, "/readyz") => {
             if shared.ready.load(Ordering::SeqCst) {
                 json(StatusCode::OK, r#"{"status":"ready"}"#.into())
@@ -165,7 +178,7 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
-        (_, "/healthz" | "/readyz" | "/v1/transfer/check" | "/v1/audit/events") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/v1/transfer/check" | "/v1/audit/events") => {
             let mut r = error(&Error::new(
                 Kind::MethodNotAllowed,
                 "method_not_allowed",
@@ -186,6 +199,20 @@ async fn handle(
             format!("no route {}", route.1),
         )),
     };
+    // Routes by their fixed names only: a path is client input.
+    let name = match route.1.as_str() {
+        "/v1/transfer/check" => "/v1/transfer/check",
+        "/v1/audit/events" => "/v1/audit/events",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    };
+    metrics_shared.teller.metrics().observe_http(
+        name,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     Ok(response)
 }
 

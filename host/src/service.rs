@@ -5,7 +5,10 @@
 use crate::audit::{AuditLog, AuditSettings, AuditWriter, Recovery};
 use crate::config::Config;
 use crate::engine::{Engine, TransferCheck};
-use crate::error::Error;
+use crate::error::{Error, Kind};
+use crate::metrics::{
+    DecisionLabels, EngineLabels, GuestErrorLabels, InFlight, Metrics, PolicyLabels,
+};
 use crate::policy::{self, PolicySource};
 use crate::request::{decode_transfer, json_error};
 use crate::wit::{
@@ -22,6 +25,7 @@ pub struct Teller {
     transfer: Arc<dyn TransferCheck>,
     config: PolicyConfig,
     audit: Option<AuditWriter>,
+    metrics: Arc<Metrics>,
 }
 
 /// Who sent a request.
@@ -82,14 +86,29 @@ impl Teller {
         config: &Config,
         audit: Option<&AuditSettings>,
     ) -> Result<(Self, Option<Recovery>), Error> {
+        let metrics = Arc::new(Metrics::new());
+        let loaded = |policy: &PolicyRef| {
+            metrics
+                .policy_loaded
+                .get_or_create(&PolicyLabels {
+                    policy: policy.name.clone(),
+                    version: policy.version.clone(),
+                    sha256: policy.sha256.clone(),
+                    engine: engine.name(),
+                })
+                .set(1);
+        };
         let transfer = engine.load_transfer_check(&policies.artifact(policy::TRANSFER_CHECK)?)?;
+        loaded(transfer.policy());
         let (audit, recovery) = match audit {
             None => (None, None),
             Some(settings) => {
                 let sealer = engine.load_audit(&policies.artifact(policy::AUDIT)?)?;
+                loaded(sealer.policy());
                 let encrypter = settings.keys.as_ref().map(|k| k.encrypter()).transpose()?;
                 let (log, recovery) = AuditLog::open(&settings.dir, settings.segment_bytes)?;
-                let writer = AuditWriter::start(log, sealer, encrypter, settings.commit)?;
+                let writer =
+                    AuditWriter::start(log, sealer, encrypter, settings.commit, metrics.clone())?;
                 (Some(writer), Some(recovery))
             }
         };
@@ -99,6 +118,7 @@ impl Teller {
                 transfer,
                 config: config.policy_config(),
                 audit,
+                metrics,
             },
             recovery,
         ))
@@ -116,20 +136,70 @@ impl Teller {
         self.audit.is_some()
     }
 
+    /// The OpenMetrics text of teller's metrics, gauges brought up to date.
+    pub fn metrics_text(&self) -> String {
+        self.metrics
+            .guest_instances_pooled
+            .set(self.transfer.instances_pooled() as i64);
+        self.metrics.encode()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a failed guest call by its code.
+    fn counted(&self, e: Error) -> Error {
+        if e.kind == Kind::Guest {
+            self.metrics
+                .guest_errors
+                .get_or_create(&GuestErrorLabels {
+                    code: e.code,
+                    engine: self.engine,
+                })
+                .inc();
+        }
+        e
+    }
+
     /// Decides one transfer document; with an audit log, answers only once
     /// the decision's record is on disk.
     pub fn check(&self, body: &[u8], caller: &Caller) -> Result<CheckResponse, Error> {
         let request = decode_transfer(body)?;
-        let decision = self.transfer.check(&self.config, &request)?;
+        let started = std::time::Instant::now();
+        let decision = {
+            let _in_use = InFlight::start(&self.metrics.guest_calls_in_flight);
+            self.transfer.check(&self.config, &request)
+        }
+        .map_err(|e| self.counted(e))?;
+        self.metrics
+            .decision_seconds
+            .get_or_create(&EngineLabels {
+                engine: self.engine,
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let policy = self.transfer.policy();
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                policy: policy.name.clone(),
+                verdict: verdict_name(decision.verdict),
+                engine: self.engine,
+            })
+            .inc();
         let decision_id = uuid::Uuid::now_v7().to_string();
         let audit = match &self.audit {
             None => None,
             Some(audit) => {
                 let event = self.decision_event(&request, &decision, &decision_id, caller);
-                Some(audit.append(event).map(AuditRef::from)?)
+                Some(
+                    audit
+                        .append(event)
+                        .map(AuditRef::from)
+                        .map_err(|e| self.counted(e))?,
+                )
             }
         };
-        let policy = self.transfer.policy();
         Ok(CheckResponse {
             decision_id,
             allow: decision.allow,
@@ -188,7 +258,7 @@ impl Teller {
         };
         let id = event.id.clone();
         Ok(RecordedEvent {
-            audit: audit.append(event)?.into(),
+            audit: audit.append(event).map_err(|e| self.counted(e))?.into(),
             id,
         })
     }

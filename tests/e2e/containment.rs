@@ -79,6 +79,21 @@ fn every_misbehaviour_is_a_500_and_the_server_goes_on() {
             }
             ordinary(&server);
         }
+        // Each failure is counted by its code.
+        let metrics = server.get("/metrics").body;
+        for (code, count) in [
+            ("guest_timeout", 1),
+            ("guest_trap", 2),
+            ("guest_memory_limit", 1),
+            ("guest_bad_output", 1),
+        ] {
+            let line =
+                format!("teller_guest_errors_total{{code=\"{code}\",engine=\"{engine}\"}} {count}");
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{line} not in {metrics}"
+            );
+        }
         // Only the answered decisions were recorded (1 + 5 ordinary ones).
         let verify = crate::support::teller()
             .args(["audit", "verify"])

@@ -20,6 +20,8 @@ pub struct AuditLog {
     head: Head,
     /// The segment's durable length: where a failed write is cut back to.
     len: u64,
+    /// How long the last group's write and `fsync` took.
+    last_commit: std::time::Duration,
 }
 
 /// What opening found.
@@ -51,6 +53,7 @@ impl AuditLog {
                 file,
                 head,
                 len: 0,
+                last_commit: std::time::Duration::ZERO,
             };
             return Ok((
                 log,
@@ -119,6 +122,7 @@ impl AuditLog {
                 file,
                 head,
                 len: whole_len,
+                last_commit: std::time::Duration::ZERO,
             },
             Recovery {
                 truncated_bytes,
@@ -133,6 +137,11 @@ impl AuditLog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How long the last group's write and `fsync` took.
+    pub fn last_commit(&self) -> std::time::Duration {
+        self.last_commit
     }
 
     /// The segment being written.
@@ -190,10 +199,12 @@ impl AuditLog {
         if lines.is_empty() {
             return results;
         }
+        let started = std::time::Instant::now();
         let written = self
             .file
             .write_all(&lines)
             .and_then(|()| self.file.sync_data());
+        self.last_commit = started.elapsed();
         match written {
             Ok(()) => {
                 self.head = pending;

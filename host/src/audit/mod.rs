@@ -501,7 +501,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit");
         let (log, _) = AuditLog::open(&path, DEFAULT_SEGMENT_BYTES).unwrap();
-        let writer = AuditWriter::start(log, Arc::new(FakeSealer), None, Commit::Group).unwrap();
+        let writer = AuditWriter::start(
+            log,
+            Arc::new(FakeSealer),
+            None,
+            Commit::Group,
+            Default::default(),
+        )
+        .unwrap();
         let mut seqs: Vec<u64> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..16)
                 .map(|_| {

@@ -3,6 +3,7 @@
 use super::{AuditLog, Encrypter};
 use crate::engine::AuditSealer;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::wit::{AuditEvent, SealedRecord};
 use std::sync::{Arc, mpsc};
 
@@ -26,6 +27,7 @@ pub struct AuditWriter {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Encrypts in the caller's thread, so the writer thread only seals.
     encrypter: Option<Encrypter>,
+    metrics: Arc<Metrics>,
 }
 
 struct Job {
@@ -42,12 +44,14 @@ impl AuditWriter {
         sealer: Arc<dyn AuditSealer>,
         encrypter: Option<Encrypter>,
         commit: Commit,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
         let max_group = match commit {
             Commit::Group => MAX_GROUP,
             Commit::PerRecord => 1,
         };
         let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_GROUP * 4);
+        let counted = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("teller-audit".into())
             .spawn(move || {
@@ -59,8 +63,14 @@ impl AuditWriter {
                             Err(_) => break,
                         }
                     }
+                    counted.audit_queue_depth.dec_by(group.len() as i64);
                     let events: Vec<&AuditEvent> = group.iter().map(|j| &j.event).collect();
                     let results = log.append_group(sealer.as_ref(), &events);
+                    counted
+                        .audit_fsync_seconds
+                        .observe(log.last_commit().as_secs_f64());
+                    let durable = results.iter().filter(|r| r.is_ok()).count();
+                    counted.audit_records.inc_by(durable as u64);
                     for (job, result) in group.into_iter().zip(results) {
                         let _ = job.reply.send(result);
                     }
@@ -76,6 +86,7 @@ impl AuditWriter {
             jobs: Some(jobs),
             thread: Some(thread),
             encrypter,
+            metrics,
         })
     }
 
@@ -87,11 +98,15 @@ impl AuditWriter {
         }
         let stopped = || Error::internal("audit_log_unusable", "the audit writer has stopped");
         let (reply, answer) = mpsc::sync_channel(1);
+        self.metrics.audit_queue_depth.inc();
         self.jobs
             .as_ref()
             .ok_or_else(stopped)?
             .send(Job { event, reply })
-            .map_err(|_| stopped())?;
+            .map_err(|_| {
+                self.metrics.audit_queue_depth.dec();
+                stopped()
+            })?;
         answer.recv().map_err(|_| stopped())?
     }
 }

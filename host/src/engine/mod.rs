@@ -36,6 +36,11 @@ pub trait TransferCheck: Send + Sync {
     /// A caller that uses instances the way `mode` says, whatever `check`
     /// does in production: benchmarks compare the two ways on each engine.
     fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error>;
+
+    /// Ready instances kept for the next calls (engines that pool them).
+    fn instances_pooled(&self) -> usize {
+        0
+    }
 }
 
 /// How a benchmark's calls get their instance.

@@ -220,6 +220,10 @@ impl TransferCheck for WasmEdgeTransferCheck {
         &self.policy
     }
 
+    fn instances_pooled(&self) -> usize {
+        self.pool.idle.lock().map_or(0, |idle| idle.len())
+    }
+
     fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
         let args = [
             self.pool.arg(&self.check, 0, config)?,

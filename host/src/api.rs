@@ -66,7 +66,7 @@ impl Default for Limits {
 }
 
 struct Shared {
-    teller: Teller,
+    teller: Arc<Teller>,
     ready: AtomicBool,
     slots: Arc<tokio::sync::Semaphore>,
     waiting: std::sync::atomic::AtomicUsize,
@@ -77,7 +77,7 @@ struct Shared {
 /// accepting, reports not-ready and drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
-    teller: Teller,
+    teller: Arc<Teller>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {

@@ -117,7 +117,7 @@ struct BenchArgs {
 }
 
 /// How to load and run the guest policies.
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct RunArgs {
     /// The WebAssembly engine that runs the guests (default: wasmedge when
     /// this build has it, else wasmtime).
@@ -380,11 +380,13 @@ fn cache(run: &RunArgs) -> Result<ArtifactCache, Error> {
     })
 }
 
+/// A ready teller and the engine it loaded its policies on (kept for
+/// reloads).
 fn start(
     run: &RunArgs,
     audit: Option<&AuditSettings>,
     workload: Workload,
-) -> Result<Teller, Error> {
+) -> Result<(Teller, Box<dyn engine::Engine>), Error> {
     let (source, config) = policies(run)?;
     let engine = engine::by_name(run.engine, cache(run)?, workload, run.limits())?;
     let (teller, recovery) = Teller::start(engine.as_ref(), &source, &config, audit)?;
@@ -397,12 +399,14 @@ fn start(
             r.truncated_bytes
         );
     }
-    Ok(teller)
+    Ok((teller, engine))
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     let audit = args.audit.settings()?;
-    let teller = start(&args.run, audit.as_ref(), Workload::Server)?;
+    let (teller, engine) = start(&args.run, audit.as_ref(), Workload::Server)?;
+    let teller = std::sync::Arc::new(teller);
+    let engine: std::sync::Arc<dyn engine::Engine> = std::sync::Arc::from(engine);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -441,12 +445,87 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
             max_queue: args.max_queue as usize,
             client_timeout: std::time::Duration::from_millis(args.client_timeout_ms),
         };
+        tokio::spawn(watch_policies(args.run.clone(), teller.clone(), engine));
         teller::api::serve(listener, teller, limits, shutdown_signal())
             .await
             .map_err(|e| Error::internal("serve_failed", e.to_string()))?;
         eprintln!("teller: stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reloads the policies on SIGHUP, and when the files they come from
+/// (policy directory, configuration, image) change, checked every second.
+async fn watch_policies(
+    run: RunArgs,
+    teller: std::sync::Arc<Teller>,
+    engine: std::sync::Arc<dyn engine::Engine>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("teller: cannot watch for SIGHUP ({e}); reloads follow file changes only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let run = std::sync::Arc::new(run);
+    let mut seen = fingerprint(&run);
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = tick.tick() => {
+                let now = fingerprint(&run);
+                if now == seen { continue; }
+                seen = now;
+                "the policy files changed"
+            }
+        };
+        let (run, teller, engine) = (run.clone(), teller.clone(), engine.clone());
+        let outcome = tokio::task::spawn_blocking(move || {
+            let (source, config) = policies(&run)?;
+            teller.reload(engine.as_ref(), &source, &config)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(done)) => eprintln!(
+                "teller: reloaded on {why}: {} {} sha256:{} now serves (was sha256:{})",
+                done.new.name,
+                done.new.version,
+                done.new.sha256.get(..12).unwrap_or_default(),
+                done.old.sha256.get(..12).unwrap_or_default(),
+            ),
+            Ok(Err(e)) => {
+                eprintln!("teller: reload on {why} rejected, the old policies keep serving: {e}")
+            }
+            Err(e) => eprintln!("teller: reload on {why} failed: {e}"),
+        }
+    }
+}
+
+/// Sizes and modification times of the files the policies come from.
+fn fingerprint(run: &RunArgs) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut files: Vec<PathBuf> = [&run.config, &run.from_oci]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    if let Some(dir) = &run.policy_dir
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        files.extend(entries.flatten().map(|e| e.path()));
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let meta = std::fs::metadata(&path).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (path, len, modified)
+        })
+        .collect()
 }
 
 async fn shutdown_signal() {
@@ -488,7 +567,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Error> {
             format!("the document is over {} bytes", teller::api::MAX_BODY),
         ));
     }
-    let teller = start(&args.run, None, Workload::Once)?;
+    let (teller, _engine) = start(&args.run, None, Workload::Once)?;
     let decision = teller.check(
         &body,
         &Caller {

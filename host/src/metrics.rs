@@ -46,6 +46,11 @@ pub struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
     pub features: String,
@@ -71,6 +76,7 @@ pub struct Metrics {
     pub audit_fsync_seconds: Histogram,
     pub audit_queue_depth: Gauge,
     pub policy_loaded: Family<PolicyLabels, Gauge>,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -139,8 +145,14 @@ impl Metrics {
         let policy_loaded = Family::<PolicyLabels, Gauge>::default();
         registry.register(
             "teller_policy_loaded",
-            "The policy artifacts serving now (1), with their exact digest",
+            "Policy artifacts by exact digest: 1 serving now, 0 replaced by a reload",
             policy_loaded.clone(),
+        );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "teller_policy_reloads",
+            "Policy reloads, by result (ok, rejected)",
+            policy_reloads.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -162,6 +174,7 @@ impl Metrics {
             audit_fsync_seconds,
             audit_queue_depth,
             policy_loaded,
+            policy_reloads,
         }
     }
 

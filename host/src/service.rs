@@ -2,7 +2,7 @@
 //! an audit event. The HTTP API and the CLI both call these, so they answer
 //! alike.
 
-use crate::audit::{AuditLog, AuditSettings, AuditWriter, Recovery};
+use crate::audit::{AuditLog, AuditSettings, AuditWriter, GENESIS, Recovery, SealerSlot};
 use crate::config::Config;
 use crate::engine::{Engine, TransferCheck};
 use crate::error::{Error, Kind};
@@ -17,15 +17,29 @@ use crate::wit::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// A ready teller: loaded guests, their configuration, the audit log.
 pub struct Teller {
     engine: &'static str,
+    /// What serves now; each request takes its own reference, so a reload
+    /// never changes the policy under a request in flight.
+    loaded: RwLock<Arc<Loaded>>,
+    audit: Option<(AuditWriter, SealerSlot)>,
+    metrics: Arc<Metrics>,
+}
+
+/// One version of the policies and their configuration.
+struct Loaded {
     transfer: Arc<dyn TransferCheck>,
     config: PolicyConfig,
-    audit: Option<AuditWriter>,
-    metrics: Arc<Metrics>,
+}
+
+/// What a reload replaced.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub old: PolicyRef,
+    pub new: PolicyRef,
 }
 
 /// Who sent a request.
@@ -87,36 +101,33 @@ impl Teller {
         audit: Option<&AuditSettings>,
     ) -> Result<(Self, Option<Recovery>), Error> {
         let metrics = Arc::new(Metrics::new());
-        let loaded = |policy: &PolicyRef| {
-            metrics
-                .policy_loaded
-                .get_or_create(&PolicyLabels {
-                    policy: policy.name.clone(),
-                    version: policy.version.clone(),
-                    sha256: policy.sha256.clone(),
-                    engine: engine.name(),
-                })
-                .set(1);
-        };
         let transfer = engine.load_transfer_check(&policies.artifact(policy::TRANSFER_CHECK)?)?;
-        loaded(transfer.policy());
+        set_loaded(&metrics, engine.name(), transfer.policy(), 1);
         let (audit, recovery) = match audit {
             None => (None, None),
             Some(settings) => {
                 let sealer = engine.load_audit(&policies.artifact(policy::AUDIT)?)?;
-                loaded(sealer.policy());
+                set_loaded(&metrics, engine.name(), sealer.policy(), 1);
+                let slot: SealerSlot = Arc::new(RwLock::new(sealer));
                 let encrypter = settings.keys.as_ref().map(|k| k.encrypter()).transpose()?;
                 let (log, recovery) = AuditLog::open(&settings.dir, settings.segment_bytes)?;
-                let writer =
-                    AuditWriter::start(log, sealer, encrypter, settings.commit, metrics.clone())?;
-                (Some(writer), Some(recovery))
+                let writer = AuditWriter::start(
+                    log,
+                    slot.clone(),
+                    encrypter,
+                    settings.commit,
+                    metrics.clone(),
+                )?;
+                (Some((writer, slot)), Some(recovery))
             }
         };
         Ok((
             Teller {
                 engine: engine.name(),
-                transfer,
-                config: config.policy_config(),
+                loaded: RwLock::new(Arc::new(Loaded {
+                    transfer,
+                    config: config.policy_config(),
+                })),
                 audit,
                 metrics,
             },
@@ -124,12 +135,102 @@ impl Teller {
         ))
     }
 
+    /// Loads and compiles `policies` with `config` on `engine`, has each
+    /// guest answer a self-test (the README example; a sample event), and
+    /// only then swaps them in. Requests in flight finish on the old
+    /// version. On any failure the old version keeps serving.
+    pub fn reload(
+        &self,
+        engine: &dyn Engine,
+        policies: &PolicySource,
+        config: &Config,
+    ) -> Result<Reloaded, Error> {
+        let result = self.load_and_test(engine, policies, config);
+        let outcome = if result.is_ok() { "ok" } else { "rejected" };
+        self.metrics
+            .policy_reloads
+            .get_or_create(&crate::metrics::ReloadLabels { result: outcome })
+            .inc();
+        let (transfer, sealer) = result?;
+        let config = config.policy_config();
+        let new = transfer.policy().clone();
+        set_loaded(&self.metrics, self.engine, &new, 1);
+        let old = {
+            let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+            let old = loaded.transfer.policy().clone();
+            *loaded = Arc::new(Loaded { transfer, config });
+            old
+        };
+        if old.sha256 != new.sha256 {
+            set_loaded(&self.metrics, self.engine, &old, 0);
+        }
+        if let (Some(sealer), Some((_, slot))) = (sealer, &self.audit) {
+            let new_sealer = sealer.policy().clone();
+            set_loaded(&self.metrics, self.engine, &new_sealer, 1);
+            let mut slot = slot.write().unwrap_or_else(|p| p.into_inner());
+            let old_sealer = slot.policy().clone();
+            *slot = sealer;
+            if old_sealer.sha256 != new_sealer.sha256 {
+                set_loaded(&self.metrics, self.engine, &old_sealer, 0);
+            }
+        }
+        Ok(Reloaded { old, new })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn load_and_test(
+        &self,
+        engine: &dyn Engine,
+        policies: &PolicySource,
+        config: &Config,
+    ) -> Result<
+        (
+            Arc<dyn TransferCheck>,
+            Option<Arc<dyn crate::engine::AuditSealer>>,
+        ),
+        Error,
+    > {
+        let rejected = |what: &str, e: Error| {
+            Error::bad_request("reload_rejected", format!("{what}: {}", e.message))
+        };
+        let transfer = engine
+            .load_transfer_check(&policies.artifact(policy::TRANSFER_CHECK)?)
+            .map_err(|e| rejected("the new transfer-check does not load", e))?;
+        let probe = decode_transfer(crate::bench::EXAMPLE.as_bytes())?;
+        transfer
+            .check(&config.policy_config(), &probe)
+            .map_err(|e| rejected("the new transfer-check failed its self-test", e))?;
+        let sealer = match &self.audit {
+            None => None,
+            Some(_) => {
+                let sealer = engine
+                    .load_audit(&policies.artifact(policy::AUDIT)?)
+                    .map_err(|e| rejected("the new audit guest does not load", e))?;
+                let mut event = self_test_event();
+                event.engine = self.engine.to_string();
+                sealer
+                    .seal(1, GENESIS, &event)
+                    .map_err(|e| rejected("the new audit guest failed its self-test", e))?;
+                Some(sealer)
+            }
+        };
+        Ok((transfer, sealer))
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        self.loaded
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
     pub fn engine(&self) -> &'static str {
         self.engine
     }
 
-    pub fn transfer_policy(&self) -> &PolicyRef {
-        self.transfer.policy()
+    /// The transfer-check policy serving now.
+    pub fn transfer_policy(&self) -> PolicyRef {
+        self.current().transfer.policy().clone()
     }
 
     pub fn audit_enabled(&self) -> bool {
@@ -140,7 +241,7 @@ impl Teller {
     pub fn metrics_text(&self) -> String {
         self.metrics
             .guest_instances_pooled
-            .set(self.transfer.instances_pooled() as i64);
+            .set(self.current().transfer.instances_pooled() as i64);
         self.metrics.encode()
     }
 
@@ -166,10 +267,11 @@ impl Teller {
     /// the decision's record is on disk.
     pub fn check(&self, body: &[u8], caller: &Caller) -> Result<CheckResponse, Error> {
         let request = decode_transfer(body)?;
+        let loaded = self.current();
         let started = std::time::Instant::now();
         let decision = {
             let _in_use = InFlight::start(&self.metrics.guest_calls_in_flight);
-            self.transfer.check(&self.config, &request)
+            loaded.transfer.check(&loaded.config, &request)
         }
         .map_err(|e| self.counted(e))?;
         self.metrics
@@ -178,7 +280,7 @@ impl Teller {
                 engine: self.engine,
             })
             .observe(started.elapsed().as_secs_f64());
-        let policy = self.transfer.policy();
+        let policy = loaded.transfer.policy();
         self.metrics
             .decisions
             .get_or_create(&DecisionLabels {
@@ -190,8 +292,8 @@ impl Teller {
         let decision_id = uuid::Uuid::now_v7().to_string();
         let audit = match &self.audit {
             None => None,
-            Some(audit) => {
-                let event = self.decision_event(&request, &decision, &decision_id, caller);
+            Some((audit, _)) => {
+                let event = self.decision_event(policy, &request, &decision, &decision_id, caller);
                 Some(
                     audit
                         .append(event)
@@ -225,7 +327,7 @@ impl Teller {
 
     /// Records one event posted to `/v1/audit/events`.
     pub fn record_event(&self, body: &[u8], caller: &Caller) -> Result<RecordedEvent, Error> {
-        let audit = self.audit.as_ref().ok_or_else(|| {
+        let (audit, _) = self.audit.as_ref().ok_or_else(|| {
             Error::new(
                 crate::error::Kind::Unavailable,
                 "audit_log_disabled",
@@ -265,6 +367,7 @@ impl Teller {
 
     fn decision_event(
         &self,
+        policy: &PolicyRef,
         request: &TransferRequest,
         decision: &Decision,
         decision_id: &str,
@@ -301,11 +404,48 @@ impl Teller {
                 client: caller.client.clone(),
                 request_id: request.request_id.clone().unwrap_or_default(),
             },
-            policy: Some(self.transfer.policy().clone()),
+            policy: Some(policy.clone()),
             engine: self.engine.to_string(),
             details,
             encrypted: None,
         }
+    }
+}
+
+/// Sets whether `policy` is loaded in the metrics.
+fn set_loaded(metrics: &Metrics, engine: &'static str, policy: &PolicyRef, value: i64) {
+    metrics
+        .policy_loaded
+        .get_or_create(&PolicyLabels {
+            policy: policy.name.clone(),
+            version: policy.version.clone(),
+            sha256: policy.sha256.clone(),
+            engine,
+        })
+        .set(value);
+}
+
+/// What a new audit guest must seal before it may replace the old one.
+fn self_test_event() -> AuditEvent {
+    AuditEvent {
+        id: "00000000-0000-7000-8000-000000000000".to_string(),
+        timestamp: "1970-01-01T00:00:00.000Z".to_string(),
+        actor: Actor {
+            id: "teller".to_string(),
+            role: "self-test".to_string(),
+        },
+        action: "reload".to_string(),
+        resource: vec!["6222020200001234567".to_string()],
+        outcome: "self-test".to_string(),
+        reasons: vec![],
+        origin: Origin {
+            client: "teller".to_string(),
+            request_id: String::new(),
+        },
+        policy: None,
+        engine: String::new(),
+        details: vec![],
+        encrypted: None,
     }
 }
 

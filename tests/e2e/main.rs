@@ -27,5 +27,6 @@ mod kubernetes;
 mod metrics;
 mod oci;
 mod oracle;
+mod reload;
 mod rules;
 mod support;

@@ -92,6 +92,15 @@ impl Server {
         self.child.wait().unwrap()
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) and returns at once.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
     /// kill -9: no chance to flush anything.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

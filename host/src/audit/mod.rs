@@ -15,7 +15,7 @@ mod writer;
 
 pub use keys::{AuditKeys, Encrypter, KEY_ENV};
 pub use log::{AuditLog, Recovery};
-pub use writer::{AuditWriter, Commit};
+pub use writer::{AuditWriter, Commit, SealerSlot};
 
 use crate::error::Error;
 use crate::wit::EncryptedEvent;
@@ -503,7 +503,9 @@ mod tests {
         let (log, _) = AuditLog::open(&path, DEFAULT_SEGMENT_BYTES).unwrap();
         let writer = AuditWriter::start(
             log,
-            Arc::new(FakeSealer),
+            Arc::new(std::sync::RwLock::new(
+                Arc::new(FakeSealer) as Arc<dyn AuditSealer>
+            )),
             None,
             Commit::Group,
             Default::default(),

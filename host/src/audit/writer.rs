@@ -5,7 +5,10 @@ use crate::engine::AuditSealer;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::wit::{AuditEvent, SealedRecord};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, RwLock, mpsc};
+
+/// The sealer the writer uses for its next group; a reload swaps it.
+pub type SealerSlot = Arc<RwLock<Arc<dyn AuditSealer>>>;
 
 /// How records are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,7 +44,7 @@ const MAX_GROUP: usize = 1024;
 impl AuditWriter {
     pub fn start(
         mut log: AuditLog,
-        sealer: Arc<dyn AuditSealer>,
+        sealer: SealerSlot,
         encrypter: Option<Encrypter>,
         commit: Commit,
         metrics: Arc<Metrics>,
@@ -65,7 +68,19 @@ impl AuditWriter {
                     }
                     counted.audit_queue_depth.dec_by(group.len() as i64);
                     let events: Vec<&AuditEvent> = group.iter().map(|j| &j.event).collect();
-                    let results = log.append_group(sealer.as_ref(), &events);
+                    let current = sealer.read().map(|s| s.clone());
+                    let results = match current {
+                        Ok(current) => log.append_group(current.as_ref(), &events),
+                        Err(_) => events
+                            .iter()
+                            .map(|_| {
+                                Err(Error::internal(
+                                    "audit_log_unusable",
+                                    "the audit sealer was poisoned",
+                                ))
+                            })
+                            .collect(),
+                    };
                     counted
                         .audit_fsync_seconds
                         .observe(log.last_commit().as_secs_f64());

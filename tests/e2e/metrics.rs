@@ -115,3 +115,65 @@ fn metrics_count_decisions_errors_audit_and_http_exactly() {
         assert_eq!(server.stop().code(), Some(0));
     }
 }
+
+/// The Grafana dashboard in runtimeclass/grafana only asks for metrics
+/// teller really exports, with the right kind (counter, histogram, gauge).
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_teller_exports() {
+    let server = Server::start(ENGINES[0], &[]);
+    let text = server.get("/metrics").body;
+    let families: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("# TYPE ")?.split_whitespace();
+            Some((words.next()?, words.next()?))
+        })
+        .collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../runtimeclass/grafana/teller-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(dashboard["uid"], "teller");
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut used = std::collections::HashSet::new();
+    for panel in panels {
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "duplicate panel id"
+        );
+        assert_eq!(panel["datasource"]["uid"], "${datasource}");
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("teller_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let (family, kind) = if let Some(f) = name.strip_suffix("_total") {
+                    (f, "counter")
+                } else if let Some(f) = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                {
+                    (f, "histogram")
+                } else {
+                    (name.as_str(), "gauge")
+                };
+                assert_eq!(
+                    families.get(family).copied(),
+                    Some(kind),
+                    "panel {:?} uses {name}, which teller does not export as a {kind}",
+                    panel["title"]
+                );
+                used.insert(family.to_string());
+            }
+        }
+    }
+    // Every family teller exports has a panel.
+    for family in families.keys() {
+        assert!(used.contains(*family), "no panel shows {family}");
+    }
+}

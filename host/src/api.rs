@@ -97,14 +97,22 @@ pub async fn serve(
                     Ok(pair) => pair,
                     Err(e) => {
                         // Out of descriptors and the like: back off, go on.
-                        eprintln!("teller: accept failed: {e}");
+                        tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
-                let service = service_fn(move |req| handle(shared.clone(), peer, req));
+                let service = service_fn(move |req| {
+                    let id = request_id(&req);
+                    let span = tracing::info_span!(
+                        "request",
+                        request_id = %id,
+                        decision_id = tracing::field::Empty
+                    );
+                    tracing::Instrument::instrument(handle(shared.clone(), peer, req, id), span)
+                });
                 // A slow or silent client is cut off after the timeout, so
                 // it cannot hold a connection (and its memory) open.
                 let conn = http1::Builder::new()
@@ -126,16 +134,33 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_DEADLINE) => {
-            eprintln!("teller: in-flight requests did not finish within {DRAIN_DEADLINE:?}");
+            tracing::warn!("in-flight requests did not finish within {DRAIN_DEADLINE:?}");
         }
     }
     Ok(())
+}
+
+/// The client's `X-Request-Id` when it is a sensible token, else a new one:
+/// every log line of the request carries it, and so does the answer.
+fn request_id(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                // An id is not a place for an account number.
+                && v.bytes().filter(u8::is_ascii_digit).count() < 12
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
 }
 
 async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
+    id: String,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = std::time::Instant::now();
     let route = (req.method().clone(), req.uri().path().to_string());
@@ -213,6 +238,10 @@ async fn handle(
         response.status().as_u16(),
         started.elapsed(),
     );
+    let mut response = response;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
     Ok(response)
 }
 
@@ -243,9 +272,12 @@ async fn run<T: Send + 'static>(
     if !shared.teller.audit_enabled() {
         return op(&shared.teller, &body, &caller);
     }
-    // The slot is held until the blocking work is done.
+    // The slot is held until the blocking work is done; the work stays in
+    // the request's log span.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
+        let _in_span = span.enter();
         op(&shared.teller, &body, &caller)
     })
     .await
@@ -313,7 +345,7 @@ fn to_json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<
 fn error(e: &Error) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if e.kind == Kind::Guest || e.kind == Kind::Internal {
-        eprintln!("teller: {e}");
+        tracing::error!(code = e.code, "{}", e.message);
     }
     let mut response = json(status, e.to_json().into_bytes());
     if e.kind == Kind::Overloaded {

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod log;
 pub mod metrics;
 pub mod oci;
 pub mod policy;

@@ -177,6 +177,14 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     audit: AuditArgs,
+    /// Which log lines to write: a level (error, warn, info, debug) or a
+    /// tracing filter such as `teller=debug,warn`.
+    #[arg(long, env = "TELLER_LOG", default_value = "info")]
+    log_level: String,
+    /// JSON lines for a log pipeline, or text for people; auto picks text
+    /// on a terminal.
+    #[arg(long, env = "TELLER_LOG_FORMAT", value_enum, default_value = "auto")]
+    log_format: teller::log::LogFormat,
     /// Requests worked on at once; more wait in the queue.
     #[arg(long, env = "TELLER_MAX_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: u32,
@@ -308,6 +316,14 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let logging = match &cli.command {
+        Command::Serve(args) => teller::log::init(&args.log_level, args.log_format),
+        _ => teller::log::init("warn", teller::log::LogFormat::Text),
+    };
+    if let Err(e) = logging {
+        eprintln!("teller: {e}");
+        return ExitCode::from(e.exit_code());
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args).inspect_err(|e| {
@@ -372,7 +388,7 @@ fn cache(run: &RunArgs) -> Result<ArtifactCache, Error> {
         (Some(dir), false) => ArtifactCache::at(dir)?,
         (None, false) => match ArtifactCache::default_dir() {
             Some(dir) => ArtifactCache::at(dir).unwrap_or_else(|e| {
-                eprintln!("teller: warning: {e}; compiling without a cache");
+                tracing::warn!("{e}; compiling without a cache");
                 ArtifactCache::disabled()
             }),
             None => ArtifactCache::disabled(),
@@ -393,8 +409,8 @@ fn start(
     if let (Some(r), Some(settings)) = (recovery, audit)
         && r.truncated_bytes > 0
     {
-        eprintln!(
-            "teller: audit log {}: cut off a torn last record ({} bytes) left by a crash",
+        tracing::warn!(
+            "audit log {}: cut off a torn last record ({} bytes) left by a crash",
             settings.dir.display(),
             r.truncated_bytes
         );
@@ -440,6 +456,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
             )),
         );
         let _ = std::io::stdout().flush();
+        tracing::info!(
+            %addr,
+            engine = teller.engine(),
+            policy = %policy.name,
+            sha256 = %policy.sha256,
+            "listening"
+        );
         let limits = teller::api::Limits {
             max_concurrency: args.max_concurrency as usize,
             max_queue: args.max_queue as usize,
@@ -449,7 +472,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         teller::api::serve(listener, teller, limits, shutdown_signal())
             .await
             .map_err(|e| Error::internal("serve_failed", e.to_string()))?;
-        eprintln!("teller: stopped");
+        tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -465,7 +488,7 @@ async fn watch_policies(
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
-            eprintln!("teller: cannot watch for SIGHUP ({e}); reloads follow file changes only");
+            tracing::warn!("cannot watch for SIGHUP ({e}); reloads follow file changes only");
             None
         }
     };
@@ -489,17 +512,17 @@ async fn watch_policies(
         })
         .await;
         match outcome {
-            Ok(Ok(done)) => eprintln!(
-                "teller: reloaded on {why}: {} {} sha256:{} now serves (was sha256:{})",
+            Ok(Ok(done)) => tracing::info!(
+                "reloaded on {why}: {} {} sha256:{} now serves (was sha256:{})",
                 done.new.name,
                 done.new.version,
                 done.new.sha256.get(..12).unwrap_or_default(),
                 done.old.sha256.get(..12).unwrap_or_default(),
             ),
             Ok(Err(e)) => {
-                eprintln!("teller: reload on {why} rejected, the old policies keep serving: {e}")
+                tracing::error!("reload on {why} rejected, the old policies keep serving: {e}")
             }
-            Err(e) => eprintln!("teller: reload on {why} failed: {e}"),
+            Err(e) => tracing::error!("reload on {why} failed: {e}"),
         }
     }
 }
@@ -541,7 +564,7 @@ async fn shutdown_signal() {
             let _ = ctrl_c.await;
         }
     }
-    eprintln!("teller: shutting down: draining in-flight requests");
+    tracing::info!("shutting down: draining in-flight requests");
 }
 
 fn check(args: CheckArgs) -> Result<ExitCode, Error> {

@@ -268,6 +268,8 @@ impl Teller {
     pub fn check(&self, body: &[u8], caller: &Caller) -> Result<CheckResponse, Error> {
         let request = decode_transfer(body)?;
         let loaded = self.current();
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        tracing::Span::current().record("decision_id", decision_id.as_str());
         let started = std::time::Instant::now();
         let decision = {
             let _in_use = InFlight::start(&self.metrics.guest_calls_in_flight);
@@ -289,7 +291,6 @@ impl Teller {
                 engine: self.engine,
             })
             .inc();
-        let decision_id = uuid::Uuid::now_v7().to_string();
         let audit = match &self.audit {
             None => None,
             Some((audit, _)) => {

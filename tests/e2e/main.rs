@@ -24,6 +24,7 @@ mod containment;
 #[cfg(feature = "wasmedge")]
 mod differential;
 mod kubernetes;
+mod logs;
 mod metrics;
 mod oci;
 mod oracle;

@@ -56,12 +56,32 @@ pub struct Server {
 impl Server {
     /// `teller serve --engine ENGINE ARGS` on an ephemeral loopback port.
     pub fn start(engine: &str, args: &[&str]) -> Server {
+        Self::spawn(engine, args, Stdio::inherit())
+    }
+
+    /// As `start`, with every log line (stderr) sent to the receiver.
+    pub fn start_logged(
+        engine: &str,
+        args: &[&str],
+    ) -> (Server, std::sync::mpsc::Receiver<String>) {
+        let mut server = Self::spawn(engine, args, Stdio::piped());
+        let stderr = server.child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (server, rx)
+    }
+
+    fn spawn(engine: &str, args: &[&str], stderr: Stdio) -> Server {
         let mut child = teller()
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--engine", engine])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn teller serve");
         let stdout = child.stdout.take().unwrap();

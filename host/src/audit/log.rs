@@ -214,7 +214,7 @@ impl AuditLog {
                 {
                     // The records are safe; the segment just grows on
                     // until a rotation succeeds.
-                    eprintln!("teller: audit log: cannot start a new segment: {e}");
+                    tracing::error!("audit log: cannot start a new segment: {e}");
                 }
             }
             Err(e) => {

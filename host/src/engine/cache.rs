@@ -72,7 +72,7 @@ impl ArtifactCache {
         if let Err(e) = write_entry(&path, &bytes) {
             // A cache that cannot be written costs start-up time, not
             // correctness: say so and go on.
-            eprintln!("teller: warning: cannot write {}: {e}", path.display());
+            tracing::warn!("cannot write {}: {e}", path.display());
         }
         Ok(bytes)
     }
@@ -86,10 +86,7 @@ fn read_entry(path: &Path) -> Option<Vec<u8>> {
     if Sha256::digest(payload).as_slice() == digest {
         return Some(payload.to_vec());
     }
-    eprintln!(
-        "teller: warning: cache entry {} is corrupted; rebuilding it",
-        path.display()
-    );
+    tracing::warn!("cache entry {} is corrupted; rebuilding it", path.display());
     let _ = fs::remove_file(path);
     None
 }

@@ -46,8 +46,8 @@ impl Watchdog {
                 .spawn(move || watchdog.run());
             if let Err(e) = spawned {
                 // Without it no deadline fires; say so loudly, keep serving.
-                eprintln!(
-                    "teller: cannot start the WasmEdge watchdog: {e}; guest calls have no deadline"
+                tracing::error!(
+                    "cannot start the WasmEdge watchdog: {e}; guest calls have no deadline"
                 );
             }
             watchdog

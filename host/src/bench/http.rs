@@ -207,7 +207,16 @@ async fn connection(
     while Instant::now() < deadline {
         let sent_at = match interval {
             Some(step) => {
-                tokio::time::sleep_until(due).await;
+                // tokio's timer has 1 ms ticks: sleep to within a tick of
+                // the due time, then yield until it, so that a request is
+                // not sent (and its latency counted) up to 1 ms late.
+                let tick = Duration::from_millis(1);
+                if due > Instant::now() + tick {
+                    tokio::time::sleep_until(due - tick).await;
+                }
+                while Instant::now() < due {
+                    tokio::task::yield_now().await;
+                }
                 let at = due;
                 due += step;
                 at

@@ -1,6 +1,8 @@
 //! The `teller` command line.
 
-use clap::{Args, Parser, Subcommand};
+mod serve_settings;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -185,6 +187,14 @@ struct ServeArgs {
     /// on a terminal.
     #[arg(long, env = "TELLER_LOG_FORMAT", value_enum, default_value = "auto")]
     log_format: teller::log::LogFormat,
+    /// A TOML file setting any of these flags by name (`listen =
+    /// "0.0.0.0:8080"`); a flag or its TELLER_* variable wins over it.
+    #[arg(long, env = "TELLER_SETTINGS")]
+    settings: Option<PathBuf>,
+    /// Print the effective settings and where each came from (secrets
+    /// redacted), then exit.
+    #[arg(long)]
+    print_config: bool,
     /// Requests worked on at once; more wait in the queue.
     #[arg(long, env = "TELLER_MAX_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: u32,
@@ -315,7 +325,49 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let Some(serve_command) = Cli::command().find_subcommand("serve").cloned() else {
+        return ExitCode::FAILURE;
+    };
+    let (argv, from_file) =
+        match serve_settings::expand(std::env::args_os().collect(), &serve_command) {
+            Ok(expanded) => expanded,
+            Err(e) => {
+                eprintln!("teller: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        };
+    let settings_file = argv
+        .iter()
+        .position(|a| a == "--settings")
+        .and_then(|i| argv.get(i + 1).cloned())
+        .or_else(|| std::env::var_os("TELLER_SETTINGS"));
+    let matches = match Cli::command().try_get_matches_from(argv) {
+        Ok(matches) => matches,
+        Err(e) => {
+            if !from_file.is_empty()
+                && let Some(file) = &settings_file
+            {
+                // A value clap refused may have come from the file.
+                eprintln!(
+                    "teller: note: {} set {}",
+                    std::path::Path::new(file).display(),
+                    from_file.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            e.exit()
+        }
+    };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Serve(args) = &cli.command
+        && args.print_config
+        && let Some(serve_matches) = matches.subcommand_matches("serve")
+    {
+        print!(
+            "{}",
+            serve_settings::print(serve_matches, &serve_command, &from_file)
+        );
+        return ExitCode::SUCCESS;
+    }
     let logging = match &cli.command {
         Command::Serve(args) => teller::log::init(&args.log_level, args.log_format),
         _ => teller::log::init("warn", teller::log::LogFormat::Text),

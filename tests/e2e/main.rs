@@ -30,4 +30,5 @@ mod oci;
 mod oracle;
 mod reload;
 mod rules;
+mod settings;
 mod support;

@@ -743,27 +743,17 @@ fn bench(command: BenchCommand) -> Result<ExitCode, Error> {
             teller::bench::cold_start(bench.engine.as_str(), runs, bench.cache_dir.as_deref())?,
             bench.json,
         ),
-        BenchCommand::Call { duration, bench } => {
-            let engine = engine::by_name(
-                bench.engine,
-                bench_cache(&bench)?,
-                Workload::Server,
-                GuestLimits::default(),
-            )?;
-            (teller::bench::call(engine.as_ref(), duration)?, bench.json)
-        }
+        BenchCommand::Call { duration, bench } => (
+            teller::bench::call(bench_engine(&bench)?.as_ref(), duration)?,
+            bench.json,
+        ),
         BenchCommand::Audit {
             threads,
             duration,
             dir,
             bench,
         } => {
-            let engine = engine::by_name(
-                bench.engine,
-                bench_cache(&bench)?,
-                Workload::Server,
-                GuestLimits::default(),
-            )?;
+            let engine = bench_engine(&bench)?;
             (
                 teller::bench::audit(engine.as_ref(), threads as usize, duration, &dir)?,
                 bench.json,
@@ -790,15 +780,22 @@ fn bench(command: BenchCommand) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The cache for in-process benches: the given or default directory.
-fn bench_cache(bench: &BenchArgs) -> Result<ArtifactCache, Error> {
-    Ok(match &bench.cache_dir {
+/// The engine for in-process benches, caching in the given or default
+/// directory, with the default guest limits.
+fn bench_engine(bench: &BenchArgs) -> Result<Box<dyn engine::Engine>, Error> {
+    let cache = match &bench.cache_dir {
         Some(dir) => ArtifactCache::at(dir)?,
         None => ArtifactCache::default_dir()
             .map(ArtifactCache::at)
             .transpose()?
             .unwrap_or_else(ArtifactCache::disabled),
-    })
+    };
+    engine::by_name(
+        bench.engine,
+        cache,
+        Workload::Server,
+        GuestLimits::default(),
+    )
 }
 
 fn audit(command: AuditCommand) -> Result<ExitCode, Error> {

@@ -1,16 +1,15 @@
 //! `teller bench audit`: audited decisions per second in-process, with
 //! group commit and with one `fsync` per record, side by side.
 
-use super::{EXAMPLE, Report, Series, new_histogram, run_error};
+use super::{EXAMPLE, Report, Series, run_error};
 use crate::audit::{AuditKeys, AuditSettings, Commit, DEFAULT_SEGMENT_BYTES};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::policy::PolicySource;
 use crate::service::{Caller, Teller};
-use hdrhistogram::Histogram;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs `threads` callers deciding the README example for `seconds` in
 /// each mode, each mode on a fresh log in a scratch directory under `dir`.
@@ -89,38 +88,7 @@ fn measure(teller: &Teller, threads: usize, time: Duration, name: String) -> Res
     let caller = Caller {
         client: "bench".to_string(),
     };
-    let results: Vec<Result<(Histogram<u64>, u64), Error>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut histogram = new_histogram()?;
-                    let mut calls = 0u64;
-                    let started = Instant::now();
-                    while started.elapsed() < time {
-                        let t = Instant::now();
-                        teller.check(EXAMPLE.as_bytes(), &caller)?;
-                        let _ = histogram.record(t.elapsed().as_nanos() as u64);
-                        calls += 1;
-                    }
-                    Ok((histogram, calls))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(run_error("bench thread", "panicked")))
-            })
-            .collect()
-    });
-    let mut series = Series::new(name)?;
-    let mut calls = 0;
-    for result in results {
-        let (histogram, n) = result?;
-        let _ = series.histogram.add(&histogram);
-        calls += n;
-    }
-    series.per_second = Some(calls as f64 / time.as_secs_f64());
-    Ok(series)
+    super::measure_threads(threads, time, &name, || {
+        Ok(|| teller.check(EXAMPLE.as_bytes(), &caller).map(drop))
+    })
 }

@@ -328,31 +328,19 @@ fn main() -> ExitCode {
     let Some(serve_command) = Cli::command().find_subcommand("serve").cloned() else {
         return ExitCode::FAILURE;
     };
-    let (argv, from_file) =
-        match serve_settings::expand(std::env::args_os().collect(), &serve_command) {
-            Ok(expanded) => expanded,
-            Err(e) => {
-                eprintln!("teller: {e}");
-                return ExitCode::from(e.exit_code());
-            }
-        };
-    let settings_file = argv
-        .iter()
-        .position(|a| a == "--settings")
-        .and_then(|i| argv.get(i + 1).cloned())
-        .or_else(|| std::env::var_os("TELLER_SETTINGS"));
-    let matches = match Cli::command().try_get_matches_from(argv) {
+    let expanded = match serve_settings::expand(std::env::args_os().collect(), &serve_command) {
+        Ok(expanded) => expanded,
+        Err(e) => {
+            eprintln!("teller: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let matches = match Cli::command().try_get_matches_from(&expanded.argv) {
         Ok(matches) => matches,
         Err(e) => {
-            if !from_file.is_empty()
-                && let Some(file) = &settings_file
-            {
-                // A value clap refused may have come from the file.
-                eprintln!(
-                    "teller: note: {} set {}",
-                    std::path::Path::new(file).display(),
-                    from_file.iter().cloned().collect::<Vec<_>>().join(", ")
-                );
+            // A value clap refused may have come from the file.
+            if let Some(note) = expanded.note() {
+                eprintln!("teller: note: {note}");
             }
             e.exit()
         }
@@ -364,7 +352,7 @@ fn main() -> ExitCode {
     {
         print!(
             "{}",
-            serve_settings::print(serve_matches, &serve_command, &from_file)
+            serve_settings::print(serve_matches, &serve_command, &expanded.from_file)
         );
         return ExitCode::SUCCESS;
     }
@@ -401,8 +389,9 @@ fn policies(run: &RunArgs) -> Result<(PolicySource, Config), Error> {
     if let Some(path) = &run.from_oci {
         let image = teller::oci::read(path)?;
         let origin = format!(
-            "image {} ({})",
+            "image {}@{} ({})",
             image.name.as_deref().unwrap_or("unnamed"),
+            image.manifest_digest,
             path.display()
         );
         let config = match image.files.get(teller::oci::CONFIG_FILE) {
@@ -427,11 +416,10 @@ fn policies(run: &RunArgs) -> Result<(PolicySource, Config), Error> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let source = match &run.policy_dir {
-        Some(dir) => PolicySource::Dir(dir.clone()),
-        None => PolicySource::Builtin,
-    };
-    Ok((source, config))
+    Ok((
+        PolicySource::dir_or_builtin(run.policy_dir.as_deref()),
+        config,
+    ))
 }
 
 fn cache(run: &RunArgs) -> Result<ArtifactCache, Error> {
@@ -659,10 +647,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Error> {
 }
 
 fn package(args: &PackageArgs) -> Result<ExitCode, Error> {
-    let source = match &args.policy_dir {
-        Some(dir) => PolicySource::Dir(dir.clone()),
-        None => PolicySource::Builtin,
-    };
+    let source = PolicySource::dir_or_builtin(args.policy_dir.as_deref());
     let config_text = match &args.config {
         Some(path) => {
             Config::load(path)?;

@@ -32,6 +32,14 @@ pub enum PolicySource {
 }
 
 impl PolicySource {
+    /// `--policy-dir DIR` when given, else the built-in policies.
+    pub fn dir_or_builtin(dir: Option<&std::path::Path>) -> Self {
+        match dir {
+            Some(dir) => PolicySource::Dir(dir.to_path_buf()),
+            None => PolicySource::Builtin,
+        }
+    }
+
     pub fn artifact(&self, name: &'static str) -> Result<Artifact, Error> {
         let builtin = teller_policy_artifacts::ALL
             .into_iter()

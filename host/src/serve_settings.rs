@@ -12,15 +12,36 @@ use teller::error::Error;
 /// The flags the file may not set.
 const NOT_IN_FILE: [&str; 3] = ["settings", "print-config", "help"];
 
+/// The command line with the settings file's values added as flags.
+pub struct Expanded {
+    pub argv: Vec<OsString>,
+    /// The flags the file set.
+    pub from_file: BTreeSet<String>,
+    /// The settings file, as it is named in messages.
+    pub file: Option<String>,
+}
+
+impl Expanded {
+    /// What to add to an error about a value that may have come from the
+    /// file.
+    pub fn note(&self) -> Option<String> {
+        let file = self.file.as_ref().filter(|_| !self.from_file.is_empty())?;
+        let keys: Vec<&str> = self.from_file.iter().map(String::as_str).collect();
+        Some(format!("{file} set {}", keys.join(", ")))
+    }
+}
+
 /// `argv` with the settings file's values added as flags, where neither a
-/// flag nor an environment variable sets them; and the flags so added.
-pub fn expand(
-    argv: Vec<OsString>,
-    serve: &clap::Command,
-) -> Result<(Vec<OsString>, BTreeSet<String>), Error> {
+/// flag nor an environment variable sets them.
+pub fn expand(argv: Vec<OsString>, serve: &clap::Command) -> Result<Expanded, Error> {
     let mut added = BTreeSet::new();
+    let unchanged = |argv| Expanded {
+        argv,
+        from_file: BTreeSet::new(),
+        file: None,
+    };
     if argv.get(1).and_then(|a| a.to_str()) != Some("serve") {
-        return Ok((argv, added));
+        return Ok(unchanged(argv));
     }
     let given = |long: &str| {
         argv.iter()
@@ -40,7 +61,7 @@ pub fn expand(
         })
         .or_else(|| std::env::var_os("TELLER_SETTINGS"));
     let Some(path) = path else {
-        return Ok((argv, added));
+        return Ok(unchanged(argv));
     };
     let shown = std::path::Path::new(&path).display().to_string();
     let invalid = |why: String| Error::bad_request("config_invalid", format!("{shown}: {why}"));
@@ -94,7 +115,11 @@ pub fn expand(
     }
     let mut expanded = argv;
     expanded.splice(2..2, extra);
-    Ok((expanded, added))
+    Ok(Expanded {
+        argv: expanded,
+        from_file: added,
+        file: Some(shown),
+    })
 }
 
 /// The effective `serve` settings as TOML, each with its source.

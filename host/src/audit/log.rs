@@ -135,18 +135,9 @@ impl AuditLog {
         &self.head
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// How long the last group's write and `fsync` took.
     pub fn last_commit(&self) -> std::time::Duration {
         self.last_commit
-    }
-
-    /// The segment being written.
-    pub fn segment(&self) -> &Path {
-        &self.segment
     }
 
     /// Seals `event` as the next record, writes it and makes it durable.

@@ -353,18 +353,9 @@ fn no_account_number_reaches_an_error() {
             "{}",
             r.body
         );
-        let cli = teller()
-            .args(["check", "-", "--engine", ENGINES[0]])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(body.as_bytes())?;
-                child.wait_with_output()
-            })
-            .unwrap();
+        let mut check = teller();
+        check.args(["check", "-", "--engine", ENGINES[0]]);
+        let cli = crate::support::output_with_stdin(check, body.as_bytes());
         let (code, out, err) = text(&cli);
         assert_eq!(code, 2, "{out}{err}");
         assert!(!(out.clone() + &err).contains(ACCOUNT), "{out}{err}");

@@ -1,8 +1,6 @@
 //! Bad input of every kind gets a clear error, and the server keeps serving.
 
 use crate::support::{ENGINES, EXAMPLE, Server, raw, teller};
-use std::io::Write;
-use std::process::Stdio;
 
 fn assert_error(r: &crate::support::Response, status: u16, code: &str, field: Option<&str>) {
     assert_eq!(r.status, status, "{r:?}");
@@ -168,20 +166,12 @@ fn bad_requests_on(engine: &str) {
 
 #[test]
 fn check_prints_the_same_error_and_exits_2() {
-    let mut child = teller()
-        .arg("check")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"action":"transfer","amount":-3,"user":{"role":"a"}}"#)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut check = teller();
+    check.arg("check");
+    let out = crate::support::output_with_stdin(
+        check,
+        br#"{"action":"transfer","amount":-3,"user":{"role":"a"}}"#,
+    );
     assert_eq!(out.status.code(), Some(2));
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(e["error"]["code"], "invalid_field");

@@ -4,22 +4,14 @@
 
 use crate::rules::TABLE;
 use crate::support::{EXAMPLE, doc, engine, teller};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use teller::audit::GENESIS;
 use teller::wit::{Actor, AuditEvent, Origin, PolicyRef};
 use teller_policy_artifacts::{AUDIT_SEAL_COMMAND, TRANSFER_CHECK_COMMAND};
 
 /// Runs `cmd` with `stdin`; its exit status and stdout.
-fn run(mut cmd: Command, stdin: &[u8]) -> (i32, String) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
+fn run(cmd: Command, stdin: &[u8]) -> (i32, String) {
+    let out = crate::support::output_with_stdin(cmd, stdin);
     (
         out.status.code().unwrap(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -116,22 +116,12 @@ fn a_guest_cannot_write_to_tellers_output() {
     for engine in ENGINES {
         let dir = tempfile::tempdir().unwrap();
         hostile_policies(dir.path());
-        let mut child = crate::support::teller()
+        let mut check = crate::support::teller();
+        check
             .args(["check", "--engine", engine, "--policy-dir"])
-            .arg(dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(doc("panic", 5, "a", None, None).as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+            .arg(dir.path());
+        let out =
+            crate::support::output_with_stdin(check, doc("panic", 5, "a", None, None).as_bytes());
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),

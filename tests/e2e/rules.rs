@@ -1,8 +1,6 @@
 //! The bank's rule table, over HTTP and through `teller check`.
 
 use crate::support::{ENGINES, EXAMPLE, Server, doc, teller};
-use std::io::Write;
-use std::process::Stdio;
 
 /// (action, amount, role, audit.enabled, approval.required) →
 /// (allow, deny, verdict, reason codes)
@@ -231,19 +229,12 @@ fn rule_table_through_check() {
         .flat_map(|e| TABLE.iter().map(move |c| (e, c)))
     {
         let (action, amount, role, audit, approval, (_, _, verdict, _)) = case;
-        let mut child = teller()
-            .args(["check", "-", "--fail-on-deny", "--engine", engine])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(doc(action, *amount, role, *audit, *approval).as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut check = teller();
+        check.args(["check", "-", "--fail-on-deny", "--engine", engine]);
+        let out = crate::support::output_with_stdin(
+            check,
+            doc(action, *amount, role, *audit, *approval).as_bytes(),
+        );
         let expected_status = if *verdict == "deny" { 3 } else { 0 };
         assert_eq!(out.status.code(), Some(expected_status), "{out:?}");
         assert_case(case, &serde_json::from_slice(&out.stdout).unwrap(), engine);

@@ -44,6 +44,18 @@ pub fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("teller-cache")
 }
 
+/// Runs `cmd` with `stdin` as its standard input; its status and output.
+pub fn output_with_stdin(mut cmd: Command, stdin: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The README's example document.
 pub const EXAMPLE: &str = r#"{"action":"transfer","amount":250000,"currency":"CNY","from_account":"6222020200001234567","to_account":"6222020200007654321","user":{"id":"u-17","role":"authorized"},"audit":{"enabled":true},"approval":{"required":false},"request_id":"r-1"}"#;
 

@@ -5,12 +5,14 @@
 //! - [`service`]: decide a transfer, record an event (transport-neutral);
 //! - [`api`]: the HTTP server; [`audit`]: the hash-chained log;
 //! - [`request`], [`config`], [`policy`], [`error`]: inputs and errors;
-//! - [`oci`]: the policies as an OCI image (`teller package`).
+//! - [`oci`]: the policies as an OCI image (`teller package`);
+//! - [`cli`]: the `teller` command line.
 
 pub mod abi;
 pub mod api;
 pub mod audit;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;

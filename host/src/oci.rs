@@ -1,18 +1,27 @@
 //! teller's policies as an OCI image: `teller package` writes the guest
-//! policies and their configuration as an OCI image layout in a tar (what
-//! `ctr images import` and registries take), with the media types of the
-//! CNCF wasm OCI artifact format; `teller serve --from-oci` reads one back,
-//! checking every digest and size on the way.
+//! policies and their configuration, or one function command, as an OCI
+//! image layout in a tar (what `ctr images import` and registries take);
+//! `teller serve --from-oci` reads one back, checking every digest and size
+//! on the way.
 //!
 //! ```text
-//! oci-layout, index.json            → the manifest, named by annotations
-//! blobs/sha256/<manifest>           config + one layer per file
-//! blobs/sha256/<config>             application/vnd.wasm.config.v0+json
-//! blobs/sha256/<layer>…             application/wasm: NAME.module.wasm
-//!                                   (wasip1, WasmEdge) and
-//!                                   NAME.component.wasm (wasip2, wasmtime);
-//!                                   application/vnd.teller.policy.config.v1+toml
+//! oci-layout, index.json   → the manifest, named by annotations
+//! blobs/sha256/<config>    application/vnd.oci.image.config.v1+json:
+//!                          architecture wasm, os wasip1, the entrypoint,
+//!                          command
+//!                          rootfs.diff_ids
+//! blobs/sha256/<layer>…    application/vnd.oci.image.layer.v1.tar, one file
+//!                          each at the root, titled by its name:
+//!                          NAME.module.wasm (wasip1, WasmEdge),
+//!                          NAME.component.wasm (wasip2, wasmtime),
+//!                          teller.toml; or a command's NAME.wasm
 //! ```
+//!
+//! Each file travels in a plain tar layer (the "compat" wasm image variant)
+//! rather than as a raw `application/wasm` layer: containerd before 1.6.25
+//! and 1.7.7 cannot unpack raw wasm layers, and a pod's image must be
+//! unpacked to start. Unpacked, the files sit at the container's root, where
+//! the node's shim (`containerd-shim-wasmedge-v1`) reads them.
 
 use crate::error::Error;
 use crate::policy::sha256_hex;
@@ -25,12 +34,10 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-/// A wasm module or component, one per layer.
-pub const WASM_LAYER: &str = "application/wasm";
-/// The CNCF wasm OCI artifact config.
-pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
-/// The policy parameters (`--config` TOML).
-pub const POLICY_CONFIG_LAYER: &str = "application/vnd.teller.policy.config.v1+toml";
+/// Every layer: an uncompressed tar (so its digest is its diff id).
+pub const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The image config: an OCI image's, with the wasm platform.
+pub const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// The layer's file name.
 pub const TITLE: &str = "org.opencontainers.image.title";
 /// The name containerd gives an imported image.
@@ -46,7 +53,6 @@ const MAX_IMAGE_BYTES: u64 = 512 << 20;
 /// One file of the image, as a layer.
 pub struct Layer {
     pub title: String,
-    pub media_type: &'static str,
     pub bytes: Vec<u8>,
 }
 
@@ -61,7 +67,16 @@ pub struct Written {
 /// Writes `layers` as the image `name` (such as
 /// `registry.bank.internal/bank-core/teller-policies:0.1.0`) to `out`,
 /// through a temporary file renamed into place once it is on disk.
-pub fn write(out: &Path, name: &str, layers: &[Layer]) -> Result<Written, Error> {
+/// `entrypoint` and `cmd` are what the container runs: `teller` and
+/// `serve` for the policies (a pod's `args` replace `serve`), `/NAME.wasm`
+/// and nothing for a command.
+pub fn write(
+    out: &Path,
+    name: &str,
+    entrypoint: &[&str],
+    cmd: &[&str],
+    layers: &[Layer],
+) -> Result<Written, Error> {
     let failed = |what: String| Error::internal("package_failed", what);
     let spec = |e: oci_spec::OciSpecError| failed(format!("building the OCI manifest: {e}"));
     let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -74,29 +89,31 @@ pub fn write(out: &Path, name: &str, layers: &[Layer]) -> Result<Written, Error>
 
     let mut descriptors = Vec::new();
     for layer in layers {
-        let (hex, size) = add(layer.bytes.clone());
+        let tar = layer_tar(&layer.title, &layer.bytes)
+            .map_err(|e| failed(format!("layer {}: {e}", layer.title)))?;
+        let (hex, size) = add(tar);
         descriptors.push(descriptor(
-            layer.media_type,
+            LAYER,
             &hex,
             size,
             [(TITLE.to_string(), layer.title.clone())].into(),
         )?);
     }
-    let layer_digests: Vec<String> = descriptors.iter().map(|d| d.digest().to_string()).collect();
+    let diff_ids: Vec<String> = descriptors.iter().map(|d| d.digest().to_string()).collect();
     let config = serde_json::json!({
         "created": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "author": "teller",
         "architecture": "wasm",
         "os": "wasip1",
-        "layerDigests": layer_digests,
+        "config": { "Entrypoint": entrypoint, "Cmd": cmd },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
     });
     let (config_hex, config_size) = add(config.to_string().into_bytes());
     let manifest = ImageManifestBuilder::default()
         .schema_version(SCHEMA_VERSION)
         .media_type(MediaType::ImageManifest)
-        .artifact_type(MediaType::Other(WASM_CONFIG.to_string()))
         .config(descriptor(
-            WASM_CONFIG,
+            CONFIG,
             &config_hex,
             config_size,
             HashMap::new(),
@@ -151,6 +168,13 @@ pub fn write(out: &Path, name: &str, layers: &[Layer]) -> Result<Written, Error>
     })
 }
 
+/// A layer: a tar holding `bytes` as the file `title` at the root.
+fn layer_tar(title: &str, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    append(&mut tar, title, bytes)?;
+    tar.into_inner()
+}
+
 /// One regular file, owned by root, dated 1970: the same policies give the
 /// same tar.
 fn append<W: Write>(tar: &mut tar::Builder<W>, path: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -192,6 +216,30 @@ pub struct Image {
     pub name: Option<String>,
     pub manifest_digest: String,
     pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// The one file a layer's tar holds, which must be named `title`.
+fn layer_file(tar: &[u8], title: &str) -> Result<Vec<u8>, String> {
+    let mut archive = tar::Archive::new(tar);
+    let mut found = None;
+    for entry in archive.entries().map_err(|e| format!("not a tar: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("a damaged tar entry: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("an entry with a bad name: {e}"))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if path != title || !entry.header().entry_type().is_file() || found.is_some() {
+            return Err(format!("it must hold the one file {title}, not {path}"));
+        }
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read {path}: {e}"))?;
+        found = Some(bytes);
+    }
+    found.ok_or_else(|| format!("it holds no file {title}"))
 }
 
 /// Reads the image layout tar at `path`.
@@ -269,28 +317,41 @@ pub fn read(path: &Path) -> Result<Image, Error> {
     };
     let manifest = ImageManifest::from_reader(&blob(entry, "the manifest")?[..])
         .map_err(|e| bad(format!("the manifest: {e}")))?;
-    if manifest.config().media_type().to_string() != WASM_CONFIG {
+    if manifest.config().media_type().to_string() != CONFIG {
         return Err(bad(format!(
-            "its config is {}, not {WASM_CONFIG}",
+            "its config is {}, not {CONFIG}",
             manifest.config().media_type()
         )));
     }
-    blob(manifest.config(), "the config")?;
+    let config: serde_json::Value = serde_json::from_slice(blob(manifest.config(), "the config")?)
+        .map_err(|e| bad(format!("the config: {e}")))?;
+    let architecture = config.pointer("/architecture");
+    if architecture.and_then(|a| a.as_str()) != Some("wasm") {
+        return Err(bad(format!(
+            "its architecture is {}, not wasm",
+            architecture.unwrap_or(&serde_json::Value::Null)
+        )));
+    }
     let mut files = BTreeMap::new();
-    for layer in manifest.layers() {
+    for (i, layer) in manifest.layers().iter().enumerate() {
         let title = layer
             .annotations()
             .as_ref()
             .and_then(|a| a.get(TITLE))
             .ok_or_else(|| bad(format!("layer {} has no {TITLE}", layer.digest())))?;
         let media = layer.media_type().to_string();
-        if media != WASM_LAYER && media != POLICY_CONFIG_LAYER {
+        if media != LAYER {
             return Err(bad(format!("layer {title} has media type {media}")));
         }
-        files.insert(
-            title.clone(),
-            blob(layer, &format!("layer {title}"))?.clone(),
-        );
+        let diff_id = config.pointer(&format!("/rootfs/diff_ids/{i}"));
+        if diff_id.and_then(|d| d.as_str()) != Some(layer.digest().as_ref()) {
+            return Err(bad(format!(
+                "layer {title} is not the config's diff id {i}"
+            )));
+        }
+        let tar = blob(layer, &format!("layer {title}"))?;
+        let bytes = layer_file(tar, title).map_err(|why| bad(format!("layer {title}: {why}")))?;
+        files.insert(title.clone(), bytes);
     }
     Ok(Image {
         name: entry

@@ -31,4 +31,6 @@ mod oracle;
 mod reload;
 mod rules;
 mod settings;
+#[cfg(feature = "wasmedge")]
+mod shim;
 mod support;

@@ -1,5 +1,5 @@
-//! `teller package` writes an OCI image layout with the CNCF wasm artifact
-//! media types, checked here with `oci-spec`'s types; `teller serve
+//! `teller package` writes an OCI image layout for the wasm platform, one
+//! file per tar layer, checked here with `oci-spec`'s types; `teller serve
 //! --from-oci` serves it, and refuses one that was altered.
 
 use crate::support::{ENGINES, Server, doc, teller};
@@ -37,6 +37,24 @@ fn package(dir: &Path, extra: &[&str]) -> std::path::PathBuf {
     image
 }
 
+/// The one file a layer's tar holds: its name and bytes.
+pub fn layer_file(tar: &[u8]) -> (String, Vec<u8>) {
+    let mut archive = tar::Archive::new(tar);
+    let mut files: Vec<(String, Vec<u8>)> = archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            (name, bytes)
+        })
+        .collect();
+    assert_eq!(files.len(), 1, "one file per layer");
+    files.pop().unwrap()
+}
+
 fn blob<'a>(files: &'a HashMap<String, Vec<u8>>, digest: &str) -> &'a Vec<u8> {
     let hex = digest.strip_prefix("sha256:").unwrap();
     let bytes = &files[&format!("blobs/sha256/{hex}")];
@@ -45,7 +63,7 @@ fn blob<'a>(files: &'a HashMap<String, Vec<u8>>, digest: &str) -> &'a Vec<u8> {
 }
 
 #[test]
-fn the_image_is_a_valid_oci_layout_with_wasm_media_types() {
+fn the_image_is_a_valid_oci_layout_for_the_wasm_platform() {
     let dir = tempfile::tempdir().unwrap();
     let image = package(
         dir.path(),
@@ -79,24 +97,43 @@ fn the_image_is_a_valid_oci_layout_with_wasm_media_types() {
     let manifest = ImageManifest::from_reader(&manifest_bytes[..]).unwrap();
     assert_eq!(
         manifest.config().media_type().to_string(),
-        "application/vnd.wasm.config.v0+json"
+        "application/vnd.oci.image.config.v1+json"
     );
     let config: serde_json::Value =
         serde_json::from_slice(blob(&files, manifest.config().digest().as_ref())).unwrap();
     assert_eq!(config["architecture"], "wasm");
+    assert_eq!(config["os"], "wasip1");
+    // A pod's `args` replace the command, as `args: [serve]` does.
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["teller"])
+    );
+    assert_eq!(config["config"]["Cmd"], serde_json::json!(["serve"]));
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        manifest.layers().len()
+    );
     let mut titles = Vec::new();
+    let mut module = Vec::new();
     for (i, layer) in manifest.layers().iter().enumerate() {
         let title = &layer.annotations().as_ref().unwrap()["org.opencontainers.image.title"];
-        let bytes = blob(&files, layer.digest().as_ref());
-        assert_eq!(bytes.len() as u64, layer.size());
-        assert_eq!(config["layerDigests"][i], layer.digest().to_string());
-        let media = layer.media_type().to_string();
+        let tar = blob(&files, layer.digest().as_ref());
+        assert_eq!(tar.len() as u64, layer.size());
+        // Uncompressed: the layer's digest is its diff id.
+        assert_eq!(config["rootfs"]["diff_ids"][i], layer.digest().to_string());
+        assert_eq!(
+            layer.media_type().to_string(),
+            "application/vnd.oci.image.layer.v1.tar"
+        );
+        let (name, bytes) = layer_file(tar);
+        assert_eq!(&name, title, "the file is named by the layer's title");
         if title.ends_with(".wasm") {
-            assert_eq!(media, "application/wasm", "{title}");
             assert_eq!(&bytes[..4], b"\0asm", "{title}");
         } else {
-            assert_eq!(media, "application/vnd.teller.policy.config.v1+toml");
-            assert!(String::from_utf8_lossy(bytes).contains("amount_limit = 1000000"));
+            assert!(String::from_utf8_lossy(&bytes).contains("amount_limit = 1000000"));
+        }
+        if title == "transfer-check.module.wasm" {
+            module = bytes;
         }
         titles.push(title.clone());
     }
@@ -112,18 +149,7 @@ fn the_image_is_a_valid_oci_layout_with_wasm_media_types() {
         ]
     );
     // The built-in policies, byte for byte.
-    let module = manifest
-        .layers()
-        .iter()
-        .find(|l| {
-            l.annotations().as_ref().unwrap()["org.opencontainers.image.title"]
-                == "transfer-check.module.wasm"
-        })
-        .unwrap();
-    assert_eq!(
-        blob(&files, module.digest().as_ref()),
-        &teller_policy_artifacts::TRANSFER_CHECK.module.to_vec()
-    );
+    assert_eq!(module, teller_policy_artifacts::TRANSFER_CHECK.module);
 }
 
 #[test]
@@ -214,15 +240,15 @@ fn an_altered_or_incomplete_image_is_refused_at_start_up() {
 }
 
 /// A node's containerd takes the image as it is: `ctr images import`
-/// stores the manifest and every layer. (Unpacking, which needs a root
-/// filesystem, is the shim's business, not this image's.)
+/// stores the manifest and every layer, and unpacks them (a pod's image
+/// must be unpacked to start).
 #[test]
-fn ctr_images_import_takes_the_image() {
+fn ctr_images_import_takes_and_unpacks_the_image() {
     let dir = tempfile::tempdir().unwrap();
     let name = "registry.bank.internal/bank-core/teller-policies:0.1.0";
     let image = package(dir.path(), &["--name", name]);
     let containerd = crate::support::Containerd::start();
-    let out = containerd.ctr(&["images", "import", "--no-unpack", image.to_str().unwrap()]);
+    let out = containerd.ctr(&["images", "import", image.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let out = containerd.ctr(&["images", "ls", "-q"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), name);

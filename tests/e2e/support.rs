@@ -265,7 +265,22 @@ impl Containerd {
         );
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        // containerd finds `containerd-shim-wasmedge-v1` on its PATH: the
+        // one this build made, next to `teller` (see `shim`).
+        let path = std::env::join_paths(
+            std::iter::once(
+                Path::new(env!("CARGO_BIN_EXE_teller"))
+                    .parent()
+                    .unwrap()
+                    .to_path_buf(),
+            )
+            .chain(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            )),
+        )
+        .unwrap();
         let child = Command::new("containerd")
+            .env("PATH", path)
             .arg("--config")
             .arg(dir.path().join("config.toml"))
             .stdout(log.try_clone().unwrap())
@@ -284,6 +299,13 @@ impl Containerd {
         panic!("containerd did not come up within 10 s (it needs root):\n{log}");
     }
 
+    /// A container id no other test's containerd uses: the shim keeps its
+    /// containers' state under one host-wide directory.
+    pub fn id(&self, name: &str) -> String {
+        let dir = self.dir.path().file_name().unwrap().to_string_lossy();
+        format!("{name}-{}", dir.trim_start_matches("teller-containerd-"))
+    }
+
     /// `ctr --address SOCK --namespace teller ARGS`.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
         Command::new("ctr")
@@ -296,8 +318,33 @@ impl Containerd {
     }
 }
 
+/// The node's shim this build made (the `teller-shim` package's binary,
+/// built into the same directory as `teller`).
+pub fn shim() -> PathBuf {
+    let shim =
+        Path::new(env!("CARGO_BIN_EXE_teller")).with_file_name("containerd-shim-wasmedge-v1");
+    assert!(
+        shim.exists(),
+        "{} is missing: build the workspace (scripts/test does)",
+        shim.display()
+    );
+    shim
+}
+
 impl Drop for Containerd {
+    /// Kills what is still running in it first, so that no shim outlives
+    /// the test.
     fn drop(&mut self) {
+        let tasks = self.ctr(&["tasks", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
+            self.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
+            for _ in 0..50 {
+                if self.ctr(&["tasks", "delete", id]).status.success() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

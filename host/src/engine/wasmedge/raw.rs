@@ -30,6 +30,8 @@ impl std::fmt::Display for RawError {
     }
 }
 
+/// A command called `proc_exit` (its code is [`Instance::exit_code`]).
+pub const TERMINATED: u32 = ffi::WasmEdge_ErrCode_Terminated;
 /// The call was stopped through its executor's stop flag.
 pub const INTERRUPTED: u32 = ffi::WasmEdge_ErrCode_Interrupted;
 /// The call went past the statistics' cost limit.
@@ -170,10 +172,32 @@ unsafe extern "C" fn noop(
     ffi::WasmEdge_Result { Code: 0 }
 }
 
+/// What a guest's `wasi_snapshot_preview1` imports are bound to.
+pub enum Wasi<'a> {
+    /// A policy: [`wasi_shim`], with no stdio and no environment.
+    Shim,
+    /// A function command run as a container's process: WasmEdge's own
+    /// WASI with these arguments and `NAME=VALUE` variables, on the
+    /// process's stdin, stdout and stderr, and no files.
+    Command {
+        args: &'a [String],
+        envs: &'a [String],
+    },
+}
+
 impl Instance {
-    /// Instantiates `module` with [`wasi_shim`] for its WASI imports.
+    /// Instantiates `module` with `wasi` for its WASI imports.
     /// `measure_cost` must match how `config` was set.
-    pub fn new(config: &Config, module: &AstModule, measure_cost: bool) -> Result<Self, RawError> {
+    pub fn new(
+        config: &Config,
+        module: &AstModule,
+        measure_cost: bool,
+        wasi: Wasi<'_>,
+    ) -> Result<Self, RawError> {
+        let wasi = match wasi {
+            Wasi::Shim => wasi_shim(),
+            Wasi::Command { args, envs } => wasi_command(args, envs)?,
+        };
         // SAFETY: every object is created here, checked for null, and owned
         // by `Instance` (whose `Drop` deletes it) before anything can fail.
         unsafe {
@@ -188,7 +212,6 @@ impl Instance {
             };
             let executor = ffi::WasmEdge_ExecutorCreate(config.as_ptr(), stats);
             let store = ffi::WasmEdge_StoreCreate();
-            let wasi = wasi_shim();
             let stopper = Self::stopper(executor);
             let mut this = Instance {
                 stopper: StopHandle(
@@ -254,6 +277,13 @@ impl Instance {
             }
             Ok(handle)
         }
+    }
+
+    /// The code a command passed to `proc_exit` (0 if it returned).
+    pub fn exit_code(&self) -> u32 {
+        // SAFETY: `wasi` is owned; for a policy's shim module WasmEdge
+        // reports a mismatched module as exit code 1 rather than failing.
+        unsafe { ffi::WasmEdge_ModuleInstanceWASIGetExitCode(self.wasi) }
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -383,6 +413,43 @@ impl Instance {
             ))
         }
     }
+}
+
+/// WasmEdge's WASI for a command: `args` (the first is the program's name)
+/// and `envs`, the process's stdio, no preopened directories.
+fn wasi_command(
+    args: &[String],
+    envs: &[String],
+) -> Result<*mut ffi::WasmEdge_ModuleInstanceContext, RawError> {
+    let c_strings = |list: &[String], what: &str| {
+        list.iter()
+            .map(|s| {
+                std::ffi::CString::new(s.as_str()).map_err(|_| RawError {
+                    code: 0,
+                    message: format!("a command {what} holds a NUL byte"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let (args, envs) = (c_strings(args, "argument")?, c_strings(envs, "variable")?);
+    let arg_ptrs: Vec<*const std::ffi::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    let env_ptrs: Vec<*const std::ffi::c_char> = envs.iter().map(|e| e.as_ptr()).collect();
+    // SAFETY: the arrays and their strings outlive the call; WasmEdge copies
+    // them.
+    let module = unsafe {
+        ffi::WasmEdge_ModuleInstanceCreateWASI(
+            arg_ptrs.as_ptr(),
+            arg_ptrs.len() as u32,
+            env_ptrs.as_ptr(),
+            env_ptrs.len() as u32,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if module.is_null() {
+        return Err(null("a WASI module"));
+    }
+    Ok(module)
 }
 
 /// The part of `wasi_snapshot_preview1` a policy gets: no arguments, no

@@ -4,10 +4,10 @@
 //! environment variable, then the file, then the default. `--print-config`
 //! shows the result and where each value came from, secrets redacted.
 
+use crate::error::Error;
 use clap::parser::ValueSource;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use teller::error::Error;
 
 /// The flags the file may not set.
 const NOT_IN_FILE: [&str; 3] = ["settings", "print-config", "help"];
@@ -163,10 +163,10 @@ pub fn print(
         out.push_str(&format!("{line:<56} # {source}\n"));
     }
     // The one secret a setting can hold: the audit key itself.
-    if std::env::var_os(teller::audit::KEY_ENV).is_some() {
+    if std::env::var_os(crate::audit::KEY_ENV).is_some() {
         out.push_str(&format!(
             "# audit key: set in {} (redacted)\n",
-            teller::audit::KEY_ENV
+            crate::audit::KEY_ENV
         ));
     }
     out

@@ -1,0 +1,55 @@
+//! `containerd-shim-wasmedge-v1`: what a node's containerd starts for a pod
+//! whose RuntimeClass handler is `wasmedge` (`runtime_type =
+//! "io.containerd.wasmedge.v1"`).
+//!
+//! containerd-shim-wasm does the containerd side (the shim API, the
+//! container's namespaces, cgroups, rootfs and stdio); inside the container
+//! the process runs teller's own WasmEdge engine and nothing else. What it
+//! runs depends on the image's entrypoint (`teller package` sets it):
+//! - `teller ...`: teller's command line ([`teller::cli`], the code of the
+//!   `teller` binary) on the policies and `teller.toml` the image holds, so
+//!   the default `teller serve` answers the HTTP API inside the pod;
+//! - `/NAME.wasm`: a function command (wasm32-wasip1): JSON on stdin, the
+//!   decision on stdout, its exit code as the container's.
+
+mod workload;
+
+use containerd_shim_wasm::sandbox::Sandbox;
+use containerd_shim_wasm::sandbox::context::RuntimeContext;
+use containerd_shim_wasm::shim::{Cli, Shim, Version, version};
+
+struct TellerShim;
+
+/// One container's process.
+#[derive(Default)]
+struct TellerSandbox;
+
+impl Shim for TellerShim {
+    type Sandbox = TellerSandbox;
+
+    /// containerd finds the binary by this name: `containerd-shim-wasmedge-v1`.
+    fn name() -> &'static str {
+        "wasmedge"
+    }
+
+    fn version() -> Version {
+        version!()
+    }
+}
+
+impl Sandbox for TellerSandbox {
+    async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
+        let workload = workload::Workload::of(ctx.args(), ctx.entrypoint().source)?;
+        Ok(workload.run(ctx.args(), ctx.envs()))
+    }
+
+    /// Checked when the container is created, so that a wrong entrypoint
+    /// fails `ctr run` / the pod's start rather than the process.
+    async fn can_handle(&self, ctx: &impl RuntimeContext) -> anyhow::Result<()> {
+        workload::Workload::of(ctx.args(), ctx.entrypoint().source).map(drop)
+    }
+}
+
+fn main() {
+    TellerShim::run(None);
+}

@@ -1,0 +1,248 @@
+//! A node's path, for real: a private containerd (Debian's 1.6.20) imports
+//! teller's images and `ctr run --runtime io.containerd.wasmedge.v1` starts
+//! them through `containerd-shim-wasmedge-v1`, which runs them on teller's
+//! WasmEdge engine. The timings printed are from `ctr run` to the first
+//! decision (a function command) and to the first HTTP answer (the
+//! service image); `.ci/run` shows them.
+
+use crate::support::{Containerd, EXAMPLE, doc, request, shim, teller};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNTIME: &str = "io.containerd.wasmedge.v1";
+
+/// `teller package ARGS -o DIR/FILE`, then `ctr images import` of it.
+fn package_and_import(containerd: &Containerd, dir: &Path, file: &str, args: &[&str]) {
+    let image = dir.join(file);
+    let out = teller()
+        .arg("package")
+        .args(args)
+        .arg("--output")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = containerd.ctr(&["images", "import", image.to_str().unwrap()]);
+    assert!(out.status.success(), "ctr images import: {out:?}");
+}
+
+/// `ctr run --rm` of a command image with `input` on stdin: the exit code,
+/// stdout, stderr, and the time from `ctr run` to the first line of output.
+fn run_command(
+    containerd: &Containerd,
+    image: &str,
+    id: &str,
+    envs: &[&str],
+    input: &str,
+) -> (Option<i32>, String, String, Duration) {
+    let mut ctr = Command::new("ctr");
+    ctr.arg("--address")
+        .arg(containerd.dir.path().join("containerd.sock"))
+        .args(["--namespace", "teller", "run", "--rm", "--runtime", RUNTIME]);
+    for env in envs {
+        ctr.args(["--env", env]);
+    }
+    let id = containerd.id(id);
+    let started = Instant::now();
+    let mut child = ctr
+        .args([image, &id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    // Read on a thread, so that a command that never answers fails the
+    // test (and `Containerd`'s drop kills it) instead of hanging it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut stdout = BufReader::new(stdout);
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        let _ = tx.send((first.clone(), started.elapsed()));
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        first + &rest
+    });
+    let (_, to_first_line) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("ctr run {image} {id}: no output within 60 s"));
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        reader.join().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        to_first_line,
+    )
+}
+
+#[test]
+fn ctr_runs_a_function_command_through_the_shim() {
+    shim();
+    let dir = tempfile::tempdir().unwrap();
+    let containerd = Containerd::start();
+    package_and_import(
+        &containerd,
+        dir.path(),
+        "tc.tar",
+        &["--command", "transfer-check"],
+    );
+    let image = concat!("teller-transfer-check:", env!("CARGO_PKG_VERSION"));
+
+    let (code, stdout, stderr, took) = run_command(&containerd, image, "tc-allow", &[], EXAMPLE);
+    println!(
+        "ctr run {image} (README example): exit {code:?}, first decision after {took:?}: {stdout}"
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let decision: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(decision["verdict"], "allow", "{decision}");
+    assert_eq!(decision["allow"], true);
+
+    // The container's environment reaches the command: the limit is 500.
+    let (code, stdout, stderr, took) = run_command(
+        &containerd,
+        image,
+        "tc-deny",
+        &["TELLER_AMOUNT_LIMIT=500"],
+        EXAMPLE,
+    );
+    println!(
+        "ctr run {image} with TELLER_AMOUNT_LIMIT=500: exit {code:?} after {took:?}: {stdout}"
+    );
+    assert_eq!(code, Some(3), "{stdout}\n{stderr}");
+    let decision: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(decision["verdict"], "deny", "{decision}");
+    assert!(
+        decision["reasons"].to_string().contains("amount"),
+        "{decision}"
+    );
+
+    let (code, stdout, stderr, _) =
+        run_command(&containerd, image, "tc-bad", &[], r#"{"action": 7}"#);
+    println!("ctr run {image} with bad input: exit {code:?}: {stdout}");
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(stdout.contains("\"code\""), "{stdout}");
+}
+
+/// Waits until `addr` answers a transfer check; the answer and when.
+fn first_answer(addr: SocketAddr, body: &str, ctr: &mut std::process::Child) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            let r = request(addr, "POST", "/v1/transfer/check", body.as_bytes());
+            if r.status == 200 {
+                return Instant::now();
+            }
+            panic!("the first answer was {r:?}");
+        }
+        if let Some(status) = ctr.try_wait().unwrap() {
+            let mut out = String::new();
+            if let Some(mut e) = ctr.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut out).unwrap();
+            }
+            panic!("ctr run ended ({status}) before teller answered:\n{out}");
+        }
+        assert!(Instant::now() < deadline, "no answer on {addr} within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn ctr_runs_the_service_image_through_the_shim() {
+    shim();
+    let dir = tempfile::tempdir().unwrap();
+    let containerd = Containerd::start();
+    let limits = dir.path().join("limits.toml");
+    std::fs::write(
+        &limits,
+        "[transfer_check]\namount_limit = 500\nauthorized_roles = [\"teller\"]\n",
+    )
+    .unwrap();
+    package_and_import(
+        &containerd,
+        dir.path(),
+        "svc.tar",
+        &["--config", limits.to_str().unwrap()],
+    );
+    let image = concat!("teller-policies:", env!("CARGO_PKG_VERSION"));
+    let audit = dir.path().join("audit");
+    std::fs::create_dir(&audit).unwrap();
+    let addr: SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+
+    let id = containerd.id("svc");
+    let started = Instant::now();
+    let mut ctr = Command::new("ctr")
+        .arg("--address")
+        .arg(containerd.dir.path().join("containerd.sock"))
+        .args(["--namespace", "teller", "run", "--rm", "--net-host"])
+        .args(["--runtime", RUNTIME])
+        .args(["--env", &format!("TELLER_LISTEN={addr}")])
+        .args(["--env", "TELLER_AUDIT_DIR=/audit"])
+        .args(["--env", "TELLER_LOG_FORMAT=json"])
+        .arg("--mount")
+        .arg(format!(
+            "type=bind,src={},dst=/audit,options=rbind:rw",
+            audit.display()
+        ))
+        .args([image, &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let allow = doc("transfer", 500, "teller", Some(true), None);
+    let answered = first_answer(addr, &allow, &mut ctr);
+    println!(
+        "ctr run {image}: first HTTP answer after {:?}",
+        answered - started
+    );
+
+    let r = request(addr, "POST", "/v1/transfer/check", allow.as_bytes()).json();
+    assert_eq!(r["verdict"], "allow", "{r}");
+    assert_eq!(r["engine"], "wasmedge", "{r}");
+    assert_eq!(
+        r["policy"]["sha256"],
+        teller::policy::sha256_hex(teller_policy_artifacts::TRANSFER_CHECK.module)
+    );
+    let deny = doc("transfer", 501, "teller", Some(true), None);
+    let r = request(addr, "POST", "/v1/transfer/check", deny.as_bytes()).json();
+    assert_eq!(r["verdict"], "deny", "the image's teller.toml applies: {r}");
+    println!("ctr run {image}: 500 → allow, 501 → deny, engine wasmedge");
+
+    // SIGTERM, as a pod's deletion sends: teller drains and exits 0.
+    let out = containerd.ctr(&["tasks", "kill", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let out = ctr.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout.contains("listening on"), "{stdout}");
+
+    // Every decision is in the mounted audit directory, and the chain holds.
+    let out = teller()
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let verified = String::from_utf8_lossy(&out.stdout);
+    println!("teller audit verify (the pod's audit volume): {verified}");
+    assert!(out.status.success(), "{out:?}");
+    let out = teller()
+        .args(["audit", "head"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let head: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(head["seq"], 3, "three decisions: {head}");
+}

@@ -176,3 +176,56 @@ fn a_fuel_budget_stops_a_loop_before_its_deadline() {
         ordinary(&server);
     }
 }
+
+/// With nothing compiled (`--no-cache`), WasmEdge serves at once on its
+/// interpreter, with the same limits, and switches to compiled code in the
+/// background: the log says when.
+#[cfg(feature = "wasmedge")]
+#[test]
+fn wasmedge_serves_interpreted_until_compiled_with_the_same_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    hostile_policies(&policies);
+    let deadline = DEADLINE_MS.to_string();
+    let started = Instant::now();
+    let (server, logs) = Server::start_logged(
+        "wasmedge",
+        &[
+            "--policy-dir",
+            policies.to_str().unwrap(),
+            "--no-cache",
+            "--guest-deadline-ms",
+            &deadline,
+            "--log-format",
+            "json",
+        ],
+    );
+    let r = server.post(
+        "/v1/transfer/check",
+        &doc("transfer", 5, "a", Some(true), None),
+    );
+    let first = started.elapsed();
+    assert_eq!(r.status, 200, "{r:?}");
+    let before: Vec<String> = logs.try_iter().collect();
+    assert!(
+        !before.iter().any(|l| l.contains("compiled")),
+        "the first answer waited for the compiler: {before:?}"
+    );
+    // A loop is stopped at its deadline whichever tier runs it.
+    let r = server.post("/v1/transfer/check", &doc("loop", 5, "a", Some(true), None));
+    assert_eq!(r.json()["error"]["code"], "guest_timeout", "{r:?}");
+    let compiled = logs
+        .iter()
+        .find(|line| line.contains("compiled: new instances run native code"))
+        .unwrap_or_else(|| panic!("no compiled line"));
+    assert!(compiled.contains("transfer-check"), "{compiled}");
+    println!(
+        "no cache: first answer after {first:?} (interpreted), compiled after {:?}",
+        started.elapsed()
+    );
+    let r = server.post("/v1/transfer/check", &doc("loop", 5, "a", Some(true), None));
+    assert_eq!(r.json()["error"]["code"], "guest_timeout", "{r:?}");
+    ordinary(&server);
+    assert_eq!(server.stop().code(), Some(0));
+}

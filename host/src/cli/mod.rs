@@ -509,7 +509,7 @@ fn start(
 
 fn serve(args: ServeArgs) -> Result<u8, Error> {
     let audit = args.audit.settings()?;
-    let (teller, engine) = start(&args.run, audit.as_ref(), Workload::Server)?;
+    let (teller, engine) = start(&args.run, audit.as_ref(), Workload::Service)?;
     let teller = std::sync::Arc::new(teller);
     let engine: std::sync::Arc<dyn engine::Engine> = std::sync::Arc::from(engine);
     let runtime = tokio::runtime::Builder::new_multi_thread()

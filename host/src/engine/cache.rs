@@ -53,6 +53,13 @@ impl ArtifactCache {
         self.dir.as_deref()
     }
 
+    /// Whether an intact entry is stored under `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.dir
+            .as_ref()
+            .is_some_and(|dir| read_entry(&dir.join(format!("{key}.bin"))).is_some())
+    }
+
     /// The bytes stored under `key`, or those `build` makes (then stored).
     /// `key` must already name the input's hash and every setting that
     /// changes the output.

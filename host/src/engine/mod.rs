@@ -71,8 +71,13 @@ pub trait AuditSealer: Send + Sync {
 pub enum Workload {
     /// One decision, then exit (`teller check`): start fast.
     Once,
-    /// Many decisions, concurrently (`teller serve`).
+    /// Many decisions, concurrently: compiled code from the start
+    /// (benchmarks, tests).
     Server,
+    /// `teller serve` (a pod): as `Server`, but a guest not compiled yet
+    /// may answer on an interpreter while it compiles (WasmEdge), so that
+    /// the first answer does not wait for the compiler.
+    Service,
 }
 
 /// What one call into a guest may use. Past a limit the call fails with
@@ -117,7 +122,9 @@ pub fn by_name(
             cache, workload, limits,
         )?)),
         #[cfg(feature = "wasmedge")]
-        EngineName::Wasmedge => Ok(Box::new(wasmedge::WasmEdgeEngine::new(cache, limits)?)),
+        EngineName::Wasmedge => Ok(Box::new(
+            wasmedge::WasmEdgeEngine::new(cache, limits)?.tiered(workload == Workload::Service),
+        )),
     }
 }
 

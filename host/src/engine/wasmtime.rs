@@ -196,7 +196,7 @@ impl WasmtimeEngine {
         let memory_bytes = usize::try_from(limits.memory_bytes).map_err(|_| {
             Error::internal("engine_init", "the memory cap does not fit this machine")
         })?;
-        if workload == Workload::Server {
+        if workload != Workload::Once {
             // An instance per request: take it from pre-reserved slots
             // instead of mapping and unmapping memory (which serializes
             // threads on the kernel's mm lock). Costs ≈ 1.5 ms at start-up.

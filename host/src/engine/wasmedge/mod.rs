@@ -47,6 +47,9 @@ pub struct WasmEdgeEngine {
     cache: ArtifactCache,
     version: String,
     limits: GuestLimits,
+    /// Serve at once, interpreted, when a guest's compiled code is not
+    /// cached, and switch to compiled code once it is built.
+    tiered: bool,
 }
 
 impl WasmEdgeEngine {
@@ -72,7 +75,19 @@ impl WasmEdgeEngine {
             cache,
             version: wasmedge_sys::utils::version_string(),
             limits,
+            tiered: false,
         })
+    }
+
+    /// For a server (`teller serve`, a pod): a guest whose compiled code
+    /// is not in the cache starts on WasmEdge's interpreter, ready in
+    /// milliseconds, while a background thread compiles it (seconds, with
+    /// LLVM at O3); new instances then use the compiled code. Without this,
+    /// a new pod or a server with an empty cache waits for the compiler
+    /// before its first answer.
+    pub fn tiered(mut self, tiered: bool) -> Self {
+        self.tiered = tiered;
+        self
     }
 
     /// The WasmEdge library's version, as loaded at run time.
@@ -80,11 +95,10 @@ impl WasmEdgeEngine {
         &self.version
     }
 
-    /// AOT-compiles a core module, or takes it from the cache.
-    fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<AstModule>, String), Error> {
-        let sha256 = sha256_hex(wasm);
-        // Everything that changes the compiled output is in the key.
-        let key = format!(
+    /// The cache key of a module's compiled code: everything that changes
+    /// the compiler's output is in it.
+    fn key(&self, sha256: &str) -> String {
+        format!(
             "wasmedge-{}-{sha256}-o3-interruptible{}",
             self.version,
             if self.limits.fuel.is_some() {
@@ -92,36 +106,65 @@ impl WasmEdgeEngine {
             } else {
                 ""
             }
-        );
-        let compiled = self.cache.get_or_build(&key, || self.compile(name, wasm))?;
-        let module = AstModule::load(&self.config, &compiled).map_err(|e| {
-            Error::internal(
-                "policy_invalid",
-                format!("policy {name} cannot be loaded: {e}"),
-            )
-        })?;
-        Ok((Arc::new(module), sha256))
+        )
     }
 
-    fn compile(&self, name: &str, wasm: &[u8]) -> Result<Vec<u8>, Error> {
-        let failed = |what: String| {
-            Error::internal(
-                "policy_invalid",
-                format!("policy {name} does not compile: {what}"),
-            )
-        };
-        let dir = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
-        let out = dir.path().join("guest.aot.wasm");
-        // WasmEdge's AOT compiler links with LLVM's lld in-process, which is
-        // not safe to run twice at once (duplicate symbols, then a crash).
-        static COMPILER: Mutex<()> = Mutex::new(());
-        let _one_at_a_time = COMPILER
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        wasmedge_sys::Compiler::create(Some(&self.config))
-            .and_then(|c| c.compile_from_bytes(wasm, &out))
-            .map_err(|e| failed(e.to_string()))?;
-        std::fs::read(&out).map_err(|e| failed(e.to_string()))
+    /// AOT-compiles a core module, or takes it from the cache.
+    fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<AstModule>, String), Error> {
+        let sha256 = sha256_hex(wasm);
+        let compiled = self
+            .cache
+            .get_or_build(&self.key(&sha256), || compile(&self.config, name, wasm))?;
+        Ok((Arc::new(load(&self.config, name, &compiled)?), sha256))
+    }
+
+    /// The module's slot: its compiled code if cached (or not tiered),
+    /// else the interpreted module now and the compiled one when built.
+    fn module_slot(&self, name: &str, wasm: &[u8]) -> Result<(ModuleSlot, String), Error> {
+        let sha256 = sha256_hex(wasm);
+        let key = self.key(&sha256);
+        if !self.tiered || self.cache.contains(&key) {
+            let (module, sha256) = self.module(name, wasm)?;
+            return Ok((Arc::new(std::sync::RwLock::new(module)), sha256));
+        }
+        let slot: ModuleSlot = Arc::new(std::sync::RwLock::new(Arc::new(load(
+            &self.config,
+            name,
+            wasm,
+        )?)));
+        let (config, cache, weak) = (
+            self.config.clone(),
+            self.cache.clone(),
+            Arc::downgrade(&slot),
+        );
+        let (name, wasm) = (name.to_string(), wasm.to_vec());
+        let spawned = std::thread::Builder::new()
+            .name(format!("compile {name}"))
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let compiled = cache
+                    .get_or_build(&key, || compile(&config, &name, &wasm))
+                    .and_then(|code| load(&config, &name, &code));
+                match (compiled, weak.upgrade()) {
+                    (Ok(module), Some(slot)) => {
+                        *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(module);
+                        tracing::info!(
+                            policy = %name,
+                            ms = started.elapsed().as_millis() as u64,
+                            "compiled: new instances run native code instead of the interpreter"
+                        );
+                    }
+                    (Ok(_), None) => {}
+                    (Err(e), _) => tracing::error!(
+                        policy = %name,
+                        "cannot compile, so it stays interpreted: {e}"
+                    ),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the compiler thread, so the guest stays interpreted: {e}");
+        }
+        Ok((slot, sha256))
     }
 
     fn pool(&self, artifact: &Artifact) -> Result<(Pool, String), Error> {
@@ -134,7 +177,7 @@ impl WasmEdgeEngine {
         wasm: &[u8],
         contract: Arc<Contract>,
     ) -> Result<(Pool, String), Error> {
-        let (module, sha256) = self.module(name, wasm)?;
+        let (module, sha256) = self.module_slot(name, wasm)?;
         let pool = Pool {
             config: self.config.clone(),
             contract,
@@ -186,12 +229,7 @@ impl WasmEdgeEngine {
         args: &[String],
         envs: &[String],
     ) -> Result<u32, Error> {
-        let module = AstModule::load(&self.config, wasm).map_err(|e| {
-            Error::internal(
-                "policy_invalid",
-                format!("command {name} cannot be loaded: {e}"),
-            )
-        })?;
+        let module = Arc::new(load(&self.config, name, wasm)?);
         let wasi = raw::Wasi::Command { args, envs };
         let raw = raw::Instance::new(&self.config, &module, self.limits.fuel.is_some(), wasi)
             .map_err(|e| {
@@ -202,6 +240,7 @@ impl WasmEdgeEngine {
             })?;
         let mut guest = GuestInstance {
             raw,
+            module,
             limits: self.limits,
             calls: 1,
             stopped: false,
@@ -335,7 +374,7 @@ impl AuditSealer for WasmEdgeAuditSealer {
 struct Pool {
     config: Arc<Config>,
     contract: Arc<Contract>,
-    module: Arc<AstModule>,
+    module: ModuleSlot,
     limits: GuestLimits,
     idle: Mutex<Vec<GuestInstance>>,
     capacity: usize,
@@ -397,11 +436,26 @@ impl Pool {
     }
 
     fn take(&self) -> Option<GuestInstance> {
-        self.idle.lock().ok()?.pop()
+        let current = self.current();
+        let mut idle = self.idle.lock().ok()?;
+        // Instances of a replaced (interpreted) module are dropped.
+        idle.retain(|guest| Arc::ptr_eq(&guest.module, &current));
+        idle.pop()
+    }
+
+    /// The module new instances are made from.
+    fn current(&self) -> Arc<AstModule> {
+        self.module
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn give_back(&self, guest: GuestInstance) {
-        if guest.calls >= MAX_CALLS_PER_INSTANCE || guest.stopped {
+        if guest.calls >= MAX_CALLS_PER_INSTANCE
+            || guest.stopped
+            || !Arc::ptr_eq(&guest.module, &self.current())
+        {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()
@@ -412,15 +466,17 @@ impl Pool {
     }
 
     fn instantiate(&self) -> Result<GuestInstance, Error> {
+        let module = self.current();
         let raw = raw::Instance::new(
             &self.config,
-            &self.module,
+            &module,
             self.limits.fuel.is_some(),
             raw::Wasi::Shim,
         )
         .map_err(|e| Error::guest("guest_trap", format!("cannot instantiate: {e}")))?;
         Ok(GuestInstance {
             raw,
+            module,
             limits: self.limits,
             calls: 0,
             stopped: false,
@@ -432,6 +488,8 @@ impl Pool {
 /// One instantiated module, its limits, and how it has been used.
 struct GuestInstance {
     raw: raw::Instance,
+    /// What it was instantiated from, kept alive as long as it is.
+    module: Arc<AstModule>,
     limits: GuestLimits,
     calls: u32,
     /// The watchdog stopped a call: the stop flag may still be set, so the
@@ -588,6 +646,43 @@ impl GuestAlloc for GuestInstance {
             .map_err(|e| AbiError(format!("writing {} bytes at {ptr:#x}: {e}", bytes.len())))
     }
 }
+
+/// A module as WasmEdge runs it: AOT code when `bytes` carry it, else
+/// interpreted.
+fn load(config: &Config, name: &str, bytes: &[u8]) -> Result<AstModule, Error> {
+    AstModule::load(config, bytes).map_err(|e| {
+        Error::internal(
+            "policy_invalid",
+            format!("policy {name} cannot be loaded: {e}"),
+        )
+    })
+}
+
+/// WasmEdge's AOT compiler (LLVM): the module with native code added.
+fn compile(config: &Config, name: &str, wasm: &[u8]) -> Result<Vec<u8>, Error> {
+    let failed = |what: String| {
+        Error::internal(
+            "policy_invalid",
+            format!("policy {name} does not compile: {what}"),
+        )
+    };
+    let dir = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
+    let out = dir.path().join("guest.aot.wasm");
+    // WasmEdge's AOT compiler links with LLVM's lld in-process, which is
+    // not safe to run twice at once (duplicate symbols, then a crash).
+    static COMPILER: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = COMPILER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    wasmedge_sys::Compiler::create(Some(config))
+        .and_then(|c| c.compile_from_bytes(wasm, &out))
+        .map_err(|e| failed(e.to_string()))?;
+    std::fs::read(&out).map_err(|e| failed(e.to_string()))
+}
+
+/// The module new instances of a guest are made from; tiered start
+/// replaces the interpreted one with compiled code.
+type ModuleSlot = Arc<std::sync::RwLock<Arc<AstModule>>>;
 
 fn bad_output(e: AbiError) -> Error {
     Error::guest(

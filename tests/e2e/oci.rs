@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-/// Every file of the tar at `path`, by name.
-fn entries(path: &Path) -> HashMap<String, Vec<u8>> {
-    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
-    archive
+/// Every file of a tar, in order: name and bytes.
+fn tar_files(tar: impl Read) -> Vec<(String, Vec<u8>)> {
+    tar::Archive::new(tar)
         .entries()
         .unwrap()
         .map(|e| {
@@ -21,6 +20,13 @@ fn entries(path: &Path) -> HashMap<String, Vec<u8>> {
             e.read_to_end(&mut bytes).unwrap();
             (name, bytes)
         })
+        .collect()
+}
+
+/// Every file of the tar at `path`, by name.
+fn entries(path: &Path) -> HashMap<String, Vec<u8>> {
+    tar_files(std::fs::File::open(path).unwrap())
+        .into_iter()
         .collect()
 }
 
@@ -38,19 +44,8 @@ fn package(dir: &Path, extra: &[&str]) -> std::path::PathBuf {
 }
 
 /// The one file a layer's tar holds: its name and bytes.
-pub fn layer_file(tar: &[u8]) -> (String, Vec<u8>) {
-    let mut archive = tar::Archive::new(tar);
-    let mut files: Vec<(String, Vec<u8>)> = archive
-        .entries()
-        .unwrap()
-        .map(|e| {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut bytes = Vec::new();
-            e.read_to_end(&mut bytes).unwrap();
-            (name, bytes)
-        })
-        .collect();
+fn layer_file(tar: &[u8]) -> (String, Vec<u8>) {
+    let mut files = tar_files(tar);
     assert_eq!(files.len(), 1, "one file per layer");
     files.pop().unwrap()
 }

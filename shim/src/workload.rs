@@ -56,15 +56,16 @@ impl Workload {
 
     /// Runs to the end and returns the container's exit code.
     pub fn run(self, args: &[String], envs: &[String]) -> i32 {
-        if let Err(e) = ensure_tmp() {
-            eprintln!("teller: {e:#}");
-            return COULD_NOT_RUN;
-        }
         match self {
             Workload::Teller { files } => {
                 if let Err(e) = adopt_env(envs) {
                     eprintln!("teller: {e:#}");
                     return COULD_NOT_RUN;
+                }
+                if let Err(e) = ensure_tmp() {
+                    // teller can still serve: on the interpreter, unless
+                    // compiled code is in its cache.
+                    eprintln!("teller: warning: {e:#}; WasmEdge cannot compile the guests");
                 }
                 let image = teller::cli::Preloaded {
                     origin: "the container's image".to_string(),
@@ -121,9 +122,9 @@ fn image_files(root: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     Ok(files)
 }
 
-/// WasmEdge's AOT compiler writes its output to a temporary file; a
-/// container's root may have no /tmp (a pod with a read-only root needs an
-/// emptyDir there).
+/// WasmEdge's AOT compiler writes its output to a temporary file ($TMPDIR,
+/// else /tmp); a container's root may have no /tmp (a pod with a read-only
+/// root sets TMPDIR to a volume, as deployment.yaml does).
 fn ensure_tmp() -> anyhow::Result<()> {
     let tmp = std::env::temp_dir();
     if tmp.is_dir() {

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 const RUNTIME: &str = "io.containerd.wasmedge.v1";
@@ -174,8 +175,13 @@ fn ctr_runs_a_function_command_through_the_shim() {
     println!("  containerd's log: {reason}");
 }
 
-/// Waits until `addr` answers a transfer check; the answer and when.
-fn first_answer(addr: SocketAddr, body: &str, ctr: &mut std::process::Child) -> Instant {
+/// Waits until `addr` answers a transfer check; when it did.
+fn first_answer(
+    addr: SocketAddr,
+    body: &str,
+    ctr: &mut std::process::Child,
+    logs: &Receiver<String>,
+) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
@@ -186,11 +192,12 @@ fn first_answer(addr: SocketAddr, body: &str, ctr: &mut std::process::Child) -> 
             panic!("the first answer was {r:?}");
         }
         if let Some(status) = ctr.try_wait().unwrap() {
-            let mut out = String::new();
-            if let Some(mut e) = ctr.stderr.take() {
-                std::io::Read::read_to_string(&mut e, &mut out).unwrap();
-            }
-            panic!("ctr run ended ({status}) before teller answered:\n{out}");
+            std::thread::sleep(Duration::from_millis(100));
+            let out: Vec<String> = logs.try_iter().collect();
+            panic!(
+                "ctr run ended ({status}) before teller answered:\n{}",
+                out.join("\n")
+            );
         }
         assert!(Instant::now() < deadline, "no answer on {addr} within 60 s");
         std::thread::sleep(Duration::from_millis(5));
@@ -217,6 +224,8 @@ fn ctr_runs_the_service_image_through_the_shim() {
     let image = concat!("teller-policies:", env!("CARGO_PKG_VERSION"));
     let audit = dir.path().join("audit");
     std::fs::create_dir(&audit).unwrap();
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
     let addr: SocketAddr = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
@@ -248,14 +257,21 @@ fn ctr_runs_the_service_image_through_the_shim() {
         .arg("--address")
         .arg(containerd.dir.path().join("containerd.sock"))
         .args(["--namespace", "teller", "run", "--rm", "--net-host"])
-        .args(["--runtime", RUNTIME])
+        // As deployment.yaml runs it: a read-only root, TMPDIR on a volume.
+        .args(["--read-only", "--runtime", RUNTIME])
         .args(["--env", &format!("TELLER_LISTEN={addr}")])
         .args(["--env", "TELLER_AUDIT_DIR=/audit"])
         .args(["--env", "TELLER_LOG_FORMAT=json"])
+        .args(["--env", "TMPDIR=/scratch/tmp"])
         .arg("--mount")
         .arg(format!(
             "type=bind,src={},dst=/audit,options=rbind:rw",
             audit.display()
+        ))
+        .arg("--mount")
+        .arg(format!(
+            "type=bind,src={},dst=/scratch,options=rbind:rw",
+            scratch.display()
         ))
         .args([image, &id])
         .stdin(Stdio::null())
@@ -263,8 +279,18 @@ fn ctr_runs_the_service_image_through_the_shim() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let logs = {
+        let stderr = BufReader::new(ctr.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
     let allow = doc("transfer", 500, "teller", Some(true), None);
-    let answered = first_answer(addr, &allow, &mut ctr);
+    let answered = first_answer(addr, &allow, &mut ctr, &logs);
     println!(
         "ctr run {image}: first HTTP answer after {:?}",
         answered - started
@@ -281,6 +307,24 @@ fn ctr_runs_the_service_image_through_the_shim() {
     let r = request(addr, "POST", "/v1/transfer/check", deny.as_bytes()).json();
     assert_eq!(r["verdict"], "deny", "the image's teller.toml applies: {r}");
     println!("ctr run {image}: 500 → allow, 501 → deny, engine wasmedge");
+
+    // Meanwhile WasmEdge compiles both guests in the container (into the
+    // container's TMPDIR), and new instances switch to the compiled code.
+    for policy in ["transfer-check", "audit"] {
+        let line = loop {
+            let line = logs
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("{policy} was not compiled within 60 s"));
+            if line.contains("compiled: new instances run native code")
+                && line.contains(&format!("\"{policy}\""))
+            {
+                break line;
+            }
+        };
+        println!("ctr run {image}: {line}");
+    }
+    let r = request(addr, "POST", "/v1/transfer/check", deny.as_bytes()).json();
+    assert_eq!(r["verdict"], "deny", "compiled, the same answer: {r}");
 
     // SIGTERM, as a pod's deletion sends: teller drains and exits 0.
     let out = containerd.ctr(&["tasks", "kill", &id]);
@@ -305,5 +349,5 @@ fn ctr_runs_the_service_image_through_the_shim() {
         .output()
         .unwrap();
     let head: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(head["seq"], 3, "three decisions: {head}");
+    assert_eq!(head["seq"], 4, "four decisions: {head}");
 }

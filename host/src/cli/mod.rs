@@ -414,6 +414,7 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
         Command::Package(args) => package(&args),
         Command::Bench(command) => bench(command),
     };
+    engine::quiesce();
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -110,6 +110,12 @@ impl Default for GuestLimits {
     }
 }
 
+/// Lets the engines' background work finish before the process exits.
+pub fn quiesce() {
+    #[cfg(feature = "wasmedge")]
+    wasmedge::quiesce();
+}
+
 /// Builds the engine named on the command line.
 pub fn by_name(
     name: EngineName,

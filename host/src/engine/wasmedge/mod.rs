@@ -141,6 +141,9 @@ impl WasmEdgeEngine {
         let spawned = std::thread::Builder::new()
             .name(format!("compile {name}"))
             .spawn(move || {
+                let Some(_running) = background_work() else {
+                    return;
+                };
                 let started = std::time::Instant::now();
                 let compiled = cache
                     .get_or_build(&key, || compile(&config, &name, &wasm))
@@ -678,6 +681,49 @@ fn compile(config: &Config, name: &str, wasm: &[u8]) -> Result<Vec<u8>, Error> {
         .and_then(|c| c.compile_from_bytes(wasm, &out))
         .map_err(|e| failed(e.to_string()))?;
     std::fs::read(&out).map_err(|e| failed(e.to_string()))
+}
+
+/// Held by a background compilation for all of its work.
+static BACKGROUND: Mutex<()> = Mutex::new(());
+/// Set by [`quiesce`]: no background work starts any more.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Permission to do background work: `None` once the process is ending.
+fn background_work() -> Option<std::sync::MutexGuard<'static, ()>> {
+    let guard = BACKGROUND.lock().ok()?;
+    (!STOPPING.load(std::sync::atomic::Ordering::SeqCst)).then_some(guard)
+}
+
+/// Waits for a background compilation to finish and keeps any other from
+/// starting: the process is about to exit, and exit runs WasmEdge's and
+/// LLVM's static destructors, which crash a compilation still going.
+pub fn quiesce() {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(BACKGROUND.lock());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn quiesce_waits_for_background_work_and_stops_more() {
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let _running = background_work().unwrap();
+            started_tx.send(Instant::now()).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            Instant::now()
+        });
+        let started = started_rx.recv().unwrap();
+        quiesce();
+        let quiesced = Instant::now();
+        let finished = worker.join().unwrap();
+        assert!(quiesced >= finished, "quiesce returned while the work ran");
+        assert!(quiesced - started >= Duration::from_millis(200));
+        assert!(background_work().is_none(), "work may not start any more");
+    }
 }
 
 /// The module new instances of a guest are made from; tiered start

@@ -702,6 +702,21 @@ pub fn quiesce() {
     drop(BACKGROUND.lock());
 }
 
+/// The module new instances of a guest are made from; tiered start
+/// replaces the interpreted one with compiled code.
+type ModuleSlot = Arc<std::sync::RwLock<Arc<AstModule>>>;
+
+fn bad_output(e: AbiError) -> Error {
+    Error::guest(
+        "guest_bad_output",
+        format!("the guest broke the canonical ABI: {e}"),
+    )
+}
+
+fn init_error(e: &WasmEdgeError) -> Error {
+    Error::internal("engine_init", format!("cannot start WasmEdge: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,19 +739,4 @@ mod tests {
         assert!(quiesced - started >= Duration::from_millis(200));
         assert!(background_work().is_none(), "work may not start any more");
     }
-}
-
-/// The module new instances of a guest are made from; tiered start
-/// replaces the interpreted one with compiled code.
-type ModuleSlot = Arc<std::sync::RwLock<Arc<AstModule>>>;
-
-fn bad_output(e: AbiError) -> Error {
-    Error::guest(
-        "guest_bad_output",
-        format!("the guest broke the canonical ABI: {e}"),
-    )
-}
-
-fn init_error(e: &WasmEdgeError) -> Error {
-    Error::internal("engine_init", format!("cannot start WasmEdge: {e}"))
 }

@@ -332,6 +332,16 @@ pub fn read(path: &Path) -> Result<Image, Error> {
             architecture.unwrap_or(&serde_json::Value::Null)
         )));
     }
+    let diff_ids = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(|d| d.as_array())
+        .map_or(0, Vec::len);
+    if diff_ids != manifest.layers().len() {
+        return Err(bad(format!(
+            "its config lists {diff_ids} diff ids for {} layers",
+            manifest.layers().len()
+        )));
+    }
     let mut files = BTreeMap::new();
     for (i, layer) in manifest.layers().iter().enumerate() {
         let title = layer

@@ -56,6 +56,11 @@ impl Workload {
 
     /// Runs to the end and returns the container's exit code.
     pub fn run(self, args: &[String], envs: &[String]) -> i32 {
+        // `teller check -` reads stdin to its end too.
+        if let Err(e) = reopen_stdin() {
+            eprintln!("teller: {e:#}");
+            return COULD_NOT_RUN;
+        }
         match self {
             Workload::Teller { files } => {
                 if let Err(e) = adopt_env(envs) {
@@ -79,14 +84,17 @@ impl Workload {
                     .map_or(COULD_NOT_RUN, i32::from)
             }
             Workload::Command { name, wasm } => {
-                if let Err(e) = reopen_stdin() {
-                    eprintln!("teller: {e:#}");
-                    return COULD_NOT_RUN;
-                }
                 let ran = WasmEdgeEngine::new(ArtifactCache::disabled(), GuestLimits::default())
                     .and_then(|engine| engine.run_command(&name, &wasm, args, envs));
                 match ran {
-                    Ok(code) => i32::try_from(code).unwrap_or(COULD_NOT_RUN),
+                    // A process's status has 8 bits: 256 would read as 0.
+                    Ok(code) if code <= 255 => code as i32,
+                    Ok(code) => {
+                        eprintln!(
+                            "teller: {name} exited with {code}, which no exit status can carry"
+                        );
+                        COULD_NOT_RUN
+                    }
                     Err(e) => {
                         eprintln!("teller: {name}: {e}");
                         COULD_NOT_RUN
@@ -195,11 +203,15 @@ fn adopt_env(envs: &[String]) -> anyhow::Result<()> {
         .map(|e| e.split_once('=').unwrap_or((e.as_str(), "")))
         .collect();
     for (name, _) in std::env::vars_os() {
+        // `remove_var` refuses (panics on) a name holding `=`.
+        if name.is_empty() || name.as_encoded_bytes().contains(&b'=') {
+            continue;
+        }
         // SAFETY: no other thread reads the environment (checked above).
         unsafe { std::env::remove_var(name) };
     }
     for (name, value) in vars {
-        if !name.is_empty() && !name.contains('\0') && !value.contains('\0') {
+        if !name.is_empty() && !name.contains(['\0', '=']) && !value.contains('\0') {
             // SAFETY: as above.
             unsafe { std::env::set_var(name, value) };
         }

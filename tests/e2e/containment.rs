@@ -215,11 +215,17 @@ fn wasmedge_serves_interpreted_until_compiled_with_the_same_limits() {
     // A loop is stopped at its deadline whichever tier runs it.
     let r = server.post("/v1/transfer/check", &doc("loop", 5, "a", Some(true), None));
     assert_eq!(r.json()["error"]["code"], "guest_timeout", "{r:?}");
-    let compiled = logs
-        .iter()
-        .find(|line| line.contains("compiled: new instances run native code"))
-        .unwrap_or_else(|| panic!("no compiled line"));
-    assert!(compiled.contains("transfer-check"), "{compiled}");
+    let compiled = loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(60))
+            .expect("transfer-check was not compiled within 60 s");
+        if line.contains("compiled: new instances run native code")
+            && line.contains("\"transfer-check\"")
+        {
+            break line;
+        }
+    };
+    println!("{compiled}");
     println!(
         "no cache: first answer after {first:?} (interpreted), compiled after {:?}",
         started.elapsed()
@@ -234,7 +240,8 @@ fn wasmedge_serves_interpreted_until_compiled_with_the_same_limits() {
 /// for the compiler and exits 0. Exiting under it crashed the process, but
 /// only in some phases of the compilation (2 of 18 stop times tried), so
 /// this catches that only sometimes; the engine's unit test
-/// `quiesce_waits_for_background_work_and_stops_more` checks the mechanism.
+/// `stopping_waits_for_background_work_and_lets_no_more_start` checks the
+/// mechanism.
 #[cfg(feature = "wasmedge")]
 #[test]
 fn wasmedge_stops_cleanly_while_compiling() {
@@ -248,4 +255,58 @@ fn wasmedge_stops_cleanly_while_compiling() {
         std::thread::sleep(Duration::from_millis(after_ms));
         assert_eq!(server.stop().code(), Some(0), "stopped after {after_ms} ms");
     }
+}
+
+/// A module that arrives with native code in it ("universal wasm", here
+/// made non-interruptible by the `wasmedge compile` command line) is never
+/// run as that native code: teller interprets it and compiles it itself.
+/// Were its code run, the loop below could not be stopped at the deadline.
+#[cfg(feature = "wasmedge")]
+#[test]
+fn wasmedge_never_runs_native_code_that_came_with_a_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    hostile_policies(&policies);
+    let module = policies.join("transfer-check.module.wasm");
+    let out = std::process::Command::new(env!("WASMEDGE_BIN"))
+        .arg("compile")
+        .arg(&module)
+        .arg(dir.path().join("universal.wasm"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "wasmedge compile: {out:?}");
+    let universal = std::fs::read(dir.path().join("universal.wasm")).unwrap();
+    assert!(
+        universal.len() > HOSTILE.module.len(),
+        "no native code was added"
+    );
+    std::fs::write(&module, &universal).unwrap();
+
+    let deadline = DEADLINE_MS.to_string();
+    let (server, logs) = Server::start_logged(
+        "wasmedge",
+        &[
+            "--policy-dir",
+            policies.to_str().unwrap(),
+            "--no-cache",
+            "--guest-deadline-ms",
+            &deadline,
+        ],
+    );
+    let r = server.post("/v1/transfer/check", &doc("loop", 5, "a", Some(true), None));
+    assert_eq!(r.json()["error"]["code"], "guest_timeout", "{r:?}");
+    // And once teller has compiled it, from the wasm alone.
+    loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(60))
+            .expect("not compiled within 60 s");
+        if line.contains("compiled: new instances run native code") {
+            break;
+        }
+    }
+    let r = server.post("/v1/transfer/check", &doc("loop", 5, "a", Some(true), None));
+    assert_eq!(r.json()["error"]["code"], "guest_timeout", "{r:?}");
+    ordinary(&server);
+    assert_eq!(server.stop().code(), Some(0));
 }

@@ -247,6 +247,13 @@ fn ctr_images_import_takes_and_unpacks_the_image() {
     assert!(out.status.success(), "{out:?}");
     let out = containerd.ctr(&["images", "ls", "-q"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), name);
+    // Unpacked: one committed snapshot per layer.
+    let out = containerd.ctr(&["snapshots", "ls"]);
+    let committed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("Committed"))
+        .count();
+    assert_eq!(committed, 5, "{}", String::from_utf8_lossy(&out.stdout));
     // The module layer, read back from containerd's content store.
     let files = entries(&image);
     let index = ImageIndex::from_reader(&files["index.json"][..]).unwrap();

@@ -363,10 +363,13 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
             if let Some(note) = expanded.note() {
                 eprintln!("teller: note: {note}");
             }
-            e.exit()
+            return clap_refused(&e);
         }
     };
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return clap_refused(&e),
+    };
     if let Some(image) = image {
         let run = match &mut cli.command {
             Command::Serve(args) => Some(&mut args.run),
@@ -422,6 +425,12 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
             e.exit_code()
         }
     }
+}
+
+/// Prints clap's message (help and version too) and gives its status.
+fn clap_refused(e: &clap::Error) -> u8 {
+    let _ = e.print();
+    u8::try_from(e.exit_code()).unwrap_or(2)
 }
 
 /// The policies and their configuration `run` names.

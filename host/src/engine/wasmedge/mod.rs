@@ -43,6 +43,9 @@ pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
 
 pub struct WasmEdgeEngine {
     config: Arc<Config>,
+    /// For loading bytes teller did not compile itself: a "universal wasm"
+    /// module can carry native code, which must never run unchecked.
+    interpreter: Arc<Config>,
     contract: Arc<Contract>,
     cache: ArtifactCache,
     version: String,
@@ -56,21 +59,26 @@ impl WasmEdgeEngine {
     pub fn new(cache: ArtifactCache, limits: GuestLimits) -> Result<Self, Error> {
         // WasmEdge logs every trap to stderr; teller reports them itself.
         wasmedge_sdk::LogManager::log_off();
-        let mut config = Config::create().map_err(|e| init_error(&e))?;
-        let pages = u32::try_from(limits.memory_bytes / GuestLimits::WASM_PAGE)
-            .map_err(|_| Error::internal("engine_init", "the memory cap is over 4 GiB"))?;
-        config.set_max_memory_pages(pages);
-        config.interruptible(true);
-        if limits.fuel.is_some() {
-            // Compiled into the AOT code, so part of the cache key too.
-            config.measure_cost(true);
-        }
-        config.set_aot_optimization_level(CompilerOptimizationLevel::O3);
-        config.set_aot_compiler_output_format(CompilerOutputFormat::Wasm);
+        let config = |interpreter: bool| -> Result<Config, Error> {
+            let mut config = Config::create().map_err(|e| init_error(&e))?;
+            let pages = u32::try_from(limits.memory_bytes / GuestLimits::WASM_PAGE)
+                .map_err(|_| Error::internal("engine_init", "the memory cap is over 4 GiB"))?;
+            config.set_max_memory_pages(pages);
+            config.interruptible(true);
+            if limits.fuel.is_some() {
+                // Compiled into the AOT code, so part of the cache key too.
+                config.measure_cost(true);
+            }
+            config.set_aot_optimization_level(CompilerOptimizationLevel::O3);
+            config.set_aot_compiler_output_format(CompilerOutputFormat::Wasm);
+            config.interpreter_mode(interpreter);
+            Ok(config)
+        };
         let contract = Contract::bank_policy()
             .map_err(|e| Error::internal("engine_init", format!("the WIT contract: {e}")))?;
         Ok(Self {
-            config: Arc::new(config),
+            config: Arc::new(config(false)?),
+            interpreter: Arc::new(config(true)?),
             contract: Arc::new(contract),
             cache,
             version: wasmedge_sys::utils::version_string(),
@@ -128,7 +136,7 @@ impl WasmEdgeEngine {
             return Ok((Arc::new(std::sync::RwLock::new(module)), sha256));
         }
         let slot: ModuleSlot = Arc::new(std::sync::RwLock::new(Arc::new(load(
-            &self.config,
+            &self.interpreter,
             name,
             wasm,
         )?)));
@@ -138,16 +146,31 @@ impl WasmEdgeEngine {
             Arc::downgrade(&slot),
         );
         let (name, wasm) = (name.to_string(), wasm.to_vec());
+        let measure_cost = self.limits.fuel.is_some();
         let spawned = std::thread::Builder::new()
             .name(format!("compile {name}"))
             .spawn(move || {
-                let Some(_running) = background_work() else {
+                let Some(_running) = BACKGROUND.start() else {
                     return;
                 };
+                if weak.strong_count() == 0 {
+                    return; // replaced (a reload) while waiting its turn
+                }
                 let started = std::time::Instant::now();
                 let compiled = cache
                     .get_or_build(&key, || compile(&config, &name, &wasm))
-                    .and_then(|code| load(&config, &name, &code));
+                    .and_then(|code| load(&config, &name, &code))
+                    .and_then(|module| {
+                        // Only a module that instantiates replaces one that does.
+                        raw::Instance::new(&config, &module, measure_cost, raw::Wasi::Shim)
+                            .map(|_| module)
+                            .map_err(|e| {
+                                Error::internal(
+                                    "policy_invalid",
+                                    format!("cannot instantiate: {e}"),
+                                )
+                            })
+                    });
                 match (compiled, weak.upgrade()) {
                     (Ok(module), Some(slot)) => {
                         *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(module);
@@ -214,7 +237,7 @@ impl WasmEdgeEngine {
 /// A `wasm32-wasip1` command run as a container's process (the node's
 /// shim runs function images this way): WasmEdge's WASI with the given
 /// arguments and environment on the process's own stdin, stdout and stderr.
-/// The memory cap and fuel budget apply; the deadline does not, because a
+/// The engine's memory cap and fuel budget apply; the deadline does not, because a
 /// command's time also covers waiting for its input: a container's
 /// wall-clock limit is its orchestrator's (`activeDeadlineSeconds`).
 ///
@@ -232,7 +255,7 @@ impl WasmEdgeEngine {
         args: &[String],
         envs: &[String],
     ) -> Result<u32, Error> {
-        let module = Arc::new(load(&self.config, name, wasm)?);
+        let module = Arc::new(load(&self.interpreter, name, wasm)?);
         let wasi = raw::Wasi::Command { args, envs };
         let raw = raw::Instance::new(&self.config, &module, self.limits.fuel.is_some(), wasi)
             .map_err(|e| {
@@ -683,23 +706,44 @@ fn compile(config: &Config, name: &str, wasm: &[u8]) -> Result<Vec<u8>, Error> {
     std::fs::read(&out).map_err(|e| failed(e.to_string()))
 }
 
-/// Held by a background compilation for all of its work.
-static BACKGROUND: Mutex<()> = Mutex::new(());
-/// Set by [`quiesce`]: no background work starts any more.
-static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Background compilations of this process.
+static BACKGROUND: Background = Background::new();
 
-/// Permission to do background work: `None` once the process is ending.
-fn background_work() -> Option<std::sync::MutexGuard<'static, ()>> {
-    let guard = BACKGROUND.lock().ok()?;
-    (!STOPPING.load(std::sync::atomic::Ordering::SeqCst)).then_some(guard)
+/// Runs background work one at a time, and stops it for good before the
+/// process exits: exit runs WasmEdge's and LLVM's static destructors, which
+/// crash a compilation still going.
+struct Background {
+    running: Mutex<()>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
-/// Waits for a background compilation to finish and keeps any other from
-/// starting: the process is about to exit, and exit runs WasmEdge's and
-/// LLVM's static destructors, which crash a compilation still going.
+impl Background {
+    const fn new() -> Self {
+        Background {
+            running: Mutex::new(()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Permission to work, held until the work is done; `None` once
+    /// stopped.
+    fn start(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        (!self.stopping.load(std::sync::atomic::Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// Waits for the work in progress and lets no more start.
+    fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.running.lock());
+    }
+}
+
+/// Lets a background compilation finish and starts no other: call it
+/// before the process exits.
 pub fn quiesce() {
-    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
-    drop(BACKGROUND.lock());
+    BACKGROUND.stop();
 }
 
 /// The module new instances of a guest are made from; tiered start
@@ -723,20 +767,21 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
-    fn quiesce_waits_for_background_work_and_stops_more() {
+    fn stopping_waits_for_background_work_and_lets_no_more_start() {
+        static BACKGROUND: Background = Background::new();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
-            let _running = background_work().unwrap();
+            let _running = BACKGROUND.start().unwrap();
             started_tx.send(Instant::now()).unwrap();
             std::thread::sleep(Duration::from_millis(200));
             Instant::now()
         });
         let started = started_rx.recv().unwrap();
-        quiesce();
+        BACKGROUND.stop();
         let quiesced = Instant::now();
         let finished = worker.join().unwrap();
         assert!(quiesced >= finished, "quiesce returned while the work ran");
         assert!(quiesced - started >= Duration::from_millis(200));
-        assert!(background_work().is_none(), "work may not start any more");
+        assert!(BACKGROUND.start().is_none(), "work may not start any more");
     }
 }

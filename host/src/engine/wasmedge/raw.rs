@@ -194,6 +194,7 @@ impl Instance {
         measure_cost: bool,
         wasi: Wasi<'_>,
     ) -> Result<Self, RawError> {
+        // Made first, as it can fail before anything else exists.
         let wasi = match wasi {
             Wasi::Shim => wasi_shim(),
             Wasi::Command { args, envs } => wasi_command(args, envs)?,
@@ -204,6 +205,9 @@ impl Instance {
             let stats = if measure_cost {
                 let stats = ffi::WasmEdge_StatisticsCreate();
                 if stats.is_null() {
+                    if !wasi.is_null() {
+                        ffi::WasmEdge_ModuleInstanceDelete(wasi);
+                    }
                     return Err(null("statistics"));
                 }
                 stats

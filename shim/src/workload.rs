@@ -84,7 +84,14 @@ impl Workload {
                     .map_or(COULD_NOT_RUN, i32::from)
             }
             Workload::Command { name, wasm } => {
-                let ran = WasmEdgeEngine::new(ArtifactCache::disabled(), GuestLimits::default())
+                let limits = match command_limits(envs) {
+                    Ok(limits) => limits,
+                    Err(e) => {
+                        eprintln!("teller: {e:#}");
+                        return COULD_NOT_RUN;
+                    }
+                };
+                let ran = WasmEdgeEngine::new(ArtifactCache::disabled(), limits)
                     .and_then(|engine| engine.run_command(&name, &wasm, args, envs));
                 match ran {
                     // A process's status has 8 bits: 256 would read as 0.
@@ -103,6 +110,35 @@ impl Workload {
             }
         }
     }
+}
+
+/// A command's limits from the container's environment, named as `teller
+/// serve`'s: TELLER_GUEST_MEMORY_MIB (1 to 4096, default 64) and
+/// TELLER_GUEST_FUEL (off by default). The deadline does not apply to a
+/// command (see `WasmEdgeEngine::run_command`).
+fn command_limits(envs: &[String]) -> anyhow::Result<GuestLimits> {
+    let mut limits = GuestLimits::default();
+    for (name, value) in envs.iter().filter_map(|e| e.split_once('=')) {
+        let number = || -> anyhow::Result<u64> {
+            value
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .with_context(|| format!("{name}={value:?} is not a positive whole number"))
+        };
+        match name {
+            "TELLER_GUEST_MEMORY_MIB" => {
+                let mib = number()?;
+                if mib > 4096 {
+                    bail!("{name}={mib} is over 4096");
+                }
+                limits.memory_bytes = mib << 20;
+            }
+            "TELLER_GUEST_FUEL" => limits.fuel = Some(number()?),
+            _ => {}
+        }
+    }
+    Ok(limits)
 }
 
 /// The image's files teller reads: `*.wasm` and `teller.toml` at the root.

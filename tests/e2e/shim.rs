@@ -147,6 +147,42 @@ fn ctr_runs_a_function_command_through_the_shim() {
     assert_eq!(code, Some(2), "{stdout}\n{stderr}");
     assert!(stdout.contains("\"code\""), "{stdout}");
 
+    // The guest limits of `teller serve` apply to a command too: out of
+    // fuel, teller stops it (125) and says why; a bad limit is refused.
+    let (code, stdout, stderr, _) = run_command(
+        &containerd,
+        image,
+        "tc-fuel",
+        &["TELLER_GUEST_FUEL=1000"],
+        EXAMPLE,
+    );
+    println!(
+        "ctr run {image} with TELLER_GUEST_FUEL=1000: exit {code:?}: {}",
+        stderr.trim()
+    );
+    assert_eq!(code, Some(125), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("guest_out_of_fuel") || stderr.contains("fuel"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr, _) = run_command(
+        &containerd,
+        image,
+        "tc-fuel-enough",
+        &["TELLER_GUEST_FUEL=100000000", "TELLER_GUEST_MEMORY_MIB=16"],
+        EXAMPLE,
+    );
+    assert_eq!(code, Some(0), "enough fuel and memory: {stdout}\n{stderr}");
+    let (code, _, stderr, _) = run_command(
+        &containerd,
+        image,
+        "tc-badlimit",
+        &["TELLER_GUEST_MEMORY_MIB=lots"],
+        EXAMPLE,
+    );
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(stderr.contains("TELLER_GUEST_MEMORY_MIB"), "{stderr}");
+
     // An entrypoint that is neither a wasm file nor `teller` is refused
     // when the container is created, saying why.
     let out = containerd.ctr(&[

@@ -177,19 +177,12 @@ fn a_fuel_budget_stops_a_loop_before_its_deadline() {
     }
 }
 
-/// With nothing compiled (`--no-cache`), WasmEdge serves at once on its
-/// interpreter, with the same limits, and switches to compiled code in the
-/// background: the log says when.
+/// `teller serve` on WasmEdge with nothing compiled (`--no-cache`), the
+/// hostile guest in `policies`, JSON logs.
 #[cfg(feature = "wasmedge")]
-#[test]
-fn wasmedge_serves_interpreted_until_compiled_with_the_same_limits() {
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    hostile_policies(&policies);
+fn start_uncompiled(policies: &Path) -> (Server, std::sync::mpsc::Receiver<String>) {
     let deadline = DEADLINE_MS.to_string();
-    let started = Instant::now();
-    let (server, logs) = Server::start_logged(
+    Server::start_logged(
         "wasmedge",
         &[
             "--policy-dir",
@@ -200,7 +193,37 @@ fn wasmedge_serves_interpreted_until_compiled_with_the_same_limits() {
             "--log-format",
             "json",
         ],
-    );
+    )
+}
+
+/// Waits (a minute at most) for the log line saying `policy` now runs
+/// compiled code.
+#[cfg(feature = "wasmedge")]
+fn compiled(logs: &std::sync::mpsc::Receiver<String>, policy: &str) -> String {
+    loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{policy} was not compiled within 60 s"));
+        if line.contains("compiled: new instances run native code")
+            && line.contains(&format!("\"{policy}\""))
+        {
+            return line;
+        }
+    }
+}
+
+/// With nothing compiled (`--no-cache`), WasmEdge serves at once on its
+/// interpreter, with the same limits, and switches to compiled code in the
+/// background: the log says when.
+#[cfg(feature = "wasmedge")]
+#[test]
+fn wasmedge_serves_interpreted_until_compiled_with_the_same_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    hostile_policies(&policies);
+    let started = Instant::now();
+    let (server, logs) = start_uncompiled(&policies);
     let r = server.post(
         "/v1/transfer/check",
         &doc("transfer", 5, "a", Some(true), None),
@@ -215,17 +238,7 @@ fn wasmedge_serves_interpreted_until_compiled_with_the_same_limits() {
     // A loop is stopped at its deadline whichever tier runs it.
     let r = server.post("/v1/transfer/check", &doc("loop", 5, "a", Some(true), None));
     assert_eq!(r.json()["error"]["code"], "guest_timeout", "{r:?}");
-    let compiled = loop {
-        let line = logs
-            .recv_timeout(Duration::from_secs(60))
-            .expect("transfer-check was not compiled within 60 s");
-        if line.contains("compiled: new instances run native code")
-            && line.contains("\"transfer-check\"")
-        {
-            break line;
-        }
-    };
-    println!("{compiled}");
+    println!("{}", compiled(&logs, "transfer-check"));
     println!(
         "no cache: first answer after {first:?} (interpreted), compiled after {:?}",
         started.elapsed()
@@ -283,28 +296,11 @@ fn wasmedge_never_runs_native_code_that_came_with_a_module() {
     );
     std::fs::write(&module, &universal).unwrap();
 
-    let deadline = DEADLINE_MS.to_string();
-    let (server, logs) = Server::start_logged(
-        "wasmedge",
-        &[
-            "--policy-dir",
-            policies.to_str().unwrap(),
-            "--no-cache",
-            "--guest-deadline-ms",
-            &deadline,
-        ],
-    );
+    let (server, logs) = start_uncompiled(&policies);
     let r = server.post("/v1/transfer/check", &doc("loop", 5, "a", Some(true), None));
     assert_eq!(r.json()["error"]["code"], "guest_timeout", "{r:?}");
     // And once teller has compiled it, from the wasm alone.
-    loop {
-        let line = logs
-            .recv_timeout(Duration::from_secs(60))
-            .expect("not compiled within 60 s");
-        if line.contains("compiled: new instances run native code") {
-            break;
-        }
-    }
+    compiled(&logs, "transfer-check");
     let r = server.post("/v1/transfer/check", &doc("loop", 5, "a", Some(true), None));
     assert_eq!(r.json()["error"]["code"], "guest_timeout", "{r:?}");
     ordinary(&server);

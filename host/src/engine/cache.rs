@@ -53,11 +53,9 @@ impl ArtifactCache {
         self.dir.as_deref()
     }
 
-    /// Whether an intact entry is stored under `key`.
-    pub fn contains(&self, key: &str) -> bool {
-        self.dir
-            .as_ref()
-            .is_some_and(|dir| read_entry(&dir.join(format!("{key}.bin"))).is_some())
+    /// The intact entry stored under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        read_entry(&self.dir.as_ref()?.join(format!("{key}.bin")))
     }
 
     /// The bytes stored under `key`, or those `build` makes (then stored).

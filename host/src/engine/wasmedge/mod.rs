@@ -131,7 +131,11 @@ impl WasmEdgeEngine {
     fn module_slot(&self, name: &str, wasm: &[u8]) -> Result<(ModuleSlot, String), Error> {
         let sha256 = sha256_hex(wasm);
         let key = self.key(&sha256);
-        if !self.tiered || self.cache.contains(&key) {
+        if let Some(compiled) = self.cache.get(&key) {
+            let module = Arc::new(load(&self.config, name, &compiled)?);
+            return Ok((Arc::new(std::sync::RwLock::new(module)), sha256));
+        }
+        if !self.tiered {
             let (module, sha256) = self.module(name, wasm)?;
             return Ok((Arc::new(std::sync::RwLock::new(module)), sha256));
         }

@@ -2,7 +2,7 @@
 //! costs one request a clear 500, never the server: on each engine, over
 //! real HTTP, with the next ordinary request answered right after.
 
-use crate::support::{ENGINES, Server, doc};
+use crate::support::{ENGINES, Server, compiled, doc};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use teller_policy_artifacts::{AUDIT, HOSTILE};
@@ -194,22 +194,6 @@ fn start_uncompiled(policies: &Path) -> (Server, std::sync::mpsc::Receiver<Strin
             "json",
         ],
     )
-}
-
-/// Waits (a minute at most) for the log line saying `policy` now runs
-/// compiled code.
-#[cfg(feature = "wasmedge")]
-fn compiled(logs: &std::sync::mpsc::Receiver<String>, policy: &str) -> String {
-    loop {
-        let line = logs
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{policy} was not compiled within 60 s"));
-        if line.contains("compiled: new instances run native code")
-            && line.contains(&format!("\"{policy}\""))
-        {
-            return line;
-        }
-    }
 }
 
 /// With nothing compiled (`--no-cache`), WasmEdge serves at once on its

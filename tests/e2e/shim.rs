@@ -5,7 +5,7 @@
 //! decision (a function command) and to the first HTTP answer (the
 //! service image); `.ci/run` shows them.
 
-use crate::support::{Containerd, EXAMPLE, doc, request, shim, teller};
+use crate::support::{Containerd, EXAMPLE, compiled, doc, lines, request, shim, teller};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -315,16 +315,7 @@ fn ctr_runs_the_service_image_through_the_shim() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let logs = {
-        let stderr = BufReader::new(ctr.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        rx
-    };
+    let logs = lines(ctr.stderr.take().unwrap());
     let allow = doc("transfer", 500, "teller", Some(true), None);
     let answered = first_answer(addr, &allow, &mut ctr, &logs);
     println!(
@@ -347,17 +338,7 @@ fn ctr_runs_the_service_image_through_the_shim() {
     // Meanwhile WasmEdge compiles both guests in the container (into the
     // container's TMPDIR), and new instances switch to the compiled code.
     for policy in ["transfer-check", "audit"] {
-        let line = loop {
-            let line = logs
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("{policy} was not compiled within 60 s"));
-            if line.contains("compiled: new instances run native code")
-                && line.contains(&format!("\"{policy}\""))
-            {
-                break line;
-            }
-        };
-        println!("ctr run {image}: {line}");
+        println!("ctr run {image}: {}", compiled(&logs, policy));
     }
     let r = request(addr, "POST", "/v1/transfer/check", deny.as_bytes()).json();
     assert_eq!(r["verdict"], "deny", "compiled, the same answer: {r}");

@@ -78,13 +78,7 @@ impl Server {
     ) -> (Server, std::sync::mpsc::Receiver<String>) {
         let mut server = Self::spawn(engine, args, Stdio::piped());
         let stderr = server.child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        (server, rx)
+        (server, lines(stderr))
     }
 
     fn spawn(engine: &str, args: &[&str], stderr: Stdio) -> Server {
@@ -165,6 +159,33 @@ impl Response {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Every line `output` gives, sent to the receiver as it comes.
+pub fn lines(output: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits (a minute at most) for the log line saying WasmEdge now runs
+/// `policy` as compiled code; the line.
+#[cfg_attr(not(feature = "wasmedge"), allow(dead_code))]
+pub fn compiled(logs: &std::sync::mpsc::Receiver<String>, policy: &str) -> String {
+    loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{policy} was not compiled within 60 s"));
+        if line.contains("compiled: new instances run native code")
+            && line.contains(&format!("\"{policy}\""))
+        {
+            return line;
+        }
     }
 }
 

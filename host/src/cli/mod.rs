@@ -554,6 +554,9 @@ fn serve(args: ServeArgs) -> Result<u8, Error> {
                 ))
             )),
         );
+        println!(
+            "teller: ask it: curl -s http://{addr}/v1/transfer/check -d '{{\"action\":\"transfer\",\"amount\":250000,\"user\":{{\"role\":\"authorized\"}},\"audit\":{{\"enabled\":true}}}}'"
+        );
         let _ = std::io::stdout().flush();
         tracing::info!(
             %addr,

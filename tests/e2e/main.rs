@@ -31,6 +31,7 @@ mod oracle;
 mod reload;
 mod rules;
 mod settings;
+mod setup;
 #[cfg(feature = "wasmedge")]
 mod shim;
 mod support;

@@ -38,6 +38,12 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
         "teller_hostile",
         "tests/guests/hostile",
     ),
+    (
+        "lying-sealer",
+        "teller-lying-sealer",
+        "teller_lying_sealer",
+        "tests/guests/lying-sealer",
+    ),
 ];
 
 const TARGETS: [&str; 2] = ["wasm32-wasip2", "wasm32-wasip1"];

@@ -15,6 +15,7 @@
 
 use crate::error::{Error, Kind};
 use crate::service::{Caller, Teller};
+use crate::workers::Workers;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -71,6 +72,8 @@ struct Shared {
     slots: Arc<tokio::sync::Semaphore>,
     waiting: std::sync::atomic::AtomicUsize,
     limits: Limits,
+    /// Where decisions run when no audit log is kept.
+    workers: Workers,
 }
 
 /// Serves `teller` on `listener` until `shutdown` completes, then stops
@@ -87,6 +90,7 @@ pub async fn serve(
         slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency.max(1))),
         waiting: std::sync::atomic::AtomicUsize::new(0),
         limits,
+        workers: Workers::per_core().map_err(|e| std::io::Error::other(e.to_string()))?,
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -245,8 +249,8 @@ async fn handle(
     Ok(response)
 }
 
-/// Reads the body within [`MAX_BODY`] and runs `op` where blocking is fine:
-/// inline for pure decisions, on the blocking pool when an `fsync` waits.
+/// Reads the body within [`MAX_BODY`] and runs `op` off the async workers,
+/// so that a guest running up to its deadline never delays `/healthz`.
 async fn run<T: Send + 'static>(
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -269,19 +273,25 @@ async fn run<T: Send + 'static>(
     let caller = Caller {
         client: peer.to_string(),
     };
-    if !shared.teller.audit_enabled() {
-        return op(&shared.teller, &body, &caller);
-    }
-    // The slot is held until the blocking work is done; the work stays in
-    // the request's log span.
+    // The slot is held until the work is done; the work stays in the
+    // request's log span.
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
+    let teller = shared.teller.clone();
+    let work = move || {
         let _slot = slot;
         let _in_span = span.enter();
-        op(&shared.teller, &body, &caller)
-    })
-    .await
-    .map_err(|e| Error::internal("internal", format!("request task failed: {e}")))?
+        op(&teller, &body, &caller)
+    };
+    if !shared.teller.audit_enabled() {
+        // CPU-bound: one worker per core.
+        return shared.workers.run(work).await?;
+    }
+    // Most of an audited request is waiting for its group's fsync, and a
+    // group only gathers while many wait: tokio's blocking pool, bounded by
+    // admission, not one thread per core.
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal("internal", format!("request task failed: {e}")))?
 }
 
 /// A slot to work in, or `overloaded` when all are taken and the queue for

@@ -23,3 +23,4 @@ pub mod policy;
 pub mod request;
 pub mod service;
 pub mod wit;
+pub mod workers;

@@ -489,3 +489,58 @@ fn sigterm_drains_and_leaves_a_whole_log() {
         "every record was answered, every answer recorded"
     );
 }
+
+/// An audit guest that returns a record whose line does not continue the
+/// chain (a hash of other bytes, a seq or prev_hash inside the line that is
+/// not the one asked for) gets a 500 and nothing is written; the chain goes
+/// on from the last good record.
+#[test]
+fn a_lying_sealer_writes_nothing() {
+    use teller_policy_artifacts::{LYING_SEALER, TRANSFER_CHECK};
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        for (name, guest) in [("transfer-check", TRANSFER_CHECK), ("audit", LYING_SEALER)] {
+            std::fs::write(policies.join(format!("{name}.component.wasm")), guest.component)
+                .unwrap();
+            std::fs::write(policies.join(format!("{name}.module.wasm")), guest.module).unwrap();
+        }
+        let log = dir.path().join("audit");
+        let server = Server::start(
+            engine,
+            &[
+                "--policy-dir",
+                policies.to_str().unwrap(),
+                "--audit-dir",
+                log.to_str().unwrap(),
+            ],
+        );
+        let post = |action: &str| {
+            let event = serde_json::json!({
+                "actor": {"id": "ops-1", "role": "operator"},
+                "action": action, "outcome": "success",
+            });
+            server.post("/v1/audit/events", &event.to_string())
+        };
+        let r = post("honest");
+        assert_eq!((r.status, r.json()["seq"].as_u64()), (201, Some(1)), "{r:?}");
+        for (lie, why) in [
+            ("lie-hash", "its hash does not match its content"),
+            ("lie-seq", "it has seq 3 (line)"),
+            ("lie-prev-hash", "its prev_hash is not the previous record's hash"),
+        ] {
+            let r = post(lie);
+            assert_eq!(r.status, 500, "{engine} {lie}: {r:?}");
+            assert_eq!(r.json()["error"]["code"], "guest_bad_output", "{r:?}");
+            let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+            assert!(message.contains(why), "{engine} {lie}: {message}");
+        }
+        let r = post("honest");
+        assert_eq!((r.status, r.json()["seq"].as_u64()), (201, Some(2)), "{r:?}");
+        assert_eq!(lines(&log).len(), 2, "{engine}: {:?}", lines(&log));
+        let (code, out) = verify(&log);
+        assert_eq!(code, 0, "{engine}: {out}");
+        server.stop();
+    }
+}

@@ -290,3 +290,80 @@ fn wasmedge_never_runs_native_code_that_came_with_a_module() {
     ordinary(&server);
     assert_eq!(server.stop().code(), Some(0));
 }
+
+/// Guests that run to their deadline on every worker thread, with more
+/// waiting, do not delay the probes: the kubelet must not restart a pod that
+/// is only busy. Without an audit log (decisions on the worker pool) and
+/// with one (decisions on the blocking pool).
+#[test]
+fn probes_answer_while_every_worker_runs_a_slow_guest() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for engine in ENGINES {
+        for audit in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let policies = dir.path().join("policies");
+            std::fs::create_dir_all(&policies).unwrap();
+            hostile_policies(&policies);
+            let log = dir.path().join("audit");
+            let mut args = vec![
+                "--policy-dir",
+                policies.to_str().unwrap(),
+                "--guest-deadline-ms",
+                "1500",
+            ];
+            if audit {
+                args.extend(["--audit-dir", log.to_str().unwrap()]);
+            }
+            let server = Server::start(engine, &args);
+            let addr = server.addr;
+            let slow: Vec<_> = (0..cores * 2 + 2)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        crate::support::request(
+                            addr,
+                            "POST",
+                            "/v1/transfer/check",
+                            doc("loop", 5, "a", Some(true), None).as_bytes(),
+                        )
+                    })
+                })
+                .collect();
+            // Wait until every worker is inside a looping guest.
+            let started = Instant::now();
+            loop {
+                let metrics = server.get("/metrics").body;
+                let busy = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix("teller_guest_instances_in_use "))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if busy >= cores {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(2), "{engine}: {busy} busy");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let mut slowest = Duration::ZERO;
+            for _ in 0..5 {
+                for probe in ["/healthz", "/readyz"] {
+                    let asked = Instant::now();
+                    let r = server.get(probe);
+                    slowest = slowest.max(asked.elapsed());
+                    assert_eq!(r.status, 200, "{engine} {probe}: {r:?}");
+                }
+            }
+            println!("{engine} (audit {audit}): slowest probe {slowest:?} with {cores} workers in looping guests");
+            assert!(
+                slowest < Duration::from_millis(100),
+                "{engine} (audit {audit}): a probe took {slowest:?} while guests ran"
+            );
+            for call in slow {
+                let r = call.join().unwrap();
+                assert_eq!(r.status, 500, "{r:?}");
+                assert_eq!(r.json()["error"]["code"], "guest_timeout", "{r:?}");
+            }
+            ordinary(&server);
+            server.stop();
+        }
+    }
+}

@@ -165,18 +165,9 @@ impl AuditLog {
         let mut results = Vec::with_capacity(events.len());
         for event in events {
             let seq = pending.seq + 1;
-            let sealed = sealer.seal(seq, &pending.hash, event).and_then(|record| {
-                if record.seq != seq
-                    || record.prev_hash != pending.hash
-                    || record.line.contains('\n')
-                {
-                    return Err(Error::guest(
-                        "guest_bad_output",
-                        "the audit guest returned a record that does not continue the chain",
-                    ));
-                }
-                Ok(record)
-            });
+            let sealed = sealer
+                .seal(seq, &pending.hash, event)
+                .and_then(|record| continues(&record, seq, &pending.hash).map(|()| record));
             if let Ok(record) = &sealed {
                 lines.extend_from_slice(record.line.as_bytes());
                 lines.push(b'\n');
@@ -258,4 +249,38 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), Error> 
         .and_then(|d| d.sync_all())
         .map_err(|e| io("sync the directory of", e))?;
     Ok((path, file))
+}
+
+/// Checks what the guest sealed before it reaches the disk: the line is one
+/// line, its hash is the hash of its own bytes, and the `seq` and
+/// `prev_hash` inside it (not only the fields the guest returned beside it)
+/// continue the chain. A record that fails is refused, never chained.
+fn continues(record: &SealedRecord, seq: u64, prev_hash: &str) -> Result<(), Error> {
+    let refused = |why: String| {
+        Error::guest(
+            "guest_bad_output",
+            format!("the audit guest's record {seq} was refused: {why}"),
+        )
+    };
+    if record.line.contains('\n') {
+        return Err(refused("it spans several lines".to_string()));
+    }
+    let parsed = parse_record(&record.line).map_err(refused)?;
+    if parsed.fields.seq != seq || record.seq != seq {
+        return Err(refused(format!(
+            "it has seq {} (line) / {} (result), not {seq}",
+            parsed.fields.seq, record.seq
+        )));
+    }
+    if parsed.fields.prev_hash != prev_hash || record.prev_hash != prev_hash {
+        return Err(refused(
+            "its prev_hash is not the previous record's hash".to_string(),
+        ));
+    }
+    if parsed.hash != record.hash {
+        return Err(refused(
+            "the hash it returned is not the hash in its line".to_string(),
+        ));
+    }
+    Ok(())
 }

@@ -445,8 +445,12 @@ mod tests {
             if event.action == "refuse" {
                 return Err(Error::guest("guest_refused", "refused"));
             }
-            let body = format!("{{\"seq\":{seq},\"prev_hash\":\"{prev}\"}}");
-            let hash = sha256_hex(body.as_bytes());
+            let line_seq = if event.action == "lie-seq" { seq + 1 } else { seq };
+            let body = format!("{{\"seq\":{line_seq},\"prev_hash\":\"{prev}\"}}");
+            let mut hash = sha256_hex(body.as_bytes());
+            if event.action == "lie-hash" {
+                hash = sha256_hex(b"other bytes");
+            }
             Ok(SealedRecord {
                 seq,
                 prev_hash: prev.to_string(),
@@ -494,6 +498,34 @@ mod tests {
         assert_eq!(seqs, [Some(1), None, Some(2), Some(3)]);
         assert_eq!(log.head().seq, 3);
         assert_eq!(verify(&path).unwrap().unwrap().head.seq, 3);
+    }
+
+    #[test]
+    fn a_record_that_does_not_continue_the_chain_is_refused_before_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit");
+        let (mut log, _) = AuditLog::open(&path, DEFAULT_SEGMENT_BYTES).unwrap();
+        let events = [event("a"), event("lie-hash"), event("lie-seq"), event("b")];
+        let refs: Vec<&AuditEvent> = events.iter().collect();
+        let results = log.append_group(&FakeSealer, &refs);
+        let codes: Vec<Result<u64, &str>> = results
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.seq).map_err(|e| e.code))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                Ok(1),
+                Err("guest_bad_output"),
+                Err("guest_bad_output"),
+                Ok(2)
+            ]
+        );
+        let message = &results[1].as_ref().unwrap_err().message;
+        assert!(message.contains("hash does not match"), "{message}");
+        let message = &results[2].as_ref().unwrap_err().message;
+        assert!(message.contains("seq 3 (line)"), "{message}");
+        assert_eq!(verify(&path).unwrap().unwrap().head.seq, 2);
     }
 
     #[test]

@@ -539,7 +539,11 @@ fn serve(args: ServeArgs) -> Result<u8, Error> {
             .local_addr()
             .map_err(|e| Error::internal("listen_failed", e.to_string()))?;
         let policy = teller.transfer_policy();
-        println!(
+        // Errors ignored: whoever started teller may have closed its
+        // stdout, and that must not stop the server.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
             "teller: listening on http://{addr} (engine {}, policy {} {} sha256:{}, audit log: {})",
             teller.engine(),
             policy.name,
@@ -554,10 +558,12 @@ fn serve(args: ServeArgs) -> Result<u8, Error> {
                 ))
             )),
         );
-        println!(
+        let _ = writeln!(
+            out,
             "teller: ask it: curl -s http://{addr}/v1/transfer/check -d '{{\"action\":\"transfer\",\"amount\":250000,\"user\":{{\"role\":\"authorized\"}},\"audit\":{{\"enabled\":true}}}}'"
         );
-        let _ = std::io::stdout().flush();
+        let _ = out.flush();
+        drop(out);
         tracing::info!(
             %addr,
             engine = teller.engine(),

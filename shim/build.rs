@@ -1,10 +1,10 @@
 //! The shim loads libwasmedge as `teller` does, with the same link settings
 //! (on Debian 12, the private prefix's loader and search path).
 
-include!("../host/build/link_wasmedge.rs");
+include!("../crates/wasmedge/build/link_wasmedge.rs");
 
 fn main() -> Result<(), String> {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=../host/build/link_wasmedge.rs");
+    println!("cargo:rerun-if-changed=../crates/wasmedge/build/link_wasmedge.rs");
     link_wasmedge()
 }

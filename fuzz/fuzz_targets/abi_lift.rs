@@ -9,10 +9,10 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use teller::abi::bridge::from_value;
-use teller::abi::lift::Lifter;
-use teller::abi::{Contract, ExportFunc, Flat, FlatType};
-use teller::wit::{Decision, PolicyMetadata, SealedRecord};
+use teller_abi::bridge::from_value;
+use teller_abi::lift::Lifter;
+use teller_abi::{Contract, ExportFunc, Flat, FlatType};
+use teller_contract::{Decision, PolicyMetadata, SealedRecord};
 
 #[derive(Debug, Arbitrary)]
 struct Input {

@@ -4,12 +4,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use teller::error::Kind;
+use teller_contract::Kind;
 
 fuzz_target!(|data: &[u8]| {
-    match teller::request::decode_transfer(data) {
+    match teller_contract::decode_transfer(data) {
         Ok(request) => {
-            assert!(request.amount <= teller::request::MAX_AMOUNT);
+            assert!(request.amount <= teller_contract::MAX_AMOUNT);
             // Whatever was accepted is one well-formed JSON text (numbers
             // in ignored fields may be beyond f64; JSON's grammar allows it).
             let text = std::str::from_utf8(data).expect("accepted, so UTF-8");

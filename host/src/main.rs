@@ -1,4 +1,7 @@
-//! The `teller` command: see [`teller::cli`].
+//! The `teller` command: teller's command line (`teller_cli`) with the
+//! engines this build has, the production engine first.
+
+mod engines;
 
 use std::process::ExitCode;
 
@@ -7,6 +10,8 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+
 fn main() -> ExitCode {
-    ExitCode::from(teller::cli::main(std::env::args_os().collect(), None))
+    teller_engine::register(engines::ENGINES);
+    ExitCode::from(teller_cli::main(std::env::args_os().collect(), None))
 }

@@ -6,7 +6,7 @@
 //! container's namespaces, cgroups, rootfs and stdio); inside the container
 //! the process runs teller's own WasmEdge engine and nothing else. What it
 //! runs depends on the image's entrypoint (`teller package` sets it):
-//! - `teller ...`: teller's command line ([`teller::cli`], the code of the
+//! - `teller ...`: teller's command line (`teller_cli`, the code of the
 //!   `teller` binary) on the policies and `teller.toml` the image holds, so
 //!   the default `teller serve` answers the HTTP API inside the pod;
 //! - `/NAME.wasm`: a function command (wasm32-wasip1): JSON on stdin, the
@@ -51,5 +51,7 @@ impl Sandbox for TellerSandbox {
 }
 
 fn main() {
+    // The shim's containers run on WasmEdge only: it links no other engine.
+    teller_engine::register(&[teller_wasmedge::ENGINE]);
     TellerShim::run(None);
 }

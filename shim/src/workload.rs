@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
-use teller::engine::GuestLimits;
-use teller::engine::cache::ArtifactCache;
-use teller::engine::wasmedge::WasmEdgeEngine;
+use teller_engine::GuestLimits;
+use teller_engine::cache::ArtifactCache;
+use teller_wasmedge::WasmEdgeEngine;
 
 /// The exit code of a container whose command teller could not run at all
 /// (an unloadable module, a trap, a broken limit): the code container
@@ -72,14 +72,14 @@ impl Workload {
                     // compiled code is in its cache.
                     eprintln!("teller: warning: {e:#}; WasmEdge cannot compile the guests");
                 }
-                let image = teller::cli::Preloaded {
+                let image = teller_cli::Preloaded {
                     origin: "the container's image".to_string(),
                     files: Arc::new(files),
                 };
                 let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
                 // teller's command line starts its own tokio runtime, which
                 // cannot nest in the one this function is polled on.
-                std::thread::spawn(move || teller::cli::main(argv, Some(image)))
+                std::thread::spawn(move || teller_cli::main(argv, Some(image)))
                     .join()
                     .map_or(COULD_NOT_RUN, i32::from)
             }
@@ -113,7 +113,8 @@ impl Workload {
 }
 
 /// A command's limits from the container's environment, named as `teller
-/// serve`'s: TELLER_GUEST_MEMORY_MIB (1 to 4096, default 64) and
+/// serve`'s: TELLER_GUEST_MEMORY_MIB (1 to
+/// `limits::MEMORY_MIB_MAX`, default 64) and
 /// TELLER_GUEST_FUEL (off by default). The deadline does not apply to a
 /// command (see `WasmEdgeEngine::run_command`).
 fn command_limits(envs: &[String]) -> anyhow::Result<GuestLimits> {
@@ -129,8 +130,9 @@ fn command_limits(envs: &[String]) -> anyhow::Result<GuestLimits> {
         match name {
             "TELLER_GUEST_MEMORY_MIB" => {
                 let mib = number()?;
-                if mib > 4096 {
-                    bail!("{name}={mib} is over 4096");
+                let max = teller_contract::limits::MEMORY_MIB_MAX;
+                if mib > max {
+                    bail!("{name}={mib} is over {max}");
                 }
                 limits.memory_bytes = mib << 20;
             }
@@ -149,7 +151,7 @@ fn image_files(root: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.ends_with(".wasm") || name == teller::oci::CONFIG_FILE)
+        if !(name.ends_with(".wasm") || name == teller_oci::CONFIG_FILE)
             || !entry.file_type()?.is_file()
         {
             continue;
@@ -157,10 +159,10 @@ fn image_files(root: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
         let bytes = std::fs::read(entry.path()).with_context(|| format!("cannot read /{name}"))?;
         files.insert(name, bytes);
     }
-    if !files.contains_key(teller::oci::CONFIG_FILE) {
+    if !files.contains_key(teller_oci::CONFIG_FILE) {
         bail!(
             "the entrypoint is `{TELLER}` but the image has no /{}: it is not a teller image",
-            teller::oci::CONFIG_FILE
+            teller_oci::CONFIG_FILE
         );
     }
     Ok(files)

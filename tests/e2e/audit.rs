@@ -282,7 +282,7 @@ fn tampering_is_detected_and_the_record_named() {
     resealed[2] = format!(
         "{},\"hash\":\"{}\"}}",
         &body[..body.len() - 1],
-        teller::policy::sha256_hex(body.as_bytes())
+        teller_engine::artifact::sha256_hex(body.as_bytes())
     );
     write(&resealed);
     let (code, out) = verify(&log);

@@ -1,11 +1,10 @@
-//! `teller bench` runs and reports. Only the shape of the report is
+//! `teller-bench` runs and reports. Only the shape of the report is
 //! checked: benchmarks print figures, tests never judge times.
 
-use crate::support::{ENGINES, cache_dir, teller};
+use crate::support::{ENGINES, cache_dir, teller_bench};
 
 fn bench(args: &[&str]) -> serde_json::Value {
-    let out = teller()
-        .arg("bench")
+    let out = teller_bench()
         .args(args)
         .arg("--json")
         .arg("--cache-dir")

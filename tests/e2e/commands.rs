@@ -5,8 +5,8 @@
 use crate::rules::TABLE;
 use crate::support::{EXAMPLE, doc, engine, teller};
 use std::process::Command;
-use teller::audit::GENESIS;
-use teller::wit::{Actor, AuditEvent, Origin, PolicyRef};
+use teller_audit_log::GENESIS;
+use teller_contract::{Actor, AuditEvent, Origin, PolicyRef};
 use teller_policy_artifacts::{AUDIT_SEAL_COMMAND, TRANSFER_CHECK_COMMAND};
 
 /// Runs `cmd` with `stdin`; its exit status and stdout.
@@ -138,8 +138,8 @@ fn audit_seal_command_seals_like_teller() {
     };
     let sealer = engine("wasmedge")
         .load_audit(
-            &teller::policy::PolicySource::Builtin
-                .artifact(teller::policy::AUDIT)
+            &teller_engine::artifact::PolicySource::Builtin
+                .artifact(teller_engine::artifact::AUDIT)
                 .unwrap(),
         )
         .unwrap();

@@ -4,8 +4,8 @@
 
 use crate::support::engine;
 use proptest::prelude::*;
-use teller::policy::{AUDIT, PolicySource, TRANSFER_CHECK};
-use teller::wit::{
+use teller_engine::artifact::{AUDIT, PolicySource, TRANSFER_CHECK};
+use teller_contract::{
     Actor, AuditEvent, EncryptedEvent, Origin, PolicyConfig, PolicyRef, TransferRequest, User,
 };
 

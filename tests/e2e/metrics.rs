@@ -89,7 +89,7 @@ fn metrics_count_decisions_errors_audit_and_http_exactly() {
         assert_eq!((http(200), http(400)), (6.0, 2.0), "{m}");
         assert_eq!(sample(m, "teller_audit_queue_depth"), 0.0);
         assert_eq!(sample(m, "teller_guest_instances_in_use"), 0.0);
-        let sha = teller::policy::sha256_hex(if *engine == "wasmtime" {
+        let sha = teller_engine::artifact::sha256_hex(if *engine == "wasmtime" {
             teller_policy_artifacts::TRANSFER_CHECK.component
         } else {
             teller_policy_artifacts::TRANSFER_CHECK.module

@@ -53,7 +53,7 @@ fn layer_file(tar: &[u8]) -> (String, Vec<u8>) {
 fn blob<'a>(files: &'a HashMap<String, Vec<u8>>, digest: &str) -> &'a Vec<u8> {
     let hex = digest.strip_prefix("sha256:").unwrap();
     let bytes = &files[&format!("blobs/sha256/{hex}")];
-    assert_eq!(teller::policy::sha256_hex(bytes), hex, "blob {digest}");
+    assert_eq!(teller_engine::artifact::sha256_hex(bytes), hex, "blob {digest}");
     bytes
 }
 
@@ -181,7 +181,7 @@ fn serve_from_oci_uses_the_images_policies_and_configuration() {
         };
         assert_eq!(
             r["policy"]["sha256"],
-            teller::policy::sha256_hex(artifact),
+            teller_engine::artifact::sha256_hex(artifact),
             "{engine}"
         );
         assert_eq!(server.stop().code(), Some(0));

@@ -5,9 +5,9 @@
 use crate::support::{ENGINES, engine};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use teller::config::Config;
-use teller::policy::{PolicySource, TRANSFER_CHECK};
-use teller::request::decode_transfer;
+use teller_server::config::Config;
+use teller_engine::artifact::{PolicySource, TRANSFER_CHECK};
+use teller_contract::decode_transfer;
 
 const REGO: &str = include_str!("../../guest-policies/transfer-check/bank.rego");
 

@@ -23,7 +23,7 @@ fn install(dir: &Path, transfer_check: Guest) {
 }
 
 fn sha(engine: &str, guest: Guest) -> String {
-    teller::policy::sha256_hex(if engine == "wasmtime" {
+    teller_engine::artifact::sha256_hex(if engine == "wasmtime" {
         guest.component
     } else {
         guest.module

@@ -332,7 +332,7 @@ fn policies_load_from_a_directory() {
         };
         assert_eq!(
             r["policy"]["sha256"],
-            teller::policy::sha256_hex(ran).as_str(),
+            teller_engine::artifact::sha256_hex(ran).as_str(),
             "{engine}"
         );
     }

@@ -328,7 +328,7 @@ fn ctr_runs_the_service_image_through_the_shim() {
     assert_eq!(r["engine"], "wasmedge", "{r}");
     assert_eq!(
         r["policy"]["sha256"],
-        teller::policy::sha256_hex(teller_policy_artifacts::TRANSFER_CHECK.module)
+        teller_engine::artifact::sha256_hex(teller_policy_artifacts::TRANSFER_CHECK.module)
     );
     let deny = doc("transfer", 501, "teller", Some(true), None);
     let r = request(addr, "POST", "/v1/transfer/check", deny.as_bytes()).json();

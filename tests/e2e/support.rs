@@ -14,22 +14,37 @@ pub const ENGINES: &[&str] = if cfg!(feature = "wasmedge") {
 };
 
 /// An in-process engine by name, with the tests' shared cache.
-pub fn engine(name: &str) -> Box<dyn teller::engine::Engine> {
-    use clap::ValueEnum;
-    let name = teller::engine::EngineName::from_str(name, false).unwrap();
-    let cache = teller::engine::cache::ArtifactCache::at(cache_dir()).unwrap();
-    teller::engine::by_name(
+pub fn engine(name: &str) -> Box<dyn teller_engine::Engine> {
+    teller_engine::register(ENGINE_KINDS);
+    let cache = teller_engine::cache::ArtifactCache::at(cache_dir()).unwrap();
+    teller_engine::by_name(
         name,
         cache,
-        teller::engine::Workload::Server,
-        teller::engine::GuestLimits::default(),
+        teller_engine::Workload::Server,
+        teller_engine::GuestLimits::default(),
     )
     .unwrap()
 }
 
+/// The engines the `teller` binary has, in its order.
+const ENGINE_KINDS: &[teller_engine::EngineKind] = &[
+    #[cfg(feature = "wasmedge")]
+    teller_wasmedge::ENGINE,
+    teller_wasmtime::ENGINE,
+];
+
 /// `teller` with a cache shared by all tests (compiled guests are reused).
 pub fn teller() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_teller"));
+    command(env!("CARGO_BIN_EXE_teller"))
+}
+
+/// `teller-bench`, likewise.
+pub fn teller_bench() -> Command {
+    command(env!("CARGO_BIN_EXE_teller-bench"))
+}
+
+fn command(exe: &str) -> Command {
+    let mut cmd = Command::new(exe);
     // Only what a test sets: no TELLER_* setting leaks in from outside.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("TELLER_") {

@@ -38,7 +38,7 @@ pub use bindings::bank::policy::types::{
 };
 use bindings::exports::bank::policy::{audit, metadata};
 use sha2::{Digest, Sha256};
-use teller_request::mask::{account as mask_account, digit_runs as mask_digit_runs};
+use teller_contract::mask::{account as mask_account, digit_runs as mask_digit_runs};
 
 /// The guest's exports.
 pub struct Sealer;

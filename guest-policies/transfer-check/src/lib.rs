@@ -38,34 +38,19 @@ pub const DEFAULT_AMOUNT_LIMIT: u64 = 1_000_000;
 /// The roles allowed to transfer when the host configures none.
 pub const DEFAULT_AUTHORIZED_ROLES: [&str; 1] = ["authorized"];
 
-/// The JSON API's name for a verdict.
-pub fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "allow",
-        Verdict::Deny => "deny",
-        Verdict::Review => "review",
-    }
-}
-
-/// The JSON API's name for a reason code.
-pub fn reason_name(code: ReasonCode) -> &'static str {
-    match code {
-        ReasonCode::ActionNotTransfer => "action_not_transfer",
-        ReasonCode::AmountOverLimit => "amount_over_limit",
-        ReasonCode::RoleNotAuthorized => "role_not_authorized",
-        ReasonCode::AuditDisabled => "audit_disabled",
-        ReasonCode::ApprovalRequired => "approval_required",
-    }
-}
-
-pub use bindings::bank::policy::types::{
-    Decision, PolicyConfig, PolicyMetadata, Reason, ReasonCode, TransferRequest, User, Verdict,
+/// The rule works on teller's own types, so the function command and the
+/// native baseline of `teller-bench call` run it as it is; the bindings'
+/// types are converted at the export.
+pub use teller_contract::{
+    Decision, PolicyConfig, Reason, ReasonCode, TransferRequest, User, Verdict,
 };
+
+use bindings::bank::policy::types as wit;
 use bindings::exports::bank::policy::{metadata, transfer_check};
 
 impl metadata::Guest for Policy {
-    fn describe() -> PolicyMetadata {
-        PolicyMetadata {
+    fn describe() -> wit::PolicyMetadata {
+        wit::PolicyMetadata {
             name: env!("CARGO_PKG_NAME")
                 .trim_start_matches("teller-")
                 .to_string(),
@@ -75,8 +60,62 @@ impl metadata::Guest for Policy {
 }
 
 impl transfer_check::Guest for Policy {
-    fn check(config: PolicyConfig, request: TransferRequest) -> Decision {
-        decide(&config, &request)
+    fn check(config: wit::PolicyConfig, request: wit::TransferRequest) -> wit::Decision {
+        let wit::PolicyConfig {
+            amount_limit,
+            authorized_roles,
+        } = config;
+        let wit::TransferRequest {
+            action,
+            amount,
+            currency,
+            from_account,
+            to_account,
+            user: wit::User { id, role },
+            audit_enabled,
+            approval_required,
+            request_id,
+        } = request;
+        let decision = decide(
+            &PolicyConfig {
+                amount_limit,
+                authorized_roles,
+            },
+            &TransferRequest {
+                action,
+                amount,
+                currency,
+                from_account,
+                to_account,
+                user: User { id, role },
+                audit_enabled,
+                approval_required,
+                request_id,
+            },
+        );
+        wit::Decision {
+            allow: decision.allow,
+            deny: decision.deny,
+            verdict: match decision.verdict {
+                Verdict::Allow => wit::Verdict::Allow,
+                Verdict::Deny => wit::Verdict::Deny,
+                Verdict::Review => wit::Verdict::Review,
+            },
+            reasons: decision
+                .reasons
+                .into_iter()
+                .map(|Reason { code, message }| wit::Reason {
+                    code: match code {
+                        ReasonCode::ActionNotTransfer => wit::ReasonCode::ActionNotTransfer,
+                        ReasonCode::AmountOverLimit => wit::ReasonCode::AmountOverLimit,
+                        ReasonCode::RoleNotAuthorized => wit::ReasonCode::RoleNotAuthorized,
+                        ReasonCode::AuditDisabled => wit::ReasonCode::AuditDisabled,
+                        ReasonCode::ApprovalRequired => wit::ReasonCode::ApprovalRequired,
+                    },
+                    message,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -149,6 +188,7 @@ pub fn decide(config: &PolicyConfig, request: &TransferRequest) -> Decision {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn config() -> PolicyConfig {

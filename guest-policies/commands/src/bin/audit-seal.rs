@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::process::ExitCode;
 use teller_audit::AuditEvent;
 use teller_commands::{fail, read_stdin};
-use teller_request::Error;
+use teller_contract::{Error, ErrorCode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,9 +20,9 @@ struct SealInput {
 
 fn main() -> ExitCode {
     let input = read_stdin().and_then(|body| {
-        let text = teller_request::utf8(&body)?;
+        let text = teller_contract::request::utf8(&body)?;
         let mut json = serde_json::Deserializer::from_str(text);
-        let input: SealInput = parse(&mut json).map_err(|e| Error::new("invalid_input", e))?;
+        let input: SealInput = parse(&mut json).map_err(|e| Error::bad_request(ErrorCode::InvalidInput, e))?;
         Ok(input)
     });
     let input = match input {
@@ -35,11 +35,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(refusal) => {
-            println!(
-                "{}",
-                serde_json::json!({"error": {"code": "guest_refused", "message": refusal}})
-            );
-            ExitCode::from(1)
+            fail(&Error::guest(ErrorCode::GuestRefused, refusal))
         }
     }
 }

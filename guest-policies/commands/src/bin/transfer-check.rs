@@ -9,8 +9,7 @@
 
 use std::process::ExitCode;
 use teller_commands::{fail, read_stdin};
-use teller_request::Error;
-use teller_transfer_check::{PolicyConfig, TransferRequest, User, Verdict};
+use teller_contract::{Error, ErrorCode, PolicyConfig, Verdict};
 
 fn main() -> ExitCode {
     match run() {
@@ -21,33 +20,19 @@ fn main() -> ExitCode {
 
 fn run() -> Result<ExitCode, Error> {
     let config = config()?;
-    let doc = teller_request::decode_transfer(&read_stdin()?)?;
-    let request = TransferRequest {
-        action: doc.action,
-        amount: doc.amount,
-        currency: doc.currency,
-        from_account: doc.from_account,
-        to_account: doc.to_account,
-        user: User {
-            id: doc.user_id,
-            role: doc.user_role,
-        },
-        audit_enabled: doc.audit_enabled,
-        approval_required: doc.approval_required,
-        request_id: doc.request_id,
-    };
+    let request = teller_contract::decode_transfer(&read_stdin()?)?;
     let decision = teller_transfer_check::decide(&config, &request);
     let reasons: Vec<_> = decision
         .reasons
         .iter()
-        .map(|r| serde_json::json!({"code": teller_transfer_check::reason_name(r.code), "message": r.message}))
+        .map(|r| serde_json::json!({"code": r.code.as_str(), "message": r.message}))
         .collect();
     println!(
         "{}",
         serde_json::json!({
             "allow": decision.allow,
             "deny": decision.deny,
-            "verdict": teller_transfer_check::verdict_name(decision.verdict),
+            "verdict": decision.verdict.as_str(),
             "reasons": reasons,
         })
     );
@@ -58,14 +43,14 @@ fn run() -> Result<ExitCode, Error> {
 }
 
 fn config() -> Result<PolicyConfig, Error> {
-    let invalid = |what: String| Error::new("config_invalid", what);
+    let invalid = |what: String| Error::bad_request(ErrorCode::ConfigInvalid, what);
     let amount_limit = match std::env::var("TELLER_AMOUNT_LIMIT") {
         Err(_) => teller_transfer_check::DEFAULT_AMOUNT_LIMIT,
         Ok(v) => v
             .trim()
             .parse::<u64>()
             .ok()
-            .filter(|n| *n <= teller_request::MAX_AMOUNT)
+            .filter(|n| *n <= teller_contract::MAX_AMOUNT)
             .ok_or_else(|| {
                 invalid(format!(
                     "TELLER_AMOUNT_LIMIT {v:?} is not an amount in minor units"

@@ -1,0 +1,287 @@
+//! Appending to the segmented log: group writes, one `fsync` each, rotation
+//! by size, and recovery of a torn tail at start-up.
+
+use teller_contract::ErrorCode;
+use super::{Head, last_whole_line, parse_record, segment_head, segment_name, segments};
+use teller_engine::AuditSealer;
+use teller_contract::Error;
+use teller_contract::{AuditEvent, SealedRecord};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// An open audit log, positioned at the end of its last segment.
+pub struct AuditLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// The segment being written.
+    segment: PathBuf,
+    file: File,
+    /// The last durable record.
+    head: Head,
+    /// The segment's durable length: where a failed write is cut back to.
+    len: u64,
+    /// How long the last group's write and `fsync` took.
+    last_commit: std::time::Duration,
+}
+
+/// What opening found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Bytes of a torn last line that were cut off.
+    pub truncated_bytes: u64,
+    pub segments: usize,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log in `dir` and finds its head.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Self, Recovery), Error> {
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            Error::internal(
+                ErrorCode::AuditLogUnusable,
+                format!("cannot {what} audit log {}: {e}", path.display()),
+            )
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+        let mut found = segments(dir)?;
+        let Some((first_seq, path)) = found.pop() else {
+            let head = Head::genesis();
+            let (segment, file) = create_segment(dir, head.seq + 1)?;
+            let log = AuditLog {
+                dir: dir.to_path_buf(),
+                segment_bytes,
+                segment,
+                file,
+                head,
+                len: 0,
+                last_commit: std::time::Duration::ZERO,
+            };
+            return Ok((
+                log,
+                Recovery {
+                    truncated_bytes: 0,
+                    segments: 1,
+                },
+            ));
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io("open", &path, e))?;
+        let len = file.metadata().map_err(|e| io("stat", &path, e))?.len();
+        let (last_line, whole_len) =
+            last_whole_line(&mut file, len).map_err(|e| io("read", &path, e))?;
+        let truncated_bytes = len - whole_len;
+        if truncated_bytes > 0 {
+            file.set_len(whole_len)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io("cut back", &path, e))?;
+        }
+        let corrupt = |why: String| {
+            Error::internal(
+                ErrorCode::AuditLogCorrupt,
+                format!(
+                    "audit log {}: {why}; run `teller audit verify`",
+                    path.display()
+                ),
+            )
+        };
+        let head = match last_line {
+            Some(line) => {
+                let record = parse_record(&line)
+                    .map_err(|why| corrupt(format!("its last record is damaged ({why})")))?;
+                Head {
+                    seq: record.fields.seq,
+                    hash: record.hash,
+                }
+            }
+            // An empty last segment (rotation, then a crash): the head is
+            // in the segments before it.
+            None => {
+                let mut head = Head::genesis();
+                for (_, earlier) in found.iter().rev() {
+                    if let Some(h) = segment_head(earlier)? {
+                        head = h;
+                        break;
+                    }
+                }
+                if head.seq + 1 != first_seq {
+                    return Err(corrupt(format!(
+                        "it is empty and named for record {first_seq}, but the record before it is {}",
+                        head.seq
+                    )));
+                }
+                head
+            }
+        };
+        Ok((
+            AuditLog {
+                dir: dir.to_path_buf(),
+                segment_bytes,
+                segment: path,
+                file,
+                head,
+                len: whole_len,
+                last_commit: std::time::Duration::ZERO,
+            },
+            Recovery {
+                truncated_bytes,
+                segments: found.len() + 1,
+            },
+        ))
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// How long the last group's write and `fsync` took.
+    pub fn last_commit(&self) -> std::time::Duration {
+        self.last_commit
+    }
+
+    /// Seals `event` as the next record, writes it and makes it durable.
+    pub fn append(
+        &mut self,
+        sealer: &dyn AuditSealer,
+        event: &AuditEvent,
+    ) -> Result<SealedRecord, Error> {
+        self.append_group(sealer, &[event])
+            .pop()
+            .unwrap_or_else(|| Err(Error::internal(ErrorCode::Internal, "no result for the record")))
+    }
+
+    /// Seals `events` as the next records and makes them durable with one
+    /// write and one `fsync` (group commit). Each event gets its own result;
+    /// if the write fails, none of the group's records count, the segment is
+    /// cut back to its last durable length and the chain stays where it was.
+    pub fn append_group(
+        &mut self,
+        sealer: &dyn AuditSealer,
+        events: &[&AuditEvent],
+    ) -> Vec<Result<SealedRecord, Error>> {
+        let mut pending = self.head.clone();
+        let mut lines = Vec::new();
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            let seq = pending.seq + 1;
+            let sealed = sealer
+                .seal(seq, &pending.hash, event)
+                .and_then(|record| continues(&record, seq, &pending.hash).map(|()| record));
+            if let Ok(record) = &sealed {
+                lines.extend_from_slice(record.line.as_bytes());
+                lines.push(b'\n');
+                pending = Head {
+                    seq,
+                    hash: record.hash.clone(),
+                };
+            }
+            results.push(sealed);
+        }
+        if lines.is_empty() {
+            return results;
+        }
+        let started = std::time::Instant::now();
+        let written = self
+            .file
+            .write_all(&lines)
+            .and_then(|()| self.file.sync_data());
+        self.last_commit = started.elapsed();
+        match written {
+            Ok(()) => {
+                self.head = pending;
+                self.len += lines.len() as u64;
+                if self.len >= self.segment_bytes
+                    && let Err(e) = self.rotate()
+                {
+                    // The records are safe; the segment just grows on
+                    // until a rotation succeeds.
+                    tracing::error!("audit log: cannot start a new segment: {e}");
+                }
+            }
+            Err(e) => {
+                // A partial group would break the chain for every later
+                // record: cut back to what was durable before reporting.
+                let _ = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data());
+                let failed = Error::internal(
+                    ErrorCode::AuditWriteFailed,
+                    format!("cannot write audit log {}: {e}", self.segment.display()),
+                );
+                for result in &mut results {
+                    if result.is_ok() {
+                        *result = Err(failed.clone());
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Starts the next segment, named for the next record.
+    fn rotate(&mut self) -> Result<(), Error> {
+        let (segment, file) = create_segment(&self.dir, self.head.seq + 1)?;
+        self.segment = segment;
+        self.file = file;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// Creates the segment for `first_seq` and makes its name durable.
+fn create_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), Error> {
+    let path = dir.join(segment_name(first_seq));
+    let io = |what: &str, e: std::io::Error| {
+        Error::internal(
+            ErrorCode::AuditLogUnusable,
+            format!("cannot {what} audit segment {}: {e}", path.display()),
+        )
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io("create", e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync the directory of", e))?;
+    Ok((path, file))
+}
+
+/// Checks what the guest sealed before it reaches the disk: the line is one
+/// line, its hash is the hash of its own bytes, and the `seq` and
+/// `prev_hash` inside it (not only the fields the guest returned beside it)
+/// continue the chain. A record that fails is refused, never chained.
+fn continues(record: &SealedRecord, seq: u64, prev_hash: &str) -> Result<(), Error> {
+    let refused = |why: String| {
+        Error::guest(
+            ErrorCode::GuestBadOutput,
+            format!("the audit guest's record {seq} was refused: {why}"),
+        )
+    };
+    if record.line.contains('\n') {
+        return Err(refused("it spans several lines".to_string()));
+    }
+    let parsed = parse_record(&record.line).map_err(refused)?;
+    if parsed.fields.seq != seq || record.seq != seq {
+        return Err(refused(format!(
+            "it has seq {} (line) / {} (result), not {seq}",
+            parsed.fields.seq, record.seq
+        )));
+    }
+    if parsed.fields.prev_hash != prev_hash || record.prev_hash != prev_hash {
+        return Err(refused(
+            "its prev_hash is not the previous record's hash".to_string(),
+        ));
+    }
+    if parsed.hash != record.hash {
+        return Err(refused(
+            "the hash it returned is not the hash in its line".to_string(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The audit writer thread: group commit for concurrent requests.
+
+use teller_contract::ErrorCode;
+use super::{AuditLog, Encrypter};
+use teller_engine::AuditSealer;
+use teller_contract::Error;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
+use teller_contract::{AuditEvent, SealedRecord};
+use std::sync::{Arc, RwLock, mpsc};
+
+/// The sealer the writer uses for its next group; a reload swaps it.
+pub type SealerSlot = Arc<RwLock<Arc<dyn AuditSealer>>>;
+
+/// What the writer reports: handles to metrics the server registers.
+#[derive(Clone)]
+pub struct AuditMetrics {
+    /// Records made durable.
+    pub records: Counter,
+    /// How long each group's write and `fsync` took.
+    pub fsync_seconds: Histogram,
+    /// Records waiting for the writer.
+    pub queue_depth: Gauge,
+}
+
+/// How records are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Commit {
+    /// One `fsync` covers every record queued while the last one ran.
+    #[default]
+    Group,
+    /// One `fsync` per record: the baseline group commit is measured
+    /// against.
+    PerRecord,
+}
+
+/// Appends to an [`AuditLog`] from a thread of its own, so that concurrent
+/// requests share `fsync`s: while one group is being made durable the next
+/// one gathers (group commit). Each caller still gets its answer only once
+/// its own record is on disk.
+pub struct AuditWriter {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Encrypts in the caller's thread, so the writer thread only seals.
+    encrypter: Option<Encrypter>,
+    metrics: AuditMetrics,
+}
+
+struct Job {
+    event: AuditEvent,
+    reply: mpsc::SyncSender<Result<SealedRecord, Error>>,
+}
+
+/// Records one `fsync` covers at most.
+const MAX_GROUP: usize = 1024;
+
+impl AuditWriter {
+    pub fn start(
+        mut log: AuditLog,
+        sealer: SealerSlot,
+        encrypter: Option<Encrypter>,
+        commit: Commit,
+        metrics: AuditMetrics,
+    ) -> Result<Self, Error> {
+        let max_group = match commit {
+            Commit::Group => MAX_GROUP,
+            Commit::PerRecord => 1,
+        };
+        let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_GROUP * 4);
+        let counted = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("teller-audit".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut group = vec![first];
+                    while group.len() < max_group {
+                        match queue.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    counted.queue_depth.dec_by(group.len() as i64);
+                    let events: Vec<&AuditEvent> = group.iter().map(|j| &j.event).collect();
+                    let current = sealer.read().map(|s| s.clone());
+                    let results = match current {
+                        Ok(current) => log.append_group(current.as_ref(), &events),
+                        Err(_) => events
+                            .iter()
+                            .map(|_| {
+                                Err(Error::internal(
+                                    ErrorCode::AuditLogUnusable,
+                                    "the audit sealer was poisoned",
+                                ))
+                            })
+                            .collect(),
+                    };
+                    counted
+                        .fsync_seconds
+                        .observe(log.last_commit().as_secs_f64());
+                    let durable = results.iter().filter(|r| r.is_ok()).count();
+                    counted.records.inc_by(durable as u64);
+                    for (job, result) in group.into_iter().zip(results) {
+                        let _ = job.reply.send(result);
+                    }
+                }
+            })
+            .map_err(|e| {
+                Error::internal(
+                    ErrorCode::AuditLogUnusable,
+                    format!("cannot start the audit writer: {e}"),
+                )
+            })?;
+        Ok(AuditWriter {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            encrypter,
+            metrics,
+        })
+    }
+
+    /// Records `event`; returns once its record is durable.
+    pub fn append(&self, mut event: AuditEvent) -> Result<SealedRecord, Error> {
+        if let Some(encrypter) = &self.encrypter {
+            event.encrypted = None;
+            event.encrypted = Some(encrypter.encrypt(&event)?);
+        }
+        let stopped = || Error::internal(ErrorCode::AuditLogUnusable, "the audit writer has stopped");
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.metrics.queue_depth.inc();
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Job { event, reply })
+            .map_err(|_| {
+                self.metrics.queue_depth.dec();
+                stopped()
+            })?;
+        answer.recv().map_err(|_| stopped())?
+    }
+}
+
+impl Drop for AuditWriter {
+    /// Writes whatever is queued, then stops the thread.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

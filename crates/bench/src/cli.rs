@@ -1,0 +1,185 @@
+//! The `teller-bench` command line: the figures behind the bank's budgets,
+//! printed as a table or one JSON document. A binary of its own, so that
+//! the harness (histograms, the load generator, the native rule) does not
+//! ship in `teller`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use teller_contract::{Error, ErrorCode};
+use teller_engine::cache::ArtifactCache;
+use teller_engine::{Engine, GuestLimits, Workload};
+
+/// Measure teller: cold start, per-call latency, HTTP load, audited
+/// throughput. Benchmarks report figures; they never pass or fail on a time.
+#[derive(Parser)]
+#[command(name = "teller-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+/// `--engine`: one of the engines this binary registered.
+fn engine_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        teller_engine::registered()
+            .iter()
+            .map(|e| clap::builder::PossibleValue::new(e.name).help(e.about)),
+    )
+}
+
+/// The registered engine's own name (the process benches pass it on).
+fn engine_name(name: &str) -> Result<&'static str, Error> {
+    teller_engine::registered()
+        .iter()
+        .find(|e| e.name == name)
+        .map(|e| e.name)
+        .ok_or_else(|| Error::bad_request(ErrorCode::EngineInit, format!("no engine {name:?}")))
+}
+
+/// Runs `argv` (`argv[0]` is the program's name); the exit status.
+pub fn main(argv: Vec<std::ffi::OsString>) -> u8 {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
+        }
+    };
+    let result = bench(cli.command);
+    teller_engine::quiesce();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("teller-bench: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Exec of `teller check` to the decision printed, RUNS times after a
+    /// warm-up, next to a process that does nothing (the floor).
+    ColdStart {
+        #[arg(long, default_value_t = 200)]
+        runs: u64,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
+    /// In-process decisions: fresh and warm instances, one thread and all
+    /// cores, against the same rule compiled natively into teller.
+    Call {
+        /// Seconds in all, shared by the series.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
+    /// Load `teller serve` (started as a child process) over loopback,
+    /// without and then with the audit log.
+    Http {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Requests per second to schedule; without it each connection
+        /// sends as fast as answers come.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
+    /// Audited decisions per second in-process, with group commit (plain
+    /// and encrypted) and with one fsync per record.
+    Audit {
+        /// Concurrent callers, as concurrent HTTP requests would be.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        threads: u32,
+        /// Seconds in all, shared by the series.
+        #[arg(long, default_value_t = 6.0)]
+        duration: f64,
+        /// Where the scratch logs go: the disk whose fsync is to be measured.
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        dir: PathBuf,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The engine to measure.
+    #[arg(long, env = "TELLER_ENGINE", value_parser = engine_parser(),
+          default_value_t = teller_engine::default_name().to_string())]
+    engine: String,
+    /// Where compiled guests are cached.
+    #[arg(long, env = "TELLER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+
+fn bench(command: BenchCommand) -> Result<u8, Error> {
+    let (report, json) = match command {
+        BenchCommand::ColdStart { runs, bench } => (
+            crate::cold_start(engine_name(&bench.engine)?, runs, bench.cache_dir.as_deref())?,
+            bench.json,
+        ),
+        BenchCommand::Call { duration, bench } => (
+            crate::call(bench_engine(&bench)?.as_ref(), duration)?,
+            bench.json,
+        ),
+        BenchCommand::Audit {
+            threads,
+            duration,
+            dir,
+            bench,
+        } => {
+            let engine = bench_engine(&bench)?;
+            (
+                crate::audit(engine.as_ref(), threads as usize, duration, &dir)?,
+                bench.json,
+            )
+        }
+        BenchCommand::Http {
+            connections,
+            duration,
+            rate,
+            bench,
+        } => {
+            let load = crate::Load {
+                connections,
+                seconds: duration,
+                rate,
+            };
+            (
+                crate::http(engine_name(&bench.engine)?, load, bench.cache_dir.as_deref())?,
+                bench.json,
+            )
+        }
+    };
+    report.print(json);
+    Ok(0)
+}
+
+/// The engine for in-process benches, caching in the given or default
+/// directory, with the default guest limits.
+fn bench_engine(bench: &BenchArgs) -> Result<Box<dyn Engine>, Error> {
+    let cache = match &bench.cache_dir {
+        Some(dir) => ArtifactCache::at(dir)?,
+        None => ArtifactCache::default_dir()
+            .map(ArtifactCache::at)
+            .transpose()?
+            .unwrap_or_else(ArtifactCache::disabled),
+    };
+    teller_engine::by_name(
+        &bench.engine,
+        cache,
+        Workload::Server,
+        GuestLimits::default(),
+    )
+}
+

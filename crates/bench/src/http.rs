@@ -1,0 +1,250 @@
+//! `teller bench http`: load from this process against `teller serve` in
+//! another, over loopback, with and without the audit log.
+//!
+//! Without `--rate` each connection sends its next request when the last
+//! one is answered (closed loop: the throughput ceiling). With `--rate` the
+//! requests are scheduled at fixed times and latency counts from the time a
+//! request was due, not when it could be sent, so a stalled server shows up
+//! in the percentiles (no coordinated omission).
+
+use super::{EXAMPLE, Report, Series, new_histogram, run_error};
+use teller_contract::Error;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What to load the server with.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub connections: usize,
+    pub seconds: f64,
+    /// Requests per second across all connections; `None` is closed-loop.
+    pub rate: Option<f64>,
+}
+
+/// Runs the load against a server without, then with, an audit log.
+pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Result<Report, Error> {
+    let dir = tempfile::tempdir().map_err(|e| run_error("temporary directory", e))?;
+    let log = dir.path().join("audit");
+    let mut series = Vec::new();
+    for (label, audit) in [
+        ("transfer checks, no audit log", None),
+        ("transfer checks, audit log on", Some(log.as_path())),
+    ] {
+        let server = Server::start(engine, audit, cache_dir)?;
+        eprintln!(
+            "http: {label}: {} connections for {:.0} s against {}",
+            load.connections, load.seconds, server.addr
+        );
+        let result = drive(server.addr, load, label);
+        drop(server);
+        series.push(result?);
+    }
+    let records = teller_audit_log::verify(&log)?
+        .map_err(|bad| run_error("the bench's audit log does not verify", bad))?
+        .head
+        .seq;
+    let mut notes = vec![format!(
+        "{} connections, {:.0} s each, {}; the audit run wrote {records} records",
+        load.connections,
+        load.seconds,
+        match load.rate {
+            Some(r) => format!("{r:.0} req/s scheduled, latency from each request's due time"),
+            None => "closed loop (each connection waits for its answer)".to_string(),
+        }
+    )];
+    notes.push("client and server share this machine's cores".to_string());
+    Ok(Report {
+        bench: "http",
+        engine,
+        series,
+        ratios: Vec::new(),
+        notes,
+    })
+}
+
+/// `teller serve` in a child process on an ephemeral port.
+struct Server {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    fn start(
+        engine: &str,
+        audit: Option<&Path>,
+        cache_dir: Option<&Path>,
+    ) -> Result<Server, Error> {
+        let exe = super::teller_binary()?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--engine", engine])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(log) = audit {
+            cmd.arg("--audit-dir").arg(log);
+        }
+        if let Some(dir) = cache_dir {
+            cmd.arg("--cache-dir").arg(dir);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| run_error("cannot start teller serve", e))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        let addr = line
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+        match addr {
+            Some(addr) => Ok(Server { addr, child }),
+            None => {
+                let _ = child.kill();
+                Err(run_error("teller serve did not start", line))
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn drive(addr: SocketAddr, load: Load, label: &str) -> Result<Series, Error> {
+    // One client thread: the server keeps the other cores.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| run_error("tokio", e))?;
+    runtime.block_on(async move {
+        let done = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs_f64(load.seconds);
+        let ticker = {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let n = done.load(Ordering::Relaxed);
+                    eprintln!(
+                        "http: {:.0} s, {n} requests, {:.0} req/s so far",
+                        started.elapsed().as_secs_f64(),
+                        n as f64 / started.elapsed().as_secs_f64()
+                    );
+                }
+            })
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..load.connections {
+            let done = done.clone();
+            let interval = load
+                .rate
+                .map(|r| Duration::from_secs_f64(load.connections as f64 / r.max(1.0)));
+            // Spread the connections' schedules over one interval.
+            let offset = interval.map_or(Duration::ZERO, |i| {
+                i.mul_f64(c as f64 / load.connections as f64)
+            });
+            tasks.spawn(connection(addr, deadline, interval, started + offset, done));
+        }
+        let mut series = Series::new(label)?;
+        let (mut ok, mut failed) = (0u64, 0u64);
+        while let Some(joined) = tasks.join_next().await {
+            let (histogram, good, bad) = joined.map_err(|e| run_error("client task", e))??;
+            let _ = series.histogram.add(&histogram);
+            ok += good;
+            failed += bad;
+        }
+        ticker.abort();
+        let elapsed = started.elapsed().as_secs_f64();
+        if failed > 0 {
+            return Err(run_error(
+                label,
+                format!("{failed} of {} requests were not answered 200", ok + failed),
+            ));
+        }
+        series.per_second = Some(ok as f64 / elapsed);
+        Ok(series)
+    })
+}
+
+async fn connection(
+    addr: SocketAddr,
+    deadline: Instant,
+    interval: Option<Duration>,
+    first: Instant,
+    done: Arc<AtomicU64>,
+) -> Result<(hdrhistogram::Histogram<u64>, u64, u64), Error> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| run_error("connect", e))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| run_error("handshake", e))?;
+    tokio::spawn(conn);
+    let body = Bytes::from_static(EXAMPLE.as_bytes());
+    let mut histogram = new_histogram()?;
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut due = first;
+    while Instant::now() < deadline {
+        let sent_at = match interval {
+            Some(step) => {
+                // tokio's timer has 1 ms ticks: sleep to within a tick of
+                // the due time, then yield until it, so that a request is
+                // not sent (and its latency counted) up to 1 ms late.
+                let tick = Duration::from_millis(1);
+                if due > Instant::now() + tick {
+                    tokio::time::sleep_until(due - tick).await;
+                }
+                while Instant::now() < due {
+                    tokio::task::yield_now().await;
+                }
+                let at = due;
+                due += step;
+                at
+            }
+            None => Instant::now(),
+        };
+        let request = Request::post("/v1/transfer/check")
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))
+            .map_err(|e| run_error("request", e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| run_error("send", e))?;
+        let status = response.status();
+        let _ = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| run_error("response body", e))?;
+        let _ = histogram.record(sent_at.elapsed().as_nanos() as u64);
+        if status == 200 {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok((histogram, ok, failed))
+}

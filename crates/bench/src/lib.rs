@@ -1,0 +1,422 @@
+//! `teller-bench`: the figures behind the bank's budgets (cold start, per
+//! call, HTTP load, audited throughput), printed as a table or, with `--json`, as one JSON
+//! document. Benchmarks report; they never pass or fail on a time.
+
+#![forbid(unsafe_code)]
+
+mod audit;
+pub mod cli;
+mod http;
+
+pub use audit::audit;
+pub use http::{Load, http};
+
+use teller_contract::ErrorCode;
+use teller_engine::{CallMode, Engine, TransferCheck};
+use teller_contract::Error;
+use teller_engine::artifact::{PolicySource, TRANSFER_CHECK};
+use teller_contract::{PolicyConfig, TransferRequest};
+use hdrhistogram::Histogram;
+use serde_json::{Value as Json, json};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The README's example: an allowed transfer.
+pub use teller_contract::EXAMPLE_REQUEST as EXAMPLE;
+
+/// The `teller` binary the process benches run: beside this one (both are
+/// built together), or `TELLER_BIN`.
+pub fn teller_binary() -> Result<std::path::PathBuf, Error> {
+    if let Some(path) = std::env::var_os("TELLER_BIN") {
+        return Ok(path.into());
+    }
+    let me = std::env::current_exe().map_err(|e| run_error("cannot find teller-bench itself", e))?;
+    let teller = me.with_file_name("teller");
+    if teller.is_file() {
+        return Ok(teller);
+    }
+    Err(run_error(
+        "cannot find teller",
+        format!("no {} (set TELLER_BIN)", teller.display()),
+    ))
+}
+
+/// One measured series.
+pub struct Series {
+    pub name: String,
+    /// Latencies in nanoseconds.
+    pub histogram: Histogram<u64>,
+    /// Operations per second, where that means something.
+    pub per_second: Option<f64>,
+}
+
+impl Series {
+    fn new(name: impl Into<String>) -> Result<Self, Error> {
+        Ok(Series {
+            name: name.into(),
+            histogram: new_histogram()?,
+            per_second: None,
+        })
+    }
+
+    fn quantile_us(&self, q: f64) -> f64 {
+        self.histogram.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    fn to_json(&self) -> Json {
+        json!({
+            "name": self.name,
+            "count": self.histogram.len(),
+            "p50_us": self.quantile_us(0.5),
+            "p90_us": self.quantile_us(0.9),
+            "p99_us": self.quantile_us(0.99),
+            "p999_us": self.quantile_us(0.999),
+            "max_us": self.histogram.max() as f64 / 1000.0,
+            "per_second": self.per_second,
+        })
+    }
+}
+
+/// Nanosecond histogram from 1 ns to 100 s, 3 significant digits.
+pub fn new_histogram() -> Result<Histogram<u64>, Error> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).map_err(|e| run_error("histogram", e))
+}
+
+/// What a bench prints: its series, and the ratios that are its headline.
+pub struct Report {
+    pub bench: &'static str,
+    pub engine: &'static str,
+    pub series: Vec<Series>,
+    pub ratios: Vec<(String, f64)>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn print(&self, as_json: bool) {
+        if as_json {
+            let doc = json!({
+                "bench": self.bench,
+                "engine": self.engine,
+                "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+                "features": features(),
+                "teller_version": env!("CARGO_PKG_VERSION"),
+                "series": self.series.iter().map(Series::to_json).collect::<Vec<_>>(),
+                "ratios": self.ratios.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+                "notes": self.notes,
+            });
+            println!("{doc}");
+            return;
+        }
+        println!(
+            "\nteller bench {} — engine {}, {} cores, build features [{}]",
+            self.bench,
+            self.engine,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            features().join(", ")
+        );
+        println!(
+            "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
+            "series", "P50", "P90", "P99", "P99.9", "max", "per second"
+        );
+        for s in &self.series {
+            println!(
+                "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
+                s.name,
+                human(s.quantile_us(0.5)),
+                human(s.quantile_us(0.9)),
+                human(s.quantile_us(0.99)),
+                human(s.quantile_us(0.999)),
+                human(s.histogram.max() as f64 / 1000.0),
+                s.per_second.map_or("-".to_string(), |r| format!("{r:.0}")),
+            );
+        }
+        for (name, value) in &self.ratios {
+            println!("{name}: {value:.2}x");
+        }
+        for note in &self.notes {
+            println!("note: {note}");
+        }
+    }
+}
+
+/// A latency in µs, printed in the unit that reads best.
+fn human(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2}ms", us / 1000.0)
+    } else if us >= 1.0 {
+        format!("{us:.1}µs")
+    } else {
+        format!("{:.0}ns", us * 1000.0)
+    }
+}
+
+pub fn features() -> Vec<&'static str> {
+    teller_engine::registered().iter().map(|e| e.name).collect()
+}
+
+/// Progress on stderr: a line that updates itself on a terminal, a line
+/// per quarter in a log.
+fn progress(label: &str, done: u64, total: u64) {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let step = (total / if tty { 10 } else { 4 }).max(1);
+    if !done.is_multiple_of(step) && done != total {
+        return;
+    }
+    if tty {
+        eprint!("\r{label}: {done}/{total}  ");
+        let _ = std::io::stderr().flush();
+        if done == total {
+            eprintln!();
+        }
+    } else {
+        eprintln!("{label}: {done}/{total}");
+    }
+}
+
+fn run_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(ErrorCode::BenchFailed, format!("{what}: {e}"))
+}
+
+/// Times `runs` executions of `command` (after a warm-up), from spawn to
+/// exit with its output read.
+fn time_process(label: &str, argv: &[&str], stdin: &[u8], runs: u64) -> Result<Series, Error> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| run_error("bench", "empty command"))?;
+    let mut series = Series::new(label)?;
+    let warmup = (runs / 10).clamp(3, 20);
+    for i in 0..warmup + runs {
+        let started = Instant::now();
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| run_error(&format!("cannot run {program}"), e))?;
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin);
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| run_error(&format!("waiting for {program}"), e))?;
+        let elapsed = started.elapsed();
+        if !out.status.success() {
+            return Err(run_error(
+                &format!("{} failed ({})", argv.join(" "), out.status),
+                String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        if i >= warmup {
+            let _ = series.histogram.record(elapsed.as_nanos() as u64);
+            progress(label, i + 1 - warmup, runs);
+        }
+    }
+    Ok(series)
+}
+
+/// `teller bench cold-start`: exec of `teller check` to the decision
+/// printed, next to a process that does nothing.
+pub fn cold_start(
+    engine: &'static str,
+    runs: u64,
+    cache_dir: Option<&Path>,
+) -> Result<Report, Error> {
+    let exe = teller_binary()?;
+    let exe = exe.to_string_lossy().to_string();
+    let mut check = vec![exe.as_str(), "check", "--engine", engine];
+    let cache;
+    if let Some(dir) = cache_dir {
+        cache = dir.to_string_lossy().to_string();
+        check.extend(["--cache-dir", cache.as_str()]);
+    }
+    let teller = time_process(
+        &format!("teller check ({engine}), cached guests"),
+        &check,
+        EXAMPLE.as_bytes(),
+        runs,
+    )?;
+    let version = time_process(
+        "teller --version (loads, runs no wasm)",
+        &[&exe, "--version"],
+        b"",
+        runs,
+    )?;
+    let floor = time_process(
+        "/bin/true (a process doing nothing)",
+        &["/bin/true"],
+        b"",
+        runs,
+    )?;
+    let ratio = teller.quantile_us(0.5) / floor.quantile_us(0.5).max(0.001);
+    let over_libs = teller.quantile_us(0.5) / version.quantile_us(0.5).max(0.001);
+    Ok(Report {
+        bench: "cold-start",
+        engine,
+        ratios: vec![
+            ("P50 teller check / P50 /bin/true".to_string(), ratio),
+            (
+                "P50 teller check / P50 teller --version".to_string(),
+                over_libs,
+            ),
+        ],
+        notes: vec![format!(
+            "{runs} runs each after a warm-up; the cache of compiled guests was filled by the warm-up"
+        )],
+        series: vec![teller, version, floor],
+    })
+}
+
+/// `teller bench call`: in-process decision latency and throughput, fresh
+/// and warm instances, one thread and all cores, against the same rule
+/// compiled natively into the host.
+pub fn call(engine: &dyn Engine, seconds: f64) -> Result<Report, Error> {
+    let check = engine.load_transfer_check(&PolicySource::Builtin.artifact(TRANSFER_CHECK)?)?;
+    let request = teller_contract::decode_transfer(EXAMPLE.as_bytes())?;
+    let config = teller_server::config::Config::default().policy_config();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let slice = Duration::from_secs_f64(seconds / 5.0);
+    let mut series = Vec::new();
+    for (mode, label) in [
+        (CallMode::Fresh, "fresh instance"),
+        (CallMode::Warm, "warm instance"),
+    ] {
+        eprintln!("call: {} {label}, 1 thread", engine.name());
+        series.push(measure_calls(
+            check.as_ref(),
+            mode,
+            &config,
+            &request,
+            1,
+            slice,
+            &format!("{label}, 1 thread"),
+        )?);
+        eprintln!("call: {} {label}, {threads} threads", engine.name());
+        series.push(measure_calls(
+            check.as_ref(),
+            mode,
+            &config,
+            &request,
+            threads,
+            slice,
+            &format!("{label}, {threads} threads"),
+        )?);
+    }
+    eprintln!("call: native Rust");
+    series.push(measure_native(&config, &request, slice)?);
+    let native = series.last().map_or(1.0, |s| s.quantile_us(0.5)).max(0.001);
+    let ratios = series
+        .iter()
+        .take(4)
+        .filter(|s| s.name.contains("1 thread"))
+        .map(|s| {
+            (
+                format!("P50 {} / P50 native", s.name),
+                s.quantile_us(0.5) / native,
+            )
+        })
+        .collect();
+    Ok(Report {
+        bench: "call",
+        engine: engine.name(),
+        series,
+        ratios,
+        notes: vec![format!(
+            "each series ran {:.1} s; a decision is the README example, allowed",
+            slice.as_secs_f64()
+        )],
+    })
+}
+
+fn measure_calls(
+    check: &dyn TransferCheck,
+    mode: CallMode,
+    config: &PolicyConfig,
+    request: &TransferRequest,
+    threads: usize,
+    time: Duration,
+    label: &str,
+) -> Result<Series, Error> {
+    measure_threads(threads, time, label, || {
+        let mut caller = check.caller(mode)?;
+        Ok(move || caller(config, request).map(|decision| drop(std::hint::black_box(decision))))
+    })
+}
+
+/// Runs `threads` threads for `time`, each calling, as often as it can, the
+/// operation `make` gives it; one latency per call, and calls per second.
+fn measure_threads<C>(
+    threads: usize,
+    time: Duration,
+    label: &str,
+    make: impl Fn() -> Result<C, Error> + Sync,
+) -> Result<Series, Error>
+where
+    C: FnMut() -> Result<(), Error>,
+{
+    let make = &make;
+    let results: Vec<Result<(Histogram<u64>, u64), Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut op = make()?;
+                    let mut histogram = new_histogram()?;
+                    let mut calls = 0u64;
+                    let started = Instant::now();
+                    while started.elapsed() < time {
+                        let t = Instant::now();
+                        op()?;
+                        let _ = histogram.record(t.elapsed().as_nanos() as u64);
+                        calls += 1;
+                    }
+                    Ok((histogram, calls))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(run_error("bench thread", "panicked")))
+            })
+            .collect()
+    });
+    let mut series = Series::new(label)?;
+    let mut calls = 0;
+    for result in results {
+        let (histogram, n) = result?;
+        let _ = series.histogram.add(&histogram);
+        calls += n;
+    }
+    series.per_second = Some(calls as f64 / time.as_secs_f64());
+    Ok(series)
+}
+
+/// The same rule, compiled into the host: the wasm/native ratio's base.
+fn measure_native(
+    config: &PolicyConfig,
+    request: &TransferRequest,
+    time: Duration,
+) -> Result<Series, Error> {
+    // The guest's rule works on teller's own types: no conversion here.
+    use teller_transfer_check as native;
+    let mut series = Series::new("native Rust, same rule, 1 thread")?;
+    let mut calls = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < time {
+        let t = Instant::now();
+        std::hint::black_box(native::decide(
+            std::hint::black_box(&config),
+            std::hint::black_box(&request),
+        ));
+        let _ = series
+            .histogram
+            .record(t.elapsed().as_nanos().max(1) as u64);
+        calls += 1;
+    }
+    series.per_second = Some(calls as f64 / time.as_secs_f64());
+    Ok(series)
+}

@@ -1,0 +1,174 @@
+//! The types of the WIT's `bank:policy/types` interface, owned by teller
+//! and not by one engine's bindings.
+//!
+//! Fields are declared in the WIT's order and enum cases in its case order:
+//! the WasmEdge engine's canonical ABI moves these values through serde by
+//! position and checks every field name against the WIT, and the wasmtime
+//! engine converts them to and from its bindgen types field by field. A
+//! field added to the WIT and not here fails both.
+
+use serde::{Deserialize, Serialize};
+
+/// Who asks for the transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Option<String>,
+    pub role: String,
+}
+
+/// One transfer to gate: the bank's OPA input document, decoded and
+/// validated by the host. Optional fields are `None` when the document left
+/// them out (Rego's "undefined").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub action: String,
+    /// Minor units, at most [`crate::MAX_AMOUNT`].
+    pub amount: u64,
+    pub currency: Option<String>,
+    pub from_account: Option<String>,
+    pub to_account: Option<String>,
+    pub user: User,
+    pub audit_enabled: Option<bool>,
+    pub approval_required: Option<bool>,
+    pub request_id: Option<String>,
+}
+
+/// Policy parameters owned by the host's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyConfig {
+    pub amount_limit: u64,
+    pub authorized_roles: Vec<String>,
+}
+
+/// The one answer a caller acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Over the limit with `approval.required = true`: a human decides.
+    Review,
+}
+
+impl Verdict {
+    /// Every verdict, in the WIT's order.
+    pub const ALL: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::Review];
+
+    /// The name the JSON API, the audit log and the metrics use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Review => "review",
+        }
+    }
+}
+
+/// Why a transfer was not simply allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReasonCode {
+    ActionNotTransfer,
+    AmountOverLimit,
+    RoleNotAuthorized,
+    AuditDisabled,
+    ApprovalRequired,
+}
+
+impl ReasonCode {
+    /// Every reason code, in the WIT's order.
+    pub const ALL: [ReasonCode; 5] = [
+        ReasonCode::ActionNotTransfer,
+        ReasonCode::AmountOverLimit,
+        ReasonCode::RoleNotAuthorized,
+        ReasonCode::AuditDisabled,
+        ReasonCode::ApprovalRequired,
+    ];
+
+    /// The name the JSON API and the audit log use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::ActionNotTransfer => "action_not_transfer",
+            ReasonCode::AmountOverLimit => "amount_over_limit",
+            ReasonCode::RoleNotAuthorized => "role_not_authorized",
+            ReasonCode::AuditDisabled => "audit_disabled",
+            ReasonCode::ApprovalRequired => "approval_required",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub code: ReasonCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub allow: bool,
+    pub deny: bool,
+    pub verdict: Verdict,
+    pub reasons: Vec<Reason>,
+}
+
+/// Name and version a guest reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyMetadata {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub id: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// Client address as the host saw it.
+    pub client: String,
+    pub request_id: String,
+}
+
+/// Which policy decided, pinned to the exact artifact that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// An event's plaintext, AES-256-GCM encrypted by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedEvent {
+    pub key_id: String,
+    pub salt: String,
+    pub nonce: String,
+    pub ciphertext: String,
+}
+
+/// One thing worth an audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: String,
+    pub timestamp: String,
+    pub actor: Actor,
+    pub action: String,
+    pub resource: Vec<String>,
+    pub outcome: String,
+    pub reasons: Vec<String>,
+    pub origin: Origin,
+    pub policy: Option<PolicyRef>,
+    pub engine: String,
+    pub details: Vec<(String, String)>,
+    pub encrypted: Option<EncryptedEvent>,
+}
+
+/// One line of the audit log and the chain values it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedRecord {
+    pub seq: u64,
+    pub prev_hash: String,
+    pub hash: String,
+    /// The canonical JSON line, without a trailing newline.
+    pub line: String,
+}

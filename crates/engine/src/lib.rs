@@ -1,0 +1,168 @@
+//! The engine boundary: load a guest policy, then call its typed functions,
+//! each call on a fresh instance so no state leaks between requests.
+//!
+//! The HTTP layer and the CLI only see these traits; which engine runs is a
+//! start-up choice among the [`EngineKind`]s a binary [`register`]s (the
+//! `teller` binary both engines, the node's shim WasmEdge only). Each engine
+//! is a crate of its own that implements these traits.
+
+#![forbid(unsafe_code)]
+
+pub mod artifact;
+pub mod cache;
+
+use crate::artifact::Artifact;
+use teller_contract::{Error, ErrorCode};
+use teller_contract::{AuditEvent, Decision, PolicyConfig, PolicyRef, SealedRecord, TransferRequest};
+use std::sync::Arc;
+
+/// A WebAssembly engine able to run teller's guest policies.
+pub trait Engine: Send + Sync {
+    /// The name reported in every response (`"wasmtime"`, `"wasmedge"`).
+    fn name(&self) -> &'static str;
+
+    /// Prepares a `transfer-check` guest for repeated calls.
+    fn load_transfer_check(&self, artifact: &Artifact) -> Result<Arc<dyn TransferCheck>, Error>;
+
+    /// Prepares an `audit` guest for repeated calls.
+    fn load_audit(&self, artifact: &Artifact) -> Result<Arc<dyn AuditSealer>, Error>;
+}
+
+/// A loaded `bank:policy/transfer-check` guest.
+pub trait TransferCheck: Send + Sync {
+    /// Name, version and the SHA-256 of the exact artifact this engine runs.
+    fn policy(&self) -> &PolicyRef;
+
+    fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error>;
+
+    /// A caller that uses instances the way `mode` says, whatever `check`
+    /// does in production: benchmarks compare the two ways on each engine.
+    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error>;
+
+    /// Ready instances kept for the next calls (engines that pool them).
+    fn instances_pooled(&self) -> usize {
+        0
+    }
+}
+
+/// How a benchmark's calls get their instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMode {
+    /// Instantiate for every call (no state survives a call).
+    Fresh,
+    /// One instance, instantiated once, for every call.
+    Warm,
+}
+
+/// A transfer check bound to a [`CallMode`].
+pub type Caller<'a> =
+    Box<dyn FnMut(&PolicyConfig, &TransferRequest) -> Result<Decision, Error> + 'a>;
+
+/// A loaded `bank:policy/audit` guest.
+pub trait AuditSealer: Send + Sync {
+    fn policy(&self) -> &PolicyRef;
+
+    /// Seals `event` as record `seq` chained on `prev_hash`. A refusal by the
+    /// guest (its `result::err`) is an error too.
+    fn seal(&self, seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecord, Error>;
+}
+
+/// What the engine is set up for: a server trades start-up time for
+/// cheaper instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// One decision, then exit (`teller check`): start fast.
+    Once,
+    /// Many decisions, concurrently: compiled code from the start
+    /// (benchmarks, tests).
+    Server,
+    /// `teller serve` (a pod): as `Server`, but a guest not compiled yet
+    /// may answer on an interpreter while it compiles (WasmEdge), so that
+    /// the first answer does not wait for the compiler.
+    Service,
+}
+
+/// What one call into a guest may use. Past a limit the call fails with
+/// `guest_timeout`, `guest_memory_limit` or `guest_out_of_fuel`, the
+/// instance is thrown away and the host goes on serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Wall-clock time for one call.
+    pub deadline: std::time::Duration,
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: u64,
+    /// Work one call may do, in the engine's units (wasmtime fuel, WasmEdge
+    /// instruction cost); `None` is no budget but the deadline.
+    pub fuel: Option<u64>,
+}
+
+impl GuestLimits {
+    pub const DEFAULT_DEADLINE_MS: u64 = teller_contract::limits::DEADLINE_MS_DEFAULT;
+    pub const DEFAULT_MEMORY_MIB: u64 = teller_contract::limits::MEMORY_MIB_DEFAULT;
+    pub const WASM_PAGE: u64 = 64 * 1024;
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            deadline: std::time::Duration::from_millis(Self::DEFAULT_DEADLINE_MS),
+            memory_bytes: Self::DEFAULT_MEMORY_MIB << 20,
+            fuel: None,
+        }
+    }
+}
+
+/// How a binary starts one engine it was built with.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineKind {
+    /// What `--engine` takes and every response reports (`"wasmedge"`).
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub about: &'static str,
+    pub start: fn(cache::ArtifactCache, Workload, GuestLimits) -> Result<Box<dyn Engine>, Error>,
+    /// Lets the engine's background work finish before the process exits.
+    pub quiesce: fn(),
+}
+
+static REGISTERED: std::sync::OnceLock<&'static [EngineKind]> = std::sync::OnceLock::new();
+
+/// Records the engines this binary has, the default first. The first call
+/// wins: which engines a binary links is fixed for its whole life.
+pub fn register(engines: &'static [EngineKind]) {
+    let _ = REGISTERED.set(engines);
+}
+
+/// The engines this binary has, the default first (none before
+/// [`register`]).
+pub fn registered() -> &'static [EngineKind] {
+    REGISTERED.get().copied().unwrap_or_default()
+}
+
+/// The default engine's name: the first registered.
+pub fn default_name() -> &'static str {
+    registered().first().map_or("none", |e| e.name)
+}
+
+/// Starts the registered engine called `name`.
+pub fn by_name(
+    name: &str,
+    cache: cache::ArtifactCache,
+    workload: Workload,
+    limits: GuestLimits,
+) -> Result<Box<dyn Engine>, Error> {
+    let kind = registered().iter().find(|e| e.name == name).ok_or_else(|| {
+        let names: Vec<_> = registered().iter().map(|e| e.name).collect();
+        Error::bad_request(
+            ErrorCode::EngineInit,
+            format!("no engine {name:?} in this build; it has {names:?}"),
+        )
+    })?;
+    (kind.start)(cache, workload, limits)
+}
+
+/// Lets every engine's background work finish before the process exits.
+pub fn quiesce() {
+    for kind in registered() {
+        (kind.quiesce)();
+    }
+}

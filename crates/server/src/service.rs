@@ -1,0 +1,490 @@
+//! teller's operations, independent of transport: decide a transfer, record
+//! an audit event. The HTTP API and the CLI both call these, so they answer
+//! alike.
+
+use teller_contract::ErrorCode;
+use teller_audit_log::{AuditLog, AuditSettings, AuditWriter, GENESIS, Recovery, SealerSlot};
+use crate::config::Config;
+use teller_engine::{Engine, TransferCheck};
+use teller_contract::{Error, Kind};
+use crate::metrics::{
+    DecisionLabels, EngineLabels, GuestErrorLabels, InFlight, Metrics, PolicyLabels,
+};
+use teller_engine::artifact::{self, PolicySource};
+use teller_contract::request::{decode_transfer, json_error};
+use teller_contract::{
+    Actor, AuditEvent, Decision, Origin, PolicyConfig, PolicyRef, TransferRequest,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+/// A ready teller: loaded guests, their configuration, the audit log.
+pub struct Teller {
+    engine: &'static str,
+    /// What serves now; each request takes its own reference, so a reload
+    /// never changes the policy under a request in flight.
+    loaded: RwLock<Arc<Loaded>>,
+    audit: Option<(AuditWriter, SealerSlot)>,
+    metrics: Arc<Metrics>,
+}
+
+/// One version of the policies and their configuration.
+struct Loaded {
+    transfer: Arc<dyn TransferCheck>,
+    config: PolicyConfig,
+}
+
+/// What a reload replaced.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub old: PolicyRef,
+    pub new: PolicyRef,
+}
+
+/// Who sent a request.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// Peer address, or `cli` for a local invocation.
+    pub client: String,
+}
+
+/// The decision as the JSON API returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResponse {
+    pub decision_id: String,
+    pub allow: bool,
+    pub deny: bool,
+    pub verdict: &'static str,
+    pub reasons: Vec<ReasonBody>,
+    pub policy: PolicyRefBody,
+    pub engine: &'static str,
+    /// Present when the decision was written to the audit log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditRef>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReasonBody {
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyRefBody {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// The answer to a posted audit event.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedEvent {
+    pub id: String,
+    #[serde(flatten)]
+    pub audit: AuditRef,
+}
+
+/// Where a record landed in the chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRef {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl Teller {
+    /// Loads the guests on `engine` and opens the audit log, if any.
+    pub fn start(
+        engine: &dyn Engine,
+        policies: &PolicySource,
+        config: &Config,
+        audit: Option<&AuditSettings>,
+    ) -> Result<(Self, Option<Recovery>), Error> {
+        let metrics = Arc::new(Metrics::new());
+        let transfer = engine.load_transfer_check(&policies.artifact(artifact::TRANSFER_CHECK)?)?;
+        set_loaded(&metrics, engine.name(), transfer.policy(), 1);
+        let (audit, recovery) = match audit {
+            None => (None, None),
+            Some(settings) => {
+                let sealer = engine.load_audit(&policies.artifact(artifact::AUDIT)?)?;
+                set_loaded(&metrics, engine.name(), sealer.policy(), 1);
+                let slot: SealerSlot = Arc::new(RwLock::new(sealer));
+                let encrypter = settings.keys.as_ref().map(|k| k.encrypter()).transpose()?;
+                let (log, recovery) = AuditLog::open(&settings.dir, settings.segment_bytes)?;
+                let writer = AuditWriter::start(
+                    log,
+                    slot.clone(),
+                    encrypter,
+                    settings.commit,
+                    metrics.audit(),
+                )?;
+                (Some((writer, slot)), Some(recovery))
+            }
+        };
+        Ok((
+            Teller {
+                engine: engine.name(),
+                loaded: RwLock::new(Arc::new(Loaded {
+                    transfer,
+                    config: config.policy_config(),
+                })),
+                audit,
+                metrics,
+            },
+            recovery,
+        ))
+    }
+
+    /// Loads and compiles `policies` with `config` on `engine`, has each
+    /// guest answer a self-test (the README example; a sample event), and
+    /// only then swaps them in. Requests in flight finish on the old
+    /// version. On any failure the old version keeps serving.
+    pub fn reload(
+        &self,
+        engine: &dyn Engine,
+        policies: &PolicySource,
+        config: &Config,
+    ) -> Result<Reloaded, Error> {
+        let result = self.load_and_test(engine, policies, config);
+        let outcome = if result.is_ok() { "ok" } else { "rejected" };
+        self.metrics
+            .policy_reloads
+            .get_or_create(&crate::metrics::ReloadLabels { result: outcome })
+            .inc();
+        let (transfer, sealer) = result?;
+        let config = config.policy_config();
+        let new = transfer.policy().clone();
+        set_loaded(&self.metrics, self.engine, &new, 1);
+        let old = {
+            let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+            let old = loaded.transfer.policy().clone();
+            *loaded = Arc::new(Loaded { transfer, config });
+            old
+        };
+        if old.sha256 != new.sha256 {
+            set_loaded(&self.metrics, self.engine, &old, 0);
+        }
+        if let (Some(sealer), Some((_, slot))) = (sealer, &self.audit) {
+            let new_sealer = sealer.policy().clone();
+            set_loaded(&self.metrics, self.engine, &new_sealer, 1);
+            let mut slot = slot.write().unwrap_or_else(|p| p.into_inner());
+            let old_sealer = slot.policy().clone();
+            *slot = sealer;
+            if old_sealer.sha256 != new_sealer.sha256 {
+                set_loaded(&self.metrics, self.engine, &old_sealer, 0);
+            }
+        }
+        Ok(Reloaded { old, new })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn load_and_test(
+        &self,
+        engine: &dyn Engine,
+        policies: &PolicySource,
+        config: &Config,
+    ) -> Result<
+        (
+            Arc<dyn TransferCheck>,
+            Option<Arc<dyn teller_engine::AuditSealer>>,
+        ),
+        Error,
+    > {
+        let rejected = |what: &str, e: Error| {
+            Error::bad_request(ErrorCode::ReloadRejected, format!("{what}: {}", e.message))
+        };
+        let transfer = engine
+            .load_transfer_check(&policies.artifact(artifact::TRANSFER_CHECK)?)
+            .map_err(|e| rejected("the new transfer-check does not load", e))?;
+        let probe = decode_transfer(teller_contract::EXAMPLE_REQUEST.as_bytes())?;
+        transfer
+            .check(&config.policy_config(), &probe)
+            .map_err(|e| rejected("the new transfer-check failed its self-test", e))?;
+        let sealer = match &self.audit {
+            None => None,
+            Some(_) => {
+                let sealer = engine
+                    .load_audit(&policies.artifact(artifact::AUDIT)?)
+                    .map_err(|e| rejected("the new audit guest does not load", e))?;
+                let mut event = self_test_event();
+                event.engine = self.engine.to_string();
+                sealer
+                    .seal(1, GENESIS, &event)
+                    .map_err(|e| rejected("the new audit guest failed its self-test", e))?;
+                Some(sealer)
+            }
+        };
+        Ok((transfer, sealer))
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        self.loaded
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn engine(&self) -> &'static str {
+        self.engine
+    }
+
+    /// The transfer-check policy serving now.
+    pub fn transfer_policy(&self) -> PolicyRef {
+        self.current().transfer.policy().clone()
+    }
+
+    pub fn audit_enabled(&self) -> bool {
+        self.audit.is_some()
+    }
+
+    /// The OpenMetrics text of teller's metrics, gauges brought up to date.
+    pub fn metrics_text(&self) -> String {
+        self.metrics
+            .guest_instances_pooled
+            .set(self.current().transfer.instances_pooled() as i64);
+        self.metrics.encode()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a failed guest call by its code.
+    fn counted(&self, e: Error) -> Error {
+        if e.kind == Kind::Guest {
+            self.metrics
+                .guest_errors
+                .get_or_create(&GuestErrorLabels {
+                    code: e.code,
+                    engine: self.engine,
+                })
+                .inc();
+        }
+        e
+    }
+
+    /// Decides one transfer document; with an audit log, answers only once
+    /// the decision's record is on disk.
+    pub fn check(&self, body: &[u8], caller: &Caller) -> Result<CheckResponse, Error> {
+        let request = decode_transfer(body)?;
+        let loaded = self.current();
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        tracing::Span::current().record("decision_id", decision_id.as_str());
+        let started = std::time::Instant::now();
+        let decision = {
+            let _in_use = InFlight::start(&self.metrics.guest_calls_in_flight);
+            loaded.transfer.check(&loaded.config, &request)
+        }
+        .map_err(|e| self.counted(e))?;
+        self.metrics
+            .decision_seconds
+            .get_or_create(&EngineLabels {
+                engine: self.engine,
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let policy = loaded.transfer.policy();
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                policy: policy.name.clone(),
+                verdict: decision.verdict.as_str(),
+                engine: self.engine,
+            })
+            .inc();
+        let audit = match &self.audit {
+            None => None,
+            Some((audit, _)) => {
+                let event = self.decision_event(policy, &request, &decision, &decision_id, caller);
+                Some(
+                    audit
+                        .append(event)
+                        .map(AuditRef::from)
+                        .map_err(|e| self.counted(e))?,
+                )
+            }
+        };
+        Ok(CheckResponse {
+            decision_id,
+            allow: decision.allow,
+            deny: decision.deny,
+            verdict: decision.verdict.as_str(),
+            reasons: decision
+                .reasons
+                .into_iter()
+                .map(|r| ReasonBody {
+                    code: r.code.as_str(),
+                    message: r.message,
+                })
+                .collect(),
+            policy: PolicyRefBody {
+                name: policy.name.clone(),
+                version: policy.version.clone(),
+                sha256: policy.sha256.clone(),
+            },
+            engine: self.engine,
+            audit,
+        })
+    }
+
+    /// Records one event posted to `/v1/audit/events`.
+    pub fn record_event(&self, body: &[u8], caller: &Caller) -> Result<RecordedEvent, Error> {
+        let (audit, _) = self.audit.as_ref().ok_or_else(|| {
+            Error::new(
+                teller_contract::Kind::Unavailable,
+                ErrorCode::AuditLogDisabled,
+                "this teller has no audit log; start it with --audit-dir",
+            )
+        })?;
+        let mut json = serde_json::Deserializer::from_str(teller_contract::request::utf8(body)?);
+        let doc: EventDocument = serde_path_to_error::deserialize(&mut json).map_err(json_error)?;
+        json.end()
+            .map_err(|e| Error::bad_request(ErrorCode::MalformedJson, format!("malformed JSON: {e}")))?;
+        let event = AuditEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            timestamp: now_rfc3339(),
+            actor: Actor {
+                id: doc.actor.id,
+                role: doc.actor.role,
+            },
+            action: doc.action,
+            resource: doc.resource,
+            outcome: doc.outcome,
+            reasons: doc.reasons,
+            origin: Origin {
+                client: caller.client.clone(),
+                request_id: doc.request_id.unwrap_or_default(),
+            },
+            policy: None,
+            engine: self.engine.to_string(),
+            details: doc.details.into_iter().collect(),
+            encrypted: None,
+        };
+        let id = event.id.clone();
+        Ok(RecordedEvent {
+            audit: audit.append(event).map_err(|e| self.counted(e))?.into(),
+            id,
+        })
+    }
+
+    fn decision_event(
+        &self,
+        policy: &PolicyRef,
+        request: &TransferRequest,
+        decision: &Decision,
+        decision_id: &str,
+        caller: &Caller,
+    ) -> AuditEvent {
+        let mut details = vec![
+            ("allow".to_string(), decision.allow.to_string()),
+            ("amount".to_string(), request.amount.to_string()),
+            ("deny".to_string(), decision.deny.to_string()),
+        ];
+        if let Some(currency) = &request.currency {
+            details.push(("currency".to_string(), currency.clone()));
+        }
+        AuditEvent {
+            id: decision_id.to_string(),
+            timestamp: now_rfc3339(),
+            actor: Actor {
+                id: request.user.id.clone().unwrap_or_default(),
+                role: request.user.role.clone(),
+            },
+            action: request.action.clone(),
+            resource: [&request.from_account, &request.to_account]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+            outcome: decision.verdict.as_str().to_string(),
+            reasons: decision
+                .reasons
+                .iter()
+                .map(|r| r.code.as_str().to_string())
+                .collect(),
+            origin: Origin {
+                client: caller.client.clone(),
+                request_id: request.request_id.clone().unwrap_or_default(),
+            },
+            policy: Some(policy.clone()),
+            engine: self.engine.to_string(),
+            details,
+            encrypted: None,
+        }
+    }
+}
+
+/// Sets whether `policy` is loaded in the metrics.
+fn set_loaded(metrics: &Metrics, engine: &'static str, policy: &PolicyRef, value: i64) {
+    metrics
+        .policy_loaded
+        .get_or_create(&PolicyLabels {
+            policy: policy.name.clone(),
+            version: policy.version.clone(),
+            sha256: policy.sha256.clone(),
+            engine,
+        })
+        .set(value);
+}
+
+/// What a new audit guest must seal before it may replace the old one.
+fn self_test_event() -> AuditEvent {
+    AuditEvent {
+        id: "00000000-0000-7000-8000-000000000000".to_string(),
+        timestamp: "1970-01-01T00:00:00.000Z".to_string(),
+        actor: Actor {
+            id: "teller".to_string(),
+            role: "self-test".to_string(),
+        },
+        action: "reload".to_string(),
+        resource: vec!["6222020200001234567".to_string()],
+        outcome: "self-test".to_string(),
+        reasons: vec![],
+        origin: Origin {
+            client: "teller".to_string(),
+            request_id: String::new(),
+        },
+        policy: None,
+        engine: String::new(),
+        details: vec![],
+        encrypted: None,
+    }
+}
+
+impl From<teller_contract::SealedRecord> for AuditRef {
+    fn from(record: teller_contract::SealedRecord) -> Self {
+        AuditRef {
+            seq: record.seq,
+            hash: record.hash,
+        }
+    }
+}
+
+/// The body of `POST /v1/audit/events`. Unlike the transfer document,
+/// unknown fields are refused: a field the client believes recorded must
+/// not vanish silently.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventDocument {
+    actor: ActorDoc,
+    action: String,
+    #[serde(default)]
+    resource: Vec<String>,
+    outcome: String,
+    #[serde(default)]
+    reasons: Vec<String>,
+    #[serde(default)]
+    details: BTreeMap<String, String>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActorDoc {
+    id: String,
+    role: String,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,291 @@
+//! The WasmEdge 0.14.1 engine: runs each guest's `wasm32-wasip1` core module
+//! and performs the canonical ABI itself ([`teller_abi`]), driven by the
+//! same WIT the wasmtime engine's bindings come from.
+//!
+//! Modules are AOT-compiled by WasmEdge's LLVM compiler (interruptible code,
+//! "universal wasm" output) into the artifact cache. A WasmEdge instance must
+//! not run two calls at once, and instantiating one costs far more than a
+//! call, so each loaded guest keeps a pool of ready instances, one per
+//! concurrent caller: a caller takes one, calls, and gives it back. An
+//! instance whose call failed in any way is dropped, never reused, and every
+//! instance is retired after [`MAX_CALLS_PER_INSTANCE`] calls.
+//!
+//! Limits: a watchdog thread stops a call at its deadline through the
+//! executor's stop flag ([`raw`]); the memory cap is WasmEdge's page limit;
+//! the fuel budget is WasmEdge's cost limit, with the module compiled to
+//! measure cost.
+
+mod command;
+mod compile;
+mod pool;
+mod raw;
+mod watchdog;
+
+pub use command::ValueGuest;
+pub use compile::quiesce;
+use compile::{ModuleSlot, compile, load};
+use pool::Pool;
+
+use raw::{AstModule, RawError, Val};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::{Arc, Mutex};
+use wasmedge_sdk::error::WasmEdgeError;
+use wasmedge_sdk::{CompilerOptimizationLevel, CompilerOutputFormat};
+use wasmedge_sys::Config;
+use teller_abi::bridge::{from_value, to_value};
+use teller_abi::lift::Lifter;
+use teller_abi::lower::{GuestAlloc, Lowerer};
+use teller_abi::{AbiError, Contract, ExportFunc, Flat, Value};
+use teller_contract::{
+    AuditEvent, Decision, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef,
+    SealedRecord, TransferRequest,
+};
+use teller_engine::artifact::{Artifact, sha256_hex};
+use teller_engine::cache::ArtifactCache;
+use teller_engine::{AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload};
+use watchdog::Watchdog;
+
+/// The WasmEdge engine as a binary registers it.
+pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
+    name: "wasmedge",
+    about: "WasmEdge 0.14.1, running the guests' core modules through teller's canonical ABI (the production engine)",
+    start: |cache, workload, limits| {
+        Ok(Box::new(
+            WasmEdgeEngine::new(cache, limits)?.tiered(workload == Workload::Service),
+        ))
+    },
+    quiesce,
+};
+
+/// Calls an instance serves before it is replaced by a fresh one.
+pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
+
+pub struct WasmEdgeEngine {
+    config: Arc<Config>,
+    /// For loading bytes teller did not compile itself: a "universal wasm"
+    /// module can carry native code, which must never run unchecked.
+    interpreter: Arc<Config>,
+    contract: Arc<Contract>,
+    cache: ArtifactCache,
+    version: String,
+    limits: GuestLimits,
+    /// Serve at once, interpreted, when a guest's compiled code is not
+    /// cached, and switch to compiled code once it is built.
+    tiered: bool,
+}
+
+impl WasmEdgeEngine {
+    pub fn new(cache: ArtifactCache, limits: GuestLimits) -> Result<Self, Error> {
+        // WasmEdge logs every trap to stderr; teller reports them itself.
+        wasmedge_sdk::LogManager::log_off();
+        let config = |interpreter: bool| -> Result<Config, Error> {
+            let mut config = Config::create().map_err(|e| init_error(&e))?;
+            let pages = u32::try_from(limits.memory_bytes / GuestLimits::WASM_PAGE)
+                .map_err(|_| Error::internal(ErrorCode::EngineInit, "the memory cap is over 4 GiB"))?;
+            config.set_max_memory_pages(pages);
+            config.interruptible(true);
+            if limits.fuel.is_some() {
+                // Compiled into the AOT code, so part of the cache key too.
+                config.measure_cost(true);
+            }
+            config.set_aot_optimization_level(CompilerOptimizationLevel::O3);
+            config.set_aot_compiler_output_format(CompilerOutputFormat::Wasm);
+            config.interpreter_mode(interpreter);
+            Ok(config)
+        };
+        let contract = Contract::bank_policy()
+            .map_err(|e| Error::internal(ErrorCode::EngineInit, format!("the WIT contract: {e}")))?;
+        Ok(Self {
+            config: Arc::new(config(false)?),
+            interpreter: Arc::new(config(true)?),
+            contract: Arc::new(contract),
+            cache,
+            version: wasmedge_sys::utils::version_string(),
+            limits,
+            tiered: false,
+        })
+    }
+
+    /// For a server (`teller serve`, a pod): a guest whose compiled code
+    /// is not in the cache starts on WasmEdge's interpreter, ready in
+    /// milliseconds, while a background thread compiles it (seconds, with
+    /// LLVM at O3); new instances then use the compiled code. Without this,
+    /// a new pod or a server with an empty cache waits for the compiler
+    /// before its first answer.
+    pub fn tiered(mut self, tiered: bool) -> Self {
+        self.tiered = tiered;
+        self
+    }
+
+    /// The WasmEdge library's version, as loaded at run time.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The cache key of a module's compiled code: everything that changes
+    /// the compiler's output is in it.
+    fn key(&self, sha256: &str) -> String {
+        format!(
+            "wasmedge-{}-{sha256}-o3-interruptible{}",
+            self.version,
+            if self.limits.fuel.is_some() {
+                "-cost"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// AOT-compiles a core module, or takes it from the cache.
+    fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<AstModule>, String), Error> {
+        let sha256 = sha256_hex(wasm);
+        let compiled = self
+            .cache
+            .get_or_build(&self.key(&sha256), || compile(&self.config, name, wasm))?;
+        Ok((Arc::new(load(&self.config, name, &compiled)?), sha256))
+    }
+
+    fn pool(&self, artifact: &Artifact) -> Result<(Pool, String), Error> {
+        self.pool_for(artifact.name, &artifact.module()?, self.contract.clone())
+    }
+
+    fn pool_for(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        contract: Arc<Contract>,
+    ) -> Result<(Pool, String), Error> {
+        let (module, sha256) = self.module_slot(name, wasm)?;
+        let pool = Pool {
+            config: self.config.clone(),
+            contract,
+            module,
+            limits: self.limits,
+            idle: Mutex::new(Vec::new()),
+            capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
+        };
+        // Instantiate one now: a module that cannot be instantiated fails at
+        // start-up, not on the first request.
+        let first = pool.instantiate().map_err(|e| Error {
+            code: ErrorCode::PolicyInvalid,
+            message: format!("policy {name} cannot be instantiated: {}", e.message),
+            ..e
+        })?;
+        pool.give_back(first);
+        Ok((pool, sha256))
+    }
+
+    fn policy_ref(pool: &Pool, sha256: String) -> Result<PolicyRef, Error> {
+        let describe = pool.export("metadata", "describe")?;
+        let meta: PolicyMetadata = pool.call(&describe, &[])?;
+        Ok(PolicyRef {
+            name: meta.name,
+            version: meta.version,
+            sha256,
+        })
+    }
+}
+
+impl Engine for WasmEdgeEngine {
+    fn name(&self) -> &'static str {
+        "wasmedge"
+    }
+
+    fn load_transfer_check(&self, artifact: &Artifact) -> Result<Arc<dyn TransferCheck>, Error> {
+        let (pool, sha256) = self.pool(artifact)?;
+        Ok(Arc::new(WasmEdgeTransferCheck {
+            policy: Self::policy_ref(&pool, sha256)?,
+            check: pool.export("transfer-check", "check")?,
+            pool,
+        }))
+    }
+
+    fn load_audit(&self, artifact: &Artifact) -> Result<Arc<dyn AuditSealer>, Error> {
+        let (pool, sha256) = self.pool(artifact)?;
+        Ok(Arc::new(WasmEdgeAuditSealer {
+            policy: Self::policy_ref(&pool, sha256)?,
+            seal: pool.export("audit", "seal")?,
+            pool,
+        }))
+    }
+}
+
+struct WasmEdgeTransferCheck {
+    policy: PolicyRef,
+    check: ExportFunc,
+    pool: Pool,
+}
+
+impl TransferCheck for WasmEdgeTransferCheck {
+    fn policy(&self) -> &PolicyRef {
+        &self.policy
+    }
+
+    fn instances_pooled(&self) -> usize {
+        self.pool.idle.lock().map_or(0, |idle| idle.len())
+    }
+
+    fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
+        let args = [
+            self.pool.arg(&self.check, 0, config)?,
+            self.pool.arg(&self.check, 1, request)?,
+        ];
+        self.pool.call(&self.check, &args)
+    }
+
+    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
+        let mut warm = match mode {
+            CallMode::Warm => Some(self.pool.instantiate()?),
+            CallMode::Fresh => None,
+        };
+        Ok(Box::new(move |config, request| {
+            let args = [
+                self.pool.arg(&self.check, 0, config)?,
+                self.pool.arg(&self.check, 1, request)?,
+            ];
+            let value = match &mut warm {
+                Some(guest) => guest.invoke(&self.pool.contract, &self.check, &args)?,
+                None => self
+                    .pool
+                    .instantiate()?
+                    .invoke(&self.pool.contract, &self.check, &args)?,
+            };
+            self.pool.lift_result(&self.check, value)
+        }))
+    }
+}
+
+struct WasmEdgeAuditSealer {
+    policy: PolicyRef,
+    seal: ExportFunc,
+    pool: Pool,
+}
+
+impl AuditSealer for WasmEdgeAuditSealer {
+    fn policy(&self) -> &PolicyRef {
+        &self.policy
+    }
+
+    fn seal(&self, seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecord, Error> {
+        let args = [
+            self.pool.arg(&self.seal, 0, &seq)?,
+            self.pool.arg(&self.seal, 1, prev_hash)?,
+            self.pool.arg(&self.seal, 2, event)?,
+        ];
+        let sealed: Result<SealedRecord, String> = self.pool.call(&self.seal, &args)?;
+        sealed.map_err(|refusal| Error::guest(ErrorCode::GuestRefused, refusal))
+    }
+}
+
+pub(crate) fn bad_output(e: AbiError) -> Error {
+    Error::guest(
+        ErrorCode::GuestBadOutput,
+        format!("the guest broke the canonical ABI: {e}"),
+    )
+}
+
+fn init_error(e: &WasmEdgeError) -> Error {
+    Error::internal(ErrorCode::EngineInit, format!("cannot start WasmEdge: {e}"))
+}
+

@@ -1,0 +1,293 @@
+//! A pool of ready instances of one module, and one instance's
+//! canonical-ABI call within its deadline, memory cap and fuel budget.
+
+use crate::raw::{self, AstModule, RawError, Val};
+use crate::watchdog::Watchdog;
+use crate::{MAX_CALLS_PER_INSTANCE, ModuleSlot, bad_output};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::{Arc, Mutex};
+use teller_abi::bridge::{from_value, to_value};
+use teller_abi::lift::Lifter;
+use teller_abi::lower::{GuestAlloc, Lowerer};
+use teller_abi::{AbiError, Contract, ExportFunc, Flat, Value};
+use teller_contract::{Error, ErrorCode};
+use teller_engine::GuestLimits;
+use wasmedge_sys::Config;
+
+/// Ready instances of one module.
+pub(crate) struct Pool {
+    pub(crate) config: Arc<Config>,
+    pub(crate) contract: Arc<Contract>,
+    pub(crate) module: ModuleSlot,
+    pub(crate) limits: GuestLimits,
+    pub(crate) idle: Mutex<Vec<GuestInstance>>,
+    pub(crate) capacity: usize,
+}
+
+impl Pool {
+    pub(crate) fn export(&self, interface: &str, func: &str) -> Result<ExportFunc, Error> {
+        self.contract
+            .export(interface, func)
+            .map_err(|e| Error::internal(ErrorCode::PolicyInvalid, e.to_string()))
+    }
+
+    /// Argument `index` of `func`, as a [`Value`] of its WIT type.
+    pub(crate) fn arg<T: Serialize + ?Sized>(
+        &self,
+        func: &ExportFunc,
+        index: usize,
+        v: &T,
+    ) -> Result<Value, Error> {
+        let ty = func.params.get(index).ok_or_else(|| {
+            Error::internal(
+                ErrorCode::Internal,
+                format!("{} has no parameter {index}", func.name),
+            )
+        })?;
+        to_value(&self.contract, ty, v)
+            .map_err(|e| Error::internal(ErrorCode::Internal, format!("{}: {e}", func.name)))
+    }
+
+    /// Calls `func` on a ready instance.
+    pub(crate) fn call_values(&self, func: &ExportFunc, args: &[Value]) -> Result<Option<Value>, Error> {
+        let mut guest = match self.take() {
+            Some(guest) => guest,
+            None => self.instantiate()?,
+        };
+        let value = guest.invoke(&self.contract, func, args)?;
+        self.give_back(guest);
+        Ok(value)
+    }
+
+    /// Calls `func` and converts its result to `R`.
+    pub(crate) fn call<R: DeserializeOwned>(&self, func: &ExportFunc, args: &[Value]) -> Result<R, Error> {
+        let value = self.call_values(func, args)?;
+        self.lift_result(func, value)
+    }
+
+    /// `func`'s result as the Rust type `R`.
+    pub(crate) fn lift_result<R: DeserializeOwned>(
+        &self,
+        func: &ExportFunc,
+        value: Option<Value>,
+    ) -> Result<R, Error> {
+        let ty = func
+            .result
+            .as_ref()
+            .ok_or_else(|| Error::internal(ErrorCode::Internal, format!("{} returns nothing", func.name)))?;
+        let value = value.ok_or_else(|| bad_output(AbiError("no result".into())))?;
+        from_value(&self.contract, ty, value).map_err(bad_output)
+    }
+
+    pub(crate) fn take(&self) -> Option<GuestInstance> {
+        let current = self.current();
+        let mut idle = self.idle.lock().ok()?;
+        // Instances of a replaced (interpreted) module are dropped.
+        idle.retain(|guest| Arc::ptr_eq(&guest.module, &current));
+        idle.pop()
+    }
+
+    /// The module new instances are made from.
+    pub(crate) fn current(&self) -> Arc<AstModule> {
+        self.module
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn give_back(&self, guest: GuestInstance) {
+        if guest.calls >= MAX_CALLS_PER_INSTANCE
+            || guest.stopped
+            || !Arc::ptr_eq(&guest.module, &self.current())
+        {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.capacity
+        {
+            idle.push(guest);
+        }
+    }
+
+    pub(crate) fn instantiate(&self) -> Result<GuestInstance, Error> {
+        let module = self.current();
+        let raw = raw::Instance::new(
+            &self.config,
+            &module,
+            self.limits.fuel.is_some(),
+            raw::Wasi::Shim,
+        )
+        .map_err(|e| Error::guest(ErrorCode::GuestTrap, format!("cannot instantiate: {e}")))?;
+        Ok(GuestInstance {
+            raw,
+            module,
+            limits: self.limits,
+            calls: 0,
+            stopped: false,
+            failure: None,
+        })
+    }
+}
+
+/// One instantiated module, its limits, and how it has been used.
+pub(crate) struct GuestInstance {
+    pub(crate) raw: raw::Instance,
+    /// What it was instantiated from, kept alive as long as it is.
+    pub(crate) module: Arc<AstModule>,
+    pub(crate) limits: GuestLimits,
+    pub(crate) calls: u32,
+    /// The watchdog stopped a call: the stop flag may still be set, so the
+    /// instance must not be reused.
+    pub(crate) stopped: bool,
+    /// Why the last core call failed, kept while the canonical-ABI code
+    /// (which only sees `AbiError`s) unwinds.
+    pub(crate) failure: Option<Error>,
+}
+
+impl GuestInstance {
+    /// The canonical-ABI call: lower, call, lift, post-return, all within
+    /// one deadline and one fuel budget.
+    pub(crate) fn invoke(
+        &mut self,
+        contract: &Contract,
+        func: &ExportFunc,
+        args: &[Value],
+    ) -> Result<Option<Value>, Error> {
+        self.calls += 1;
+        self.failure = None;
+        if let Some(fuel) = self.limits.fuel {
+            self.raw.set_cost_limit(fuel);
+        }
+        let watchdog = Watchdog::get();
+        let armed = watchdog.arm(self.limits.deadline, self.raw.stop_handle());
+        let result = self.invoke_within_limits(contract, func, args);
+        if watchdog.disarm(armed) {
+            self.stopped = true;
+        }
+        result.map_err(|e| self.failure.take().unwrap_or(e))
+    }
+
+    pub(crate) fn invoke_within_limits(
+        &mut self,
+        contract: &Contract,
+        func: &ExportFunc,
+        args: &[Value],
+    ) -> Result<Option<Value>, Error> {
+        let flat = Lowerer::new(contract, self)
+            .params(func, args)
+            .map_err(bad_output)?;
+        let results = self.call_core(&func.name, &flat)?;
+        let value = {
+            let memory = self.memory()?;
+            Lifter::new(contract, memory)
+                .results(func, &results)
+                .map_err(bad_output)?
+        };
+        if func.result.is_some() && self.raw.has_func(&func.post_return) {
+            self.call_core(&func.post_return, &results)?;
+        }
+        Ok(value)
+    }
+
+    pub(crate) fn call_core(&mut self, name: &str, args: &[Flat]) -> Result<Vec<Flat>, Error> {
+        let params: Vec<Val> = args
+            .iter()
+            .map(|a| match *a {
+                Flat::I32(v) => Val::I32(v),
+                Flat::I64(v) => Val::I64(v),
+                Flat::F32(v) => Val::F32(v),
+                Flat::F64(v) => Val::F64(v),
+            })
+            .collect();
+        let results = self.raw.call(name, &params).map_err(|e| {
+            let error = self.classify(&e, name);
+            self.failure = Some(error.clone());
+            error
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|v| match v {
+                Val::I32(v) => Flat::I32(v),
+                Val::I64(v) => Flat::I64(v),
+                Val::F32(v) => Flat::F32(v),
+                Val::F64(v) => Flat::F64(v),
+            })
+            .collect())
+    }
+
+    /// Sorts a failed core call into the guest error codes clients see.
+    pub(crate) fn classify(&self, e: &RawError, what: &str) -> Error {
+        match e.code {
+            raw::INTERRUPTED => Error::guest(
+                ErrorCode::GuestTimeout,
+                format!(
+                    "the guest ran past its {} ms deadline",
+                    self.limits.deadline.as_millis()
+                ),
+            ),
+            raw::COST_LIMIT_EXCEEDED => Error::guest(
+                ErrorCode::GuestOutOfFuel,
+                format!(
+                    "the guest used up its fuel ({})",
+                    self.limits.fuel.unwrap_or_default()
+                ),
+            ),
+            0 => Error::guest(ErrorCode::GuestBadOutput, format!("{what}: {e}")),
+            raw::PROC_EXIT => {
+                Error::guest(ErrorCode::GuestTrap, format!("{what}: the guest called proc_exit"))
+            }
+            _ => {
+                // WasmEdge does not say that a trap followed a refused
+                // memory.grow (an allocator giving up); a trap with memory
+                // past half the cap is reported as that.
+                let used = u64::from(self.raw.memory_pages().unwrap_or(0)) * GuestLimits::WASM_PAGE;
+                if used > self.limits.memory_bytes / 2 {
+                    Error::guest(
+                        ErrorCode::GuestMemoryLimit,
+                        format!(
+                            "the guest trapped with {} of its {} MiB of memory in use: {e}",
+                            used >> 20,
+                            self.limits.memory_bytes >> 20
+                        ),
+                    )
+                } else {
+                    Error::guest(ErrorCode::GuestTrap, format!("{what}: the guest trapped: {e}"))
+                }
+            }
+        }
+    }
+
+    /// All of linear memory, for lifting (no guest code runs meanwhile).
+    pub(crate) fn memory(&self) -> Result<&[u8], Error> {
+        self.raw
+            .memory_bytes()
+            .ok_or_else(|| Error::guest(ErrorCode::GuestBadOutput, "the guest exports no memory"))
+    }
+}
+
+impl GuestAlloc for GuestInstance {
+    fn realloc(
+        &mut self,
+        old_ptr: u32,
+        old_size: u32,
+        align: u32,
+        new_size: u32,
+    ) -> Result<u32, AbiError> {
+        let args = [old_ptr, old_size, align, new_size].map(|v| Flat::I32(v as i32));
+        match self
+            .call_core("cabi_realloc", &args)
+            .map_err(|e| AbiError(e.message))?
+            .as_slice()
+        {
+            [Flat::I32(ptr)] => Ok(*ptr as u32),
+            _ => Err(AbiError("cabi_realloc must return one i32".into())),
+        }
+    }
+
+    fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<(), AbiError> {
+        self.raw
+            .write_memory(ptr, bytes)
+            .map_err(|e| AbiError(format!("writing {} bytes at {ptr:#x}: {e}", bytes.len())))
+    }
+}

@@ -1,0 +1,452 @@
+//! Owners of the WasmEdge C API objects behind one guest instance, for what
+//! wasmedge-sys does not offer: an executor whose running call another
+//! thread can stop (the deadline), and a cost limit reset before each call
+//! (the fuel budget).
+//!
+//! WasmEdge 0.14 has no call to stop a synchronous invoke, but every
+//! executor has one stop flag that interruptible AOT code checks at each
+//! loop and block, and `WasmEdge_AsyncCancel` sets it. So each instance
+//! keeps one finished async invocation (of a no-op host function, so no
+//! guest code runs for it) as its [`StopHandle`]. The flag stays set until a
+//! check consumes it, which is why a stopped instance is never reused.
+//! (wasmedge-sys's own `call_func_with_timeout` instead `siglongjmp`s out of
+//! WasmEdge's C++ frames, skipping their destructors and its fault guard.)
+
+#![allow(unsafe_code)]
+
+mod wasi;
+
+use std::ffi::CStr;
+use wasi::{wasi_command, wasi_shim};
+pub use wasi::PROC_EXIT;
+use wasmedge_sys::{Config, ffi};
+
+/// A WasmEdge error: its code and message.
+#[derive(Debug, Clone)]
+pub struct RawError {
+    pub code: u32,
+    pub message: String,
+}
+
+impl std::fmt::Display for RawError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (WasmEdge error {:#x})", self.message, self.code)
+    }
+}
+
+/// A command called `proc_exit` (its code is [`Instance::exit_code`]).
+pub const TERMINATED: u32 = ffi::WasmEdge_ErrCode_Terminated;
+/// The call was stopped through its executor's stop flag.
+pub const INTERRUPTED: u32 = ffi::WasmEdge_ErrCode_Interrupted;
+/// The call went past the statistics' cost limit.
+pub const COST_LIMIT_EXCEEDED: u32 = ffi::WasmEdge_ErrCode_CostLimitExceeded;
+
+fn check(result: ffi::WasmEdge_Result) -> Result<(), RawError> {
+    // SAFETY: plain functions of a by-value result; the message is a static
+    // string owned by WasmEdge.
+    unsafe {
+        if ffi::WasmEdge_ResultOK(result) {
+            return Ok(());
+        }
+        let message = ffi::WasmEdge_ResultGetMessage(result);
+        Err(RawError {
+            code: ffi::WasmEdge_ResultGetCode(result),
+            message: if message.is_null() {
+                "unknown error".to_string()
+            } else {
+                CStr::from_ptr(message).to_string_lossy().into_owned()
+            },
+        })
+    }
+}
+
+fn null(what: &str) -> RawError {
+    RawError {
+        code: 0,
+        message: format!("WasmEdge could not create {what}"),
+    }
+}
+
+fn name(s: &str) -> ffi::WasmEdge_String {
+    // SAFETY: `StringWrap` borrows the bytes without copying; every use
+    // below finishes before `s` goes away.
+    unsafe { ffi::WasmEdge_StringWrap(s.as_ptr().cast(), s.len() as u32) }
+}
+
+/// A loaded and validated module (AOT code included), shared by instances.
+pub struct AstModule(*mut ffi::WasmEdge_ASTModuleContext);
+
+// SAFETY: WasmEdge only reads a validated AST module when instantiating it.
+unsafe impl Send for AstModule {}
+unsafe impl Sync for AstModule {}
+
+impl AstModule {
+    pub fn load(config: &Config, bytes: &[u8]) -> Result<Self, RawError> {
+        let len = u32::try_from(bytes.len()).map_err(|_| RawError {
+            code: 0,
+            message: "the module is over 4 GiB".into(),
+        })?;
+        // SAFETY: the loader and validator live only inside this block; the
+        // AST is owned by the returned value (or deleted on failure).
+        unsafe {
+            let loader = ffi::WasmEdge_LoaderCreate(config.as_ptr());
+            if loader.is_null() {
+                return Err(null("a loader"));
+            }
+            let mut ast = std::ptr::null_mut();
+            let parsed = check(ffi::WasmEdge_LoaderParseFromBuffer(
+                loader,
+                &mut ast,
+                bytes.as_ptr(),
+                len,
+            ));
+            ffi::WasmEdge_LoaderDelete(loader);
+            parsed?;
+            let module = AstModule(ast);
+            let validator = ffi::WasmEdge_ValidatorCreate(config.as_ptr());
+            if validator.is_null() {
+                return Err(null("a validator"));
+            }
+            let valid = check(ffi::WasmEdge_ValidatorValidate(validator, module.0));
+            ffi::WasmEdge_ValidatorDelete(validator);
+            valid.map(|()| module)
+        }
+    }
+}
+
+impl Drop for AstModule {
+    fn drop(&mut self) {
+        // SAFETY: owned; instances made from it are gone (they hold an Arc).
+        unsafe { ffi::WasmEdge_ASTModuleDelete(self.0) }
+    }
+}
+
+/// A core value crossing into or out of the guest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Val {
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+}
+
+/// Sets an instance's executor's stop flag, from any thread. A copy of a
+/// pointer: whoever holds one must know the instance is still alive (the
+/// watchdog knows because calls disarm it before they return).
+#[derive(Debug, Clone, Copy)]
+pub struct StopHandle(*mut ffi::WasmEdge_Async);
+
+// SAFETY: `WasmEdge_AsyncCancel` only stores to an atomic flag and wakes
+// waiters.
+unsafe impl Send for StopHandle {}
+
+impl StopHandle {
+    /// Stops whatever the instance's executor is running, at its next loop
+    /// or block boundary (or its next call, if it is running nothing).
+    pub fn stop(self) {
+        // SAFETY: the instance, and so the handle, is alive (see above).
+        unsafe { ffi::WasmEdge_AsyncCancel(self.0) }
+    }
+}
+
+/// One instance of a module with the executor, store, WASI module and
+/// statistics it runs on. Calls must not overlap (`&mut self`).
+pub struct Instance {
+    stopper: StopHandle,
+    instance: *mut ffi::WasmEdge_ModuleInstanceContext,
+    wasi: *mut ffi::WasmEdge_ModuleInstanceContext,
+    store: *mut ffi::WasmEdge_StoreContext,
+    executor: *mut ffi::WasmEdge_ExecutorContext,
+    /// Present when the module was compiled to measure cost.
+    stats: *mut ffi::WasmEdge_StatisticsContext,
+}
+
+// SAFETY: all of it is owned by this value and used by one thread at a
+// time (`&mut self`), except the stop handle, which is built for sharing.
+unsafe impl Send for Instance {}
+
+/// The executor's stop flag is tested by interruptible code; a no-op host
+/// function gives the instance its [`StopHandle`] without running guest code.
+unsafe extern "C" fn noop(
+    _data: *mut std::ffi::c_void,
+    _frame: *const ffi::WasmEdge_CallingFrameContext,
+    _params: *const ffi::WasmEdge_Value,
+    _returns: *mut ffi::WasmEdge_Value,
+) -> ffi::WasmEdge_Result {
+    ffi::WasmEdge_Result { Code: 0 }
+}
+
+/// What a guest's `wasi_snapshot_preview1` imports are bound to.
+pub enum Wasi<'a> {
+    /// A policy: [`wasi_shim`], with no stdio and no environment.
+    Shim,
+    /// A function command run as a container's process: WasmEdge's own
+    /// WASI with these arguments and `NAME=VALUE` variables, on the
+    /// process's stdin, stdout and stderr, and no files.
+    Command {
+        args: &'a [String],
+        envs: &'a [String],
+    },
+}
+
+impl Instance {
+    /// Instantiates `module` with `wasi` for its WASI imports.
+    /// `measure_cost` must match how `config` was set.
+    pub fn new(
+        config: &Config,
+        module: &AstModule,
+        measure_cost: bool,
+        wasi: Wasi<'_>,
+    ) -> Result<Self, RawError> {
+        // Made first, as it can fail before anything else exists.
+        let wasi = match wasi {
+            Wasi::Shim => wasi_shim(),
+            Wasi::Command { args, envs } => wasi_command(args, envs)?,
+        };
+        // SAFETY: every object is created here, checked for null, and owned
+        // by `Instance` (whose `Drop` deletes it) before anything can fail.
+        unsafe {
+            let stats = if measure_cost {
+                let stats = ffi::WasmEdge_StatisticsCreate();
+                if stats.is_null() {
+                    if !wasi.is_null() {
+                        ffi::WasmEdge_ModuleInstanceDelete(wasi);
+                    }
+                    return Err(null("statistics"));
+                }
+                stats
+            } else {
+                std::ptr::null_mut()
+            };
+            let executor = ffi::WasmEdge_ExecutorCreate(config.as_ptr(), stats);
+            let store = ffi::WasmEdge_StoreCreate();
+            let stopper = Self::stopper(executor);
+            let mut this = Instance {
+                stopper: StopHandle(
+                    stopper
+                        .as_ref()
+                        .ok()
+                        .copied()
+                        .unwrap_or(std::ptr::null_mut()),
+                ),
+                instance: std::ptr::null_mut(),
+                wasi,
+                store,
+                executor,
+                stats,
+            };
+            if executor.is_null() || store.is_null() || wasi.is_null() {
+                return Err(null("an executor, store or WASI module"));
+            }
+            stopper?;
+            check(ffi::WasmEdge_ExecutorRegisterImport(executor, store, wasi))?;
+            check(ffi::WasmEdge_ExecutorInstantiate(
+                executor,
+                &mut this.instance,
+                store,
+                module.0,
+            ))?;
+            Ok(this)
+        }
+    }
+
+    /// Runs the no-op host function asynchronously on `executor` and keeps
+    /// the finished handle: cancelling it later stops the executor.
+    unsafe fn stopper(
+        executor: *mut ffi::WasmEdge_ExecutorContext,
+    ) -> Result<*mut ffi::WasmEdge_Async, RawError> {
+        if executor.is_null() {
+            return Err(null("an executor"));
+        }
+        // SAFETY: the type and function are deleted once the async run has
+        // finished (`AsyncWait`); the handle then refers only to `executor`.
+        unsafe {
+            let ty = ffi::WasmEdge_FunctionTypeCreate(std::ptr::null(), 0, std::ptr::null(), 0);
+            if ty.is_null() {
+                return Err(null("a function type"));
+            }
+            let func =
+                ffi::WasmEdge_FunctionInstanceCreate(ty, Some(noop), std::ptr::null_mut(), 0);
+            ffi::WasmEdge_FunctionTypeDelete(ty);
+            if func.is_null() {
+                return Err(null("a host function"));
+            }
+            let handle = ffi::WasmEdge_ExecutorAsyncInvoke(executor, func, std::ptr::null(), 0);
+            if handle.is_null() {
+                ffi::WasmEdge_FunctionInstanceDelete(func);
+                return Err(null("an async invocation"));
+            }
+            ffi::WasmEdge_AsyncWait(handle);
+            let done = check(ffi::WasmEdge_AsyncGet(handle, std::ptr::null_mut(), 0));
+            ffi::WasmEdge_FunctionInstanceDelete(func);
+            if let Err(e) = done {
+                ffi::WasmEdge_AsyncDelete(handle);
+                return Err(e);
+            }
+            Ok(handle)
+        }
+    }
+
+    /// The code a command passed to `proc_exit` (0 if it returned).
+    pub fn exit_code(&self) -> u32 {
+        // SAFETY: `wasi` is owned; for a policy's shim module WasmEdge
+        // reports a mismatched module as exit code 1 rather than failing.
+        unsafe { ffi::WasmEdge_ModuleInstanceWASIGetExitCode(self.wasi) }
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stopper
+    }
+
+    /// Resets the cost count and sets the budget for the next call.
+    pub fn set_cost_limit(&mut self, limit: u64) {
+        if self.stats.is_null() {
+            return;
+        }
+        // SAFETY: owned statistics; no call is running (`&mut self`).
+        unsafe {
+            ffi::WasmEdge_StatisticsClear(self.stats);
+            ffi::WasmEdge_StatisticsSetCostLimit(self.stats, limit);
+        }
+    }
+
+    /// Whether the instance exports a function called `func`.
+    pub fn has_func(&self, func: &str) -> bool {
+        // SAFETY: a lookup in the owned, instantiated module.
+        unsafe { !ffi::WasmEdge_ModuleInstanceFindFunction(self.instance, name(func)).is_null() }
+    }
+
+    /// Calls the exported function `func`.
+    pub fn call(&mut self, func: &str, args: &[Val]) -> Result<Vec<Val>, RawError> {
+        let missing = || RawError {
+            code: 0,
+            message: format!("the guest has no export {func}"),
+        };
+        // SAFETY: the function belongs to the owned instance; the argument
+        // and result buffers are sized from its type.
+        unsafe {
+            let f = ffi::WasmEdge_ModuleInstanceFindFunction(self.instance, name(func));
+            if f.is_null() {
+                return Err(missing());
+            }
+            let ty = ffi::WasmEdge_FunctionInstanceGetFunctionType(f);
+            if ty.is_null() {
+                return Err(missing());
+            }
+            let n = ffi::WasmEdge_FunctionTypeGetReturnsLength(ty);
+            let mut types = vec![ffi::WasmEdge_ValType { Data: [0; 8] }; n as usize];
+            ffi::WasmEdge_FunctionTypeGetReturns(ty, types.as_mut_ptr(), n);
+            let params: Vec<ffi::WasmEdge_Value> = args
+                .iter()
+                .map(|a| match *a {
+                    Val::I32(v) => ffi::WasmEdge_ValueGenI32(v),
+                    Val::I64(v) => ffi::WasmEdge_ValueGenI64(v),
+                    Val::F32(v) => ffi::WasmEdge_ValueGenF32(v),
+                    Val::F64(v) => ffi::WasmEdge_ValueGenF64(v),
+                })
+                .collect();
+            let mut returns = vec![ffi::WasmEdge_ValueGenI32(0); n as usize];
+            check(ffi::WasmEdge_ExecutorInvoke(
+                self.executor,
+                f,
+                params.as_ptr(),
+                params.len() as u32,
+                returns.as_mut_ptr(),
+                n,
+            ))?;
+            returns
+                .into_iter()
+                .zip(types)
+                .map(|(v, t)| {
+                    if ffi::WasmEdge_ValTypeIsI32(t) {
+                        Ok(Val::I32(ffi::WasmEdge_ValueGetI32(v)))
+                    } else if ffi::WasmEdge_ValTypeIsI64(t) {
+                        Ok(Val::I64(ffi::WasmEdge_ValueGetI64(v)))
+                    } else if ffi::WasmEdge_ValTypeIsF32(t) {
+                        Ok(Val::F32(ffi::WasmEdge_ValueGetF32(v)))
+                    } else if ffi::WasmEdge_ValTypeIsF64(t) {
+                        Ok(Val::F64(ffi::WasmEdge_ValueGetF64(v)))
+                    } else {
+                        Err(RawError {
+                            code: 0,
+                            message: format!("{func} returns a reference or vector"),
+                        })
+                    }
+                })
+                .collect()
+        }
+    }
+
+    fn memory(&self) -> Option<*mut ffi::WasmEdge_MemoryInstanceContext> {
+        // SAFETY: a lookup in the owned, instantiated module.
+        let memory =
+            unsafe { ffi::WasmEdge_ModuleInstanceFindMemory(self.instance, name("memory")) };
+        (!memory.is_null()).then_some(memory)
+    }
+
+    /// The exported memory's size in 64 KiB pages.
+    pub fn memory_pages(&self) -> Option<u32> {
+        // SAFETY: the memory belongs to the owned instance.
+        self.memory()
+            .map(|m| unsafe { ffi::WasmEdge_MemoryInstanceGetPageSize(m) })
+    }
+
+    /// All of the exported linear memory. No guest code can run (and grow
+    /// or move it) while the slice borrows `self`.
+    pub fn memory_bytes(&self) -> Option<&[u8]> {
+        let memory = self.memory()?;
+        // SAFETY: the pointer covers the memory's current size, which does
+        // not change while `self` is borrowed.
+        unsafe {
+            let len = ffi::WasmEdge_MemoryInstanceGetPageSize(memory).checked_mul(65536)?;
+            let ptr = ffi::WasmEdge_MemoryInstanceGetPointerConst(memory, 0, len);
+            (!ptr.is_null()).then(|| std::slice::from_raw_parts(ptr, len as usize))
+        }
+    }
+
+    /// Writes `bytes` at `offset` of the exported memory, bounds-checked by
+    /// WasmEdge.
+    pub fn write_memory(&mut self, offset: u32, bytes: &[u8]) -> Result<(), RawError> {
+        let memory = self.memory().ok_or_else(|| RawError {
+            code: 0,
+            message: "the guest exports no memory".into(),
+        })?;
+        // SAFETY: `SetData` checks the range against the memory's size.
+        unsafe {
+            check(ffi::WasmEdge_MemoryInstanceSetData(
+                memory,
+                bytes.as_ptr(),
+                offset,
+                u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+            ))
+        }
+    }
+}
+
+impl Drop for Instance {
+    /// The stopper first (it refers to the executor), then the instances
+    /// before the store and executor they were registered with.
+    fn drop(&mut self) {
+        // SAFETY: each pointer is owned and deleted once; null ones skipped.
+        unsafe {
+            if !self.stopper.0.is_null() {
+                ffi::WasmEdge_AsyncDelete(self.stopper.0);
+            }
+            if !self.instance.is_null() {
+                ffi::WasmEdge_ModuleInstanceDelete(self.instance);
+            }
+            if !self.wasi.is_null() {
+                ffi::WasmEdge_ModuleInstanceDelete(self.wasi);
+            }
+            if !self.store.is_null() {
+                ffi::WasmEdge_StoreDelete(self.store);
+            }
+            if !self.executor.is_null() {
+                ffi::WasmEdge_ExecutorDelete(self.executor);
+            }
+            if !self.stats.is_null() {
+                ffi::WasmEdge_StatisticsDelete(self.stats);
+            }
+        }
+    }
+}

@@ -10,8 +10,8 @@ use proptest::strategy::Union;
 use std::sync::Arc;
 use teller_abi::{Contract, Kind, Value};
 use teller_engine::cache::ArtifactCache;
-use teller_wasmedge::WasmEdgeEngine;
 use teller_policy_artifacts::ABI_ECHO;
+use teller_wasmedge::WasmEdgeEngine;
 use wasmtime::component::{Component, Linker, ResourceTable, Val};
 use wit_parser::{Type, TypeDefKind};
 

@@ -502,8 +502,11 @@ fn a_lying_sealer_writes_nothing() {
         let policies = dir.path().join("policies");
         std::fs::create_dir(&policies).unwrap();
         for (name, guest) in [("transfer-check", TRANSFER_CHECK), ("audit", LYING_SEALER)] {
-            std::fs::write(policies.join(format!("{name}.component.wasm")), guest.component)
-                .unwrap();
+            std::fs::write(
+                policies.join(format!("{name}.component.wasm")),
+                guest.component,
+            )
+            .unwrap();
             std::fs::write(policies.join(format!("{name}.module.wasm")), guest.module).unwrap();
         }
         let log = dir.path().join("audit");
@@ -524,11 +527,18 @@ fn a_lying_sealer_writes_nothing() {
             server.post("/v1/audit/events", &event.to_string())
         };
         let r = post("honest");
-        assert_eq!((r.status, r.json()["seq"].as_u64()), (201, Some(1)), "{r:?}");
+        assert_eq!(
+            (r.status, r.json()["seq"].as_u64()),
+            (201, Some(1)),
+            "{r:?}"
+        );
         for (lie, why) in [
             ("lie-hash", "its hash does not match its content"),
             ("lie-seq", "it has seq 3 (line)"),
-            ("lie-prev-hash", "its prev_hash is not the previous record's hash"),
+            (
+                "lie-prev-hash",
+                "its prev_hash is not the previous record's hash",
+            ),
         ] {
             let r = post(lie);
             assert_eq!(r.status, 500, "{engine} {lie}: {r:?}");
@@ -537,7 +547,11 @@ fn a_lying_sealer_writes_nothing() {
             assert!(message.contains(why), "{engine} {lie}: {message}");
         }
         let r = post("honest");
-        assert_eq!((r.status, r.json()["seq"].as_u64()), (201, Some(2)), "{r:?}");
+        assert_eq!(
+            (r.status, r.json()["seq"].as_u64()),
+            (201, Some(2)),
+            "{r:?}"
+        );
         assert_eq!(lines(&log).len(), 2, "{engine}: {:?}", lines(&log));
         let (code, out) = verify(&log);
         assert_eq!(code, 0, "{engine}: {out}");

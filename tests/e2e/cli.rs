@@ -29,9 +29,14 @@ fn help_explains_every_command() {
         assert!(help.contains(&format!("{engine}: ")), "{engine}: {help}");
     }
     // The benchmarks are a binary of their own.
-    assert!(!String::from_utf8_lossy(&teller().arg("--help").output().unwrap().stdout)
-        .contains("bench"));
-    let out = crate::support::teller_bench().arg("--help").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&teller().arg("--help").output().unwrap().stdout)
+            .contains("bench")
+    );
+    let out = crate::support::teller_bench()
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for command in ["cold-start", "call", "http", "audit"] {

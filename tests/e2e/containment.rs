@@ -340,7 +340,10 @@ fn probes_answer_while_every_worker_runs_a_slow_guest() {
                 if busy >= cores {
                     break;
                 }
-                assert!(started.elapsed() < Duration::from_secs(2), "{engine}: {busy} busy");
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "{engine}: {busy} busy"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             let mut slowest = Duration::ZERO;
@@ -352,7 +355,9 @@ fn probes_answer_while_every_worker_runs_a_slow_guest() {
                     assert_eq!(r.status, 200, "{engine} {probe}: {r:?}");
                 }
             }
-            println!("{engine} (audit {audit}): slowest probe {slowest:?} with {cores} workers in looping guests");
+            println!(
+                "{engine} (audit {audit}): slowest probe {slowest:?} with {cores} workers in looping guests"
+            );
             assert!(
                 slowest < Duration::from_millis(100),
                 "{engine} (audit {audit}): a probe took {slowest:?} while guests ran"

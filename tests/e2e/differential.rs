@@ -4,10 +4,10 @@
 
 use crate::support::engine;
 use proptest::prelude::*;
-use teller_engine::artifact::{AUDIT, PolicySource, TRANSFER_CHECK};
 use teller_contract::{
     Actor, AuditEvent, EncryptedEvent, Origin, PolicyConfig, PolicyRef, TransferRequest, User,
 };
+use teller_engine::artifact::{AUDIT, PolicySource, TRANSFER_CHECK};
 
 const CASES: u32 = 1000;
 

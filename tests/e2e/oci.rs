@@ -53,7 +53,11 @@ fn layer_file(tar: &[u8]) -> (String, Vec<u8>) {
 fn blob<'a>(files: &'a HashMap<String, Vec<u8>>, digest: &str) -> &'a Vec<u8> {
     let hex = digest.strip_prefix("sha256:").unwrap();
     let bytes = &files[&format!("blobs/sha256/{hex}")];
-    assert_eq!(teller_engine::artifact::sha256_hex(bytes), hex, "blob {digest}");
+    assert_eq!(
+        teller_engine::artifact::sha256_hex(bytes),
+        hex,
+        "blob {digest}"
+    );
     bytes
 }
 

@@ -5,9 +5,9 @@
 use crate::support::{ENGINES, engine};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use teller_server::config::Config;
-use teller_engine::artifact::{PolicySource, TRANSFER_CHECK};
 use teller_contract::decode_transfer;
+use teller_engine::artifact::{PolicySource, TRANSFER_CHECK};
+use teller_server::config::Config;
 
 const REGO: &str = include_str!("../../guest-policies/transfer-check/bank.rego");
 

@@ -49,7 +49,11 @@ impl Machine {
         let root = dir.path().join("repo");
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         std::fs::create_dir_all(root.join("scripts")).unwrap();
-        for file in ["scripts/setup", "scripts/wasmedge-setup", "rust-toolchain.toml"] {
+        for file in [
+            "scripts/setup",
+            "scripts/wasmedge-setup",
+            "rust-toolchain.toml",
+        ] {
             std::fs::copy(repo.join(file), root.join(file)).unwrap();
         }
         let bin = dir.path().join("bin");
@@ -128,7 +132,8 @@ fn toolchain() -> String {
 
 /// The WasmEdge prefix this machine's own setup made (the tests run after it).
 fn installed_prefix() -> String {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasmedge/lib/libwasmedge.so");
+    let target =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasmedge/lib/libwasmedge.so");
     let lib = std::fs::canonicalize(target).unwrap();
     // PREFIX/usr/lib/x86_64-linux-gnu/libwasmedge.so…
     lib.ancestors().nth(4).unwrap().display().to_string()
@@ -194,7 +199,11 @@ fn a_machine_with_nothing_installed_gets_every_piece() {
         "lib/rustlib/wasm32-wasip1",
         "lib/rustlib/wasm32-wasip2",
     ] {
-        assert!(rustc.join(piece).exists(), "no {piece} in {}\n{output}", rustc.display());
+        assert!(
+            rustc.join(piece).exists(),
+            "no {piece} in {}\n{output}",
+            rustc.display()
+        );
     }
     // Each stage said what it was doing.
     for line in [
@@ -208,11 +217,17 @@ fn a_machine_with_nothing_installed_gets_every_piece() {
     }
     if debian_12() {
         // WasmEdge was really fetched into the empty prefix.
-        assert!(output.contains("wasmedge-setup: fetching WasmEdge 0.14.1"), "{output}");
+        assert!(
+            output.contains("wasmedge-setup: fetching WasmEdge 0.14.1"),
+            "{output}"
+        );
         assert!(prefix.join(".complete").is_file(), "{output}");
     }
     assert!(
-        machine.root.join("target/wasmedge/lib/libwasmedge.so").exists(),
+        machine
+            .root
+            .join("target/wasmedge/lib/libwasmedge.so")
+            .exists(),
         "{output}"
     );
     assert!(output.contains("WasmEdge 0.14.1 ready"), "{output}");
@@ -253,6 +268,10 @@ fn a_ready_machine_installs_nothing() {
     assert!(ok, "setup failed:\n{output}\ncalls: {calls:#?}");
     assert!(installs(&calls).is_empty(), "{calls:#?}\n{output}");
     // It really asked: the real rustup answered the lists.
-    assert!(calls.iter().any(|c| c.starts_with("rustup target list --installed")));
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("rustup target list --installed"))
+    );
     assert!(calls.iter().any(|c| c.starts_with("dpkg-query")));
 }

@@ -11,9 +11,6 @@
 //! HKDF-SHA256(key, salt), and numbers its nonces: a nonce never repeats
 //! under a data key, and data keys repeat only if salts collide.
 
-use teller_contract::ErrorCode;
-use teller_contract::Error;
-use teller_contract::{AuditEvent, EncryptedEvent};
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -21,6 +18,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use teller_contract::Error;
+use teller_contract::ErrorCode;
+use teller_contract::{AuditEvent, EncryptedEvent};
 
 /// The environment variable that may hold the keys themselves.
 pub const KEY_ENV: &str = "TELLER_AUDIT_KEY";

@@ -19,11 +19,11 @@ pub use keys::{AuditKeys, Encrypter, KEY_ENV};
 pub use log::{AuditLog, Recovery};
 pub use writer::{AuditMetrics, AuditWriter, Commit, SealerSlot};
 
-use teller_contract::{EncryptedEvent, Error, ErrorCode};
 use serde::Deserialize;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use teller_contract::{EncryptedEvent, Error, ErrorCode};
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -413,7 +413,10 @@ pub fn decrypt(
             .map_err(|e| damaged(format!("its plaintext is not JSON: {e}")))?;
         let shown = serde_json::json!({"seq": record.seq, "id": record.id, "event": event});
         writeln!(out, "{shown}").map_err(|e| {
-            Error::internal(ErrorCode::OutputFailed, format!("cannot write the plaintext: {e}"))
+            Error::internal(
+                ErrorCode::OutputFailed,
+                format!("cannot write the plaintext: {e}"),
+            )
         })?;
         done.opened += 1;
         Ok(seq.is_none())
@@ -429,10 +432,10 @@ pub fn decrypt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use teller_contract::{Actor, AuditEvent, Origin, PolicyRef, SealedRecord};
     use teller_engine::AuditSealer;
     use teller_engine::artifact::sha256_hex;
-    use teller_contract::{Actor, AuditEvent, Origin, PolicyRef, SealedRecord};
-    use std::sync::Arc;
 
     /// Seals the minimal record the verifier accepts; refuses `refuse`.
     struct FakeSealer;
@@ -446,7 +449,11 @@ mod tests {
             if event.action == "refuse" {
                 return Err(Error::guest(ErrorCode::GuestRefused, "refused"));
             }
-            let line_seq = if event.action == "lie-seq" { seq + 1 } else { seq };
+            let line_seq = if event.action == "lie-seq" {
+                seq + 1
+            } else {
+                seq
+            };
             let body = format!("{{\"seq\":{line_seq},\"prev_hash\":\"{prev}\"}}");
             let mut hash = sha256_hex(body.as_bytes());
             if event.action == "lie-hash" {
@@ -511,7 +518,7 @@ mod tests {
         let results = log.append_group(&FakeSealer, &refs);
         let codes: Vec<Result<u64, &str>> = results
             .iter()
-            .map(|r| r.as_ref().map(|r| r.seq).map_err(|e| e.code))
+            .map(|r| r.as_ref().map(|r| r.seq).map_err(|e| e.code.as_str()))
             .collect();
         assert_eq!(
             codes,

@@ -1,14 +1,14 @@
 //! Appending to the segmented log: group writes, one `fsync` each, rotation
 //! by size, and recovery of a torn tail at start-up.
 
-use teller_contract::ErrorCode;
 use super::{Head, last_whole_line, parse_record, segment_head, segment_name, segments};
-use teller_engine::AuditSealer;
-use teller_contract::Error;
-use teller_contract::{AuditEvent, SealedRecord};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use teller_contract::Error;
+use teller_contract::ErrorCode;
+use teller_contract::{AuditEvent, SealedRecord};
+use teller_engine::AuditSealer;
 
 /// An open audit log, positioned at the end of its last segment.
 pub struct AuditLog {
@@ -149,7 +149,12 @@ impl AuditLog {
     ) -> Result<SealedRecord, Error> {
         self.append_group(sealer, &[event])
             .pop()
-            .unwrap_or_else(|| Err(Error::internal(ErrorCode::Internal, "no result for the record")))
+            .unwrap_or_else(|| {
+                Err(Error::internal(
+                    ErrorCode::Internal,
+                    "no result for the record",
+                ))
+            })
     }
 
     /// Seals `events` as the next records and makes them durable with one

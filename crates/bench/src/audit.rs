@@ -2,14 +2,14 @@
 //! group commit and with one `fsync` per record, side by side.
 
 use super::{EXAMPLE, Report, Series, run_error};
-use teller_audit_log::{AuditKeys, AuditSettings, Commit, DEFAULT_SEGMENT_BYTES};
-use teller_server::config::Config;
-use teller_engine::Engine;
-use teller_contract::Error;
-use teller_engine::artifact::PolicySource;
-use teller_server::service::{Caller, Teller};
 use std::path::Path;
 use std::time::Duration;
+use teller_audit_log::{AuditKeys, AuditSettings, Commit, DEFAULT_SEGMENT_BYTES};
+use teller_contract::Error;
+use teller_engine::Engine;
+use teller_engine::artifact::PolicySource;
+use teller_server::config::Config;
+use teller_server::service::{Caller, Teller};
 
 /// Runs `threads` callers deciding the README example for `seconds` in
 /// each mode, each mode on a fresh log in a scratch directory under `dir`.

@@ -121,11 +121,14 @@ struct BenchArgs {
     json: bool,
 }
 
-
 fn bench(command: BenchCommand) -> Result<u8, Error> {
     let (report, json) = match command {
         BenchCommand::ColdStart { runs, bench } => (
-            crate::cold_start(engine_name(&bench.engine)?, runs, bench.cache_dir.as_deref())?,
+            crate::cold_start(
+                engine_name(&bench.engine)?,
+                runs,
+                bench.cache_dir.as_deref(),
+            )?,
             bench.json,
         ),
         BenchCommand::Call { duration, bench } => (
@@ -156,7 +159,11 @@ fn bench(command: BenchCommand) -> Result<u8, Error> {
                 rate,
             };
             (
-                crate::http(engine_name(&bench.engine)?, load, bench.cache_dir.as_deref())?,
+                crate::http(
+                    engine_name(&bench.engine)?,
+                    load,
+                    bench.cache_dir.as_deref(),
+                )?,
                 bench.json,
             )
         }
@@ -182,4 +189,3 @@ fn bench_engine(bench: &BenchArgs) -> Result<Box<dyn Engine>, Error> {
         GuestLimits::default(),
     )
 }
-

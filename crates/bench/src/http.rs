@@ -8,7 +8,6 @@
 //! in the percentiles (no coordinated omission).
 
 use super::{EXAMPLE, Report, Series, new_histogram, run_error};
-use teller_contract::Error;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::body::Bytes;
@@ -20,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use teller_contract::Error;
 use tokio::time::Instant;
 
 /// What to load the server with.

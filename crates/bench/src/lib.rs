@@ -11,17 +11,17 @@ mod http;
 pub use audit::audit;
 pub use http::{Load, http};
 
-use teller_contract::ErrorCode;
-use teller_engine::{CallMode, Engine, TransferCheck};
-use teller_contract::Error;
-use teller_engine::artifact::{PolicySource, TRANSFER_CHECK};
-use teller_contract::{PolicyConfig, TransferRequest};
 use hdrhistogram::Histogram;
 use serde_json::{Value as Json, json};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use teller_contract::Error;
+use teller_contract::ErrorCode;
+use teller_contract::{PolicyConfig, TransferRequest};
+use teller_engine::artifact::{PolicySource, TRANSFER_CHECK};
+use teller_engine::{CallMode, Engine, TransferCheck};
 
 /// The README's example: an allowed transfer.
 pub use teller_contract::EXAMPLE_REQUEST as EXAMPLE;
@@ -32,7 +32,8 @@ pub fn teller_binary() -> Result<std::path::PathBuf, Error> {
     if let Some(path) = std::env::var_os("TELLER_BIN") {
         return Ok(path.into());
     }
-    let me = std::env::current_exe().map_err(|e| run_error("cannot find teller-bench itself", e))?;
+    let me =
+        std::env::current_exe().map_err(|e| run_error("cannot find teller-bench itself", e))?;
     let teller = me.with_file_name("teller");
     if teller.is_file() {
         return Ok(teller);
@@ -409,8 +410,8 @@ fn measure_native(
     while started.elapsed() < time {
         let t = Instant::now();
         std::hint::black_box(native::decide(
-            std::hint::black_box(&config),
-            std::hint::black_box(&request),
+            std::hint::black_box(config),
+            std::hint::black_box(request),
         ));
         let _ = series
             .histogram

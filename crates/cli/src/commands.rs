@@ -1,9 +1,10 @@
 //! The one-shot commands: `check`, `compile`, `package`, `audit`.
 
 use crate::run::{cache, policies, start};
-use crate::{AuditCommand, CheckArgs, PackageArgs, RunArgs};
-use std::io::{Read, Write};
+use crate::{AuditCommand, CheckArgs, PackageArgs, RunArgs, audit_keys};
+use std::io::Read;
 use std::path::Path;
+use teller_audit_log::AuditKeys;
 use teller_contract::{Error, ErrorCode};
 use teller_engine::Workload;
 use teller_engine::artifact::PolicySource;
@@ -30,7 +31,10 @@ pub(crate) fn check(args: CheckArgs) -> Result<u8, Error> {
         return Err(Error::new(
             teller_contract::Kind::TooLarge,
             ErrorCode::BodyTooLarge,
-            format!("the document is over {} bytes", teller_server::api::MAX_BODY),
+            format!(
+                "the document is over {} bytes",
+                teller_server::api::MAX_BODY
+            ),
         ));
     }
     let (teller, _engine) = start(&args.run, None, Workload::Once)?;
@@ -107,7 +111,10 @@ fn policy_layers(args: &PackageArgs) -> Result<Vec<teller_oci::Layer>, Error> {
         None => Config::default().to_toml()?,
     };
     let mut layers = Vec::new();
-    for name in [teller_engine::artifact::TRANSFER_CHECK, teller_engine::artifact::AUDIT] {
+    for name in [
+        teller_engine::artifact::TRANSFER_CHECK,
+        teller_engine::artifact::AUDIT,
+    ] {
         let artifact = source.artifact(name)?;
         layers.push(teller_oci::Layer {
             title: format!("{name}.module.wasm"),
@@ -135,7 +142,10 @@ pub(crate) fn compile(run: &RunArgs) -> Result<u8, Error> {
     };
     let engine = teller_engine::by_name(&run.engine, cache, Workload::Once, run.limits())?;
     let (source, _) = policies(run)?;
-    for name in [teller_engine::artifact::TRANSFER_CHECK, teller_engine::artifact::AUDIT] {
+    for name in [
+        teller_engine::artifact::TRANSFER_CHECK,
+        teller_engine::artifact::AUDIT,
+    ] {
         eprint!("teller: compiling {name} for {} ... ", engine.name());
         let started = std::time::Instant::now();
         let artifact = source.artifact(name)?;

@@ -382,4 +382,3 @@ fn clap_refused(e: &clap::Error) -> u8 {
     let _ = e.print();
     u8::try_from(e.exit_code()).unwrap_or(2)
 }
-

@@ -1,7 +1,7 @@
 //! Where the guests, their configuration and their compiled code come
 //! from, and a ready [`Teller`] on the chosen engine.
 
-use crate::{Preloaded, RunArgs};
+use crate::RunArgs;
 use std::sync::Arc;
 use teller_audit_log::AuditSettings;
 use teller_contract::{Error, ErrorCode};
@@ -94,4 +94,3 @@ pub(crate) fn start(
     }
     Ok((teller, engine))
 }
-

@@ -1,7 +1,7 @@
 //! `teller serve`: the HTTP API until SIGTERM, with policies reloaded on
 //! SIGHUP or when their files change.
 
-use crate::run::start;
+use crate::run::{policies, start};
 use crate::{RunArgs, ServeArgs};
 use std::io::Write;
 use std::path::PathBuf;
@@ -80,11 +80,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<u8, Error> {
 
 /// Reloads the policies on SIGHUP, and when the files they come from
 /// (policy directory, configuration, image) change, checked every second.
-async fn watch_policies(
-    run: RunArgs,
-    teller: Arc<Teller>,
-    engine: Arc<dyn Engine>,
-) {
+async fn watch_policies(run: RunArgs, teller: Arc<Teller>, engine: Arc<dyn Engine>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -167,4 +163,3 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down: draining in-flight requests");
 }
-

@@ -4,11 +4,11 @@
 //! environment variable, then the file, then the default. `--print-config`
 //! shows the result and where each value came from, secrets redacted.
 
-use teller_contract::ErrorCode;
-use teller_contract::Error;
 use clap::parser::ValueSource;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
+use teller_contract::Error;
+use teller_contract::ErrorCode;
 
 /// The flags the file may not set.
 const NOT_IN_FILE: [&str; 3] = ["settings", "print-config", "help"];
@@ -65,9 +65,13 @@ pub fn expand(argv: Vec<OsString>, serve: &clap::Command) -> Result<Expanded, Er
         return Ok(unchanged(argv));
     };
     let shown = std::path::Path::new(&path).display().to_string();
-    let invalid = |why: String| Error::bad_request(ErrorCode::ConfigInvalid, format!("{shown}: {why}"));
+    let invalid =
+        |why: String| Error::bad_request(ErrorCode::ConfigInvalid, format!("{shown}: {why}"));
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::bad_request(ErrorCode::ConfigUnreadable, format!("cannot read {shown}: {e}"))
+        Error::bad_request(
+            ErrorCode::ConfigUnreadable,
+            format!("cannot read {shown}: {e}"),
+        )
     })?;
     let table: toml::Table = text.parse().map_err(|e| invalid(format!("{e}")))?;
     let mut extra = Vec::new();

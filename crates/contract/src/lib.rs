@@ -30,6 +30,12 @@ pub const WIT: &str = include_str!("../../../wit/bank-policy.wit");
 /// Rego implementation the bank uses agrees on.
 pub const MAX_AMOUNT: u64 = i64::MAX as u64;
 
+/// The bank's limit, in minor units, when the configuration sets none.
+pub const DEFAULT_AMOUNT_LIMIT: u64 = 1_000_000;
+
+/// The roles allowed to transfer when the configuration sets none.
+pub const DEFAULT_AUTHORIZED_ROLES: [&str; 1] = ["authorized"];
+
 /// Largest request body (a transfer document, an audit event) read by the
 /// HTTP API, `teller check` and the function commands.
 pub const MAX_BODY: usize = 64 * 1024;

@@ -8,8 +8,8 @@
 //! amount, a fractional amount or a `null` flag is an error naming the field)
 //! and lenient about unknown fields, which are ignored.
 
-use crate::error::{Error, ErrorCode};
 use crate::MAX_AMOUNT;
+use crate::error::{Error, ErrorCode};
 use crate::types::{TransferRequest, User};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
@@ -17,12 +17,16 @@ use serde::de::{self, Deserializer, Visitor};
 /// Decodes and validates one transfer document.
 pub fn decode_transfer(body: &[u8]) -> Result<TransferRequest, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::bad_request(ErrorCode::MalformedJson, "the request body is empty"));
+        return Err(Error::bad_request(
+            ErrorCode::MalformedJson,
+            "the request body is empty",
+        ));
     }
     let mut json = serde_json::Deserializer::from_str(utf8(body)?);
     let doc: Document = serde_path_to_error::deserialize(&mut json).map_err(json_error)?;
-    json.end()
-        .map_err(|e| Error::bad_request(ErrorCode::MalformedJson, format!("malformed JSON: {e}")))?;
+    json.end().map_err(|e| {
+        Error::bad_request(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
+    })?;
     Ok(doc.into())
 }
 
@@ -55,7 +59,8 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
         } else {
             format!("{path}.{name}")
         };
-        return Error::bad_request(ErrorCode::MissingField, format!("`{field}` is required")).with_field(field);
+        return Error::bad_request(ErrorCode::MissingField, format!("`{field}` is required"))
+            .with_field(field);
     }
     Error::bad_request(ErrorCode::InvalidField, format!("`{path}`: {message}")).with_field(path)
 }
@@ -216,7 +221,7 @@ mod tests {
         let e = err(r#"{"action":"transfer","amount":"5","user":{"role":"a"}}"#);
         assert_eq!(
             (e.code, e.field.as_deref()),
-            ("invalid_field", Some("amount"))
+            (ErrorCode::InvalidField, Some("amount"))
         );
         let e = err(r#"{"action":"transfer","amount":-5,"user":{"role":"a"}}"#);
         assert!(e.message.contains("negative"), "{e}");
@@ -227,7 +232,7 @@ mod tests {
         let e = err(r#"{"action":"transfer","amount":5,"user":{}}"#);
         assert_eq!(
             (e.code, e.field.as_deref()),
-            ("missing_field", Some("user.role"))
+            (ErrorCode::MissingField, Some("user.role"))
         );
         let e = err(r#"{"amount":5,"user":{"role":"a"}}"#);
         assert_eq!(e.field.as_deref(), Some("action"));

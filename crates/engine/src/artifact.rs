@@ -5,13 +5,13 @@
 //! wasmtime) and `NAME.module.wasm` (the wasip1 core module run by WasmEdge);
 //! an engine reads only the one it runs.
 
-use teller_contract::ErrorCode;
-use teller_contract::Error;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use teller_contract::Error;
+use teller_contract::ErrorCode;
 use teller_policy_artifacts::Guest;
 
 /// The two guests teller needs.
@@ -45,7 +45,9 @@ impl PolicySource {
         let builtin = teller_policy_artifacts::ALL
             .into_iter()
             .find(|g| g.name == name)
-            .ok_or_else(|| Error::internal(ErrorCode::UnknownPolicy, format!("no policy named {name}")))?;
+            .ok_or_else(|| {
+                Error::internal(ErrorCode::UnknownPolicy, format!("no policy named {name}"))
+            })?;
         Ok(Artifact {
             name,
             origin: match self {
@@ -122,7 +124,12 @@ fn file(
     files
         .get(name)
         .map(|bytes| Cow::Owned(bytes.clone()))
-        .ok_or_else(|| Error::internal(ErrorCode::PolicyUnreadable, format!("{origin} holds no {name}")))
+        .ok_or_else(|| {
+            Error::internal(
+                ErrorCode::PolicyUnreadable,
+                format!("{origin} holds no {name}"),
+            )
+        })
 }
 
 /// Lowercase hex SHA-256, as policies and audit records name artifacts.

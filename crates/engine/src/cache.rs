@@ -5,12 +5,12 @@
 //! entry is detected, dropped and rebuilt. Loading compiled code is only
 //! safe for code teller wrote itself, so the directory is private (0700).
 
-use teller_contract::ErrorCode;
-use teller_contract::Error;
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use teller_contract::Error;
+use teller_contract::ErrorCode;
 
 /// Where compiled guests are kept; `None` compiles in memory every time.
 #[derive(Debug, Clone, Default)]

@@ -12,9 +12,11 @@ pub mod artifact;
 pub mod cache;
 
 use crate::artifact::Artifact;
-use teller_contract::{Error, ErrorCode};
-use teller_contract::{AuditEvent, Decision, PolicyConfig, PolicyRef, SealedRecord, TransferRequest};
 use std::sync::Arc;
+use teller_contract::{
+    AuditEvent, Decision, PolicyConfig, PolicyRef, SealedRecord, TransferRequest,
+};
+use teller_contract::{Error, ErrorCode};
 
 /// A WebAssembly engine able to run teller's guest policies.
 pub trait Engine: Send + Sync {
@@ -112,6 +114,10 @@ impl Default for GuestLimits {
     }
 }
 
+/// Starts an engine with a cache, a workload and per-call limits.
+pub type StartEngine =
+    fn(cache::ArtifactCache, Workload, GuestLimits) -> Result<Box<dyn Engine>, Error>;
+
 /// How a binary starts one engine it was built with.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineKind {
@@ -119,7 +125,7 @@ pub struct EngineKind {
     pub name: &'static str,
     /// One line for `--help`.
     pub about: &'static str,
-    pub start: fn(cache::ArtifactCache, Workload, GuestLimits) -> Result<Box<dyn Engine>, Error>,
+    pub start: StartEngine,
     /// Lets the engine's background work finish before the process exits.
     pub quiesce: fn(),
 }
@@ -150,13 +156,16 @@ pub fn by_name(
     workload: Workload,
     limits: GuestLimits,
 ) -> Result<Box<dyn Engine>, Error> {
-    let kind = registered().iter().find(|e| e.name == name).ok_or_else(|| {
-        let names: Vec<_> = registered().iter().map(|e| e.name).collect();
-        Error::bad_request(
-            ErrorCode::EngineInit,
-            format!("no engine {name:?} in this build; it has {names:?}"),
-        )
-    })?;
+    let kind = registered()
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| {
+            let names: Vec<_> = registered().iter().map(|e| e.name).collect();
+            Error::bad_request(
+                ErrorCode::EngineInit,
+                format!("no engine {name:?} in this build; it has {names:?}"),
+            )
+        })?;
     (kind.start)(cache, workload, limits)
 }
 

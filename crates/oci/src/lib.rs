@@ -25,9 +25,6 @@
 
 #![forbid(unsafe_code)]
 
-use teller_contract::ErrorCode;
-use teller_contract::Error;
-use teller_engine::artifact::sha256_hex;
 use oci_spec::image::{
     Descriptor, DescriptorBuilder, Digest, ImageIndex, ImageIndexBuilder, ImageManifest,
     ImageManifestBuilder, MediaType, SCHEMA_VERSION,
@@ -36,6 +33,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::str::FromStr;
+use teller_contract::Error;
+use teller_contract::ErrorCode;
+use teller_engine::artifact::sha256_hex;
 
 /// Every layer: an uncompressed tar (so its digest is its diff id).
 pub const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";

@@ -13,8 +13,6 @@
 //! than [`Limits::client_timeout`] loses its connection (headers) or gets
 //! 408 (body).
 
-use teller_contract::ErrorCode;
-use teller_contract::{Error, Kind};
 use crate::service::{Caller, Teller};
 use crate::workers::Workers;
 use http_body_util::{BodyExt, Full, Limited};
@@ -30,6 +28,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use teller_contract::ErrorCode;
+use teller_contract::{Error, Kind};
 use tokio::net::TcpListener;
 
 /// Largest request body accepted; larger ones get 413.
@@ -349,14 +349,17 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Error> {
 fn to_json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(value) {
         Ok(body) => json(status, body),
-        Err(e) => error(&Error::internal(ErrorCode::Internal, format!("cannot encode: {e}"))),
+        Err(e) => error(&Error::internal(
+            ErrorCode::Internal,
+            format!("cannot encode: {e}"),
+        )),
     }
 }
 
 fn error(e: &Error) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if e.kind == Kind::Guest || e.kind == Kind::Internal {
-        tracing::error!(code = e.code, "{}", e.message);
+        tracing::error!(code = e.code.as_str(), "{}", e.message);
     }
     let mut response = json(status, e.to_json().into_bytes());
     if e.kind == Kind::Overloaded {

@@ -10,12 +10,12 @@
 //! Unknown keys, wrong types and impossible values are errors that name the
 //! file and the field; nothing falls back silently.
 
-use teller_contract::ErrorCode;
-use teller_contract::Error;
-use teller_contract::MAX_AMOUNT;
-use teller_contract::PolicyConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use teller_contract::Error;
+use teller_contract::ErrorCode;
+use teller_contract::MAX_AMOUNT;
+use teller_contract::PolicyConfig;
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -43,11 +43,11 @@ impl Default for TransferCheckConfig {
 }
 
 fn default_limit() -> u64 {
-    teller_transfer_check::DEFAULT_AMOUNT_LIMIT
+    teller_contract::DEFAULT_AMOUNT_LIMIT
 }
 
 fn default_roles() -> Vec<String> {
-    teller_transfer_check::DEFAULT_AUTHORIZED_ROLES
+    teller_contract::DEFAULT_AUTHORIZED_ROLES
         .iter()
         .map(|r| r.to_string())
         .collect()
@@ -69,8 +69,9 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Self, Error> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| Error::bad_request(ErrorCode::ConfigInvalid, e.to_string().trim().to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| {
+            Error::bad_request(ErrorCode::ConfigInvalid, e.to_string().trim().to_string())
+        })?;
         config.validate()?;
         Ok(config)
     }

@@ -4,8 +4,8 @@
 //! `decision_id`. Messages go through the same masking as errors, so no
 //! account number is ever logged.
 
-use teller_contract::ErrorCode;
 use teller_contract::Error;
+use teller_contract::ErrorCode;
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.

@@ -2,22 +2,22 @@
 //! an audit event. The HTTP API and the CLI both call these, so they answer
 //! alike.
 
-use teller_contract::ErrorCode;
-use teller_audit_log::{AuditLog, AuditSettings, AuditWriter, GENESIS, Recovery, SealerSlot};
 use crate::config::Config;
-use teller_engine::{Engine, TransferCheck};
-use teller_contract::{Error, Kind};
 use crate::metrics::{
     DecisionLabels, EngineLabels, GuestErrorLabels, InFlight, Metrics, PolicyLabels,
-};
-use teller_engine::artifact::{self, PolicySource};
-use teller_contract::request::{decode_transfer, json_error};
-use teller_contract::{
-    Actor, AuditEvent, Decision, Origin, PolicyConfig, PolicyRef, TransferRequest,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use teller_audit_log::{AuditLog, AuditSettings, AuditWriter, GENESIS, Recovery, SealerSlot};
+use teller_contract::ErrorCode;
+use teller_contract::request::{decode_transfer, json_error};
+use teller_contract::{
+    Actor, AuditEvent, Decision, Origin, PolicyConfig, PolicyRef, TransferRequest,
+};
+use teller_contract::{Error, Kind};
+use teller_engine::artifact::{self, PolicySource};
+use teller_engine::{Engine, TransferCheck};
 
 /// A ready teller: loaded guests, their configuration, the audit log.
 pub struct Teller {
@@ -255,7 +255,7 @@ impl Teller {
             self.metrics
                 .guest_errors
                 .get_or_create(&GuestErrorLabels {
-                    code: e.code,
+                    code: e.code.as_str(),
                     engine: self.engine,
                 })
                 .inc();
@@ -337,8 +337,9 @@ impl Teller {
         })?;
         let mut json = serde_json::Deserializer::from_str(teller_contract::request::utf8(body)?);
         let doc: EventDocument = serde_path_to_error::deserialize(&mut json).map_err(json_error)?;
-        json.end()
-            .map_err(|e| Error::bad_request(ErrorCode::MalformedJson, format!("malformed JSON: {e}")))?;
+        json.end().map_err(|e| {
+            Error::bad_request(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
+        })?;
         let event = AuditEvent {
             id: uuid::Uuid::now_v7().to_string(),
             timestamp: now_rfc3339(),

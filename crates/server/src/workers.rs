@@ -6,9 +6,9 @@
 //! policy-server does with its worker pool. Admission (`api::Limits`)
 //! bounds how many jobs can wait, so the queue needs no bound of its own.
 
-use teller_contract::ErrorCode;
-use teller_contract::Error;
 use crossbeam_channel::{Receiver, Sender};
+use teller_contract::Error;
+use teller_contract::ErrorCode;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -33,7 +33,10 @@ impl Workers {
                         }
                     })
                     .map_err(|e| {
-                        Error::internal(ErrorCode::Runtime, format!("cannot start a worker thread: {e}"))
+                        Error::internal(
+                            ErrorCode::Runtime,
+                            format!("cannot start a worker thread: {e}"),
+                        )
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -72,7 +75,10 @@ impl Workers {
             .map_err(|_| stopped())?;
         match answer.await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err(Error::internal(ErrorCode::Internal, "a worker thread panicked")),
+            Ok(Err(_)) => Err(Error::internal(
+                ErrorCode::Internal,
+                "a worker thread panicked",
+            )),
             Err(_) => Err(stopped()),
         }
     }

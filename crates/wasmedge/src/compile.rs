@@ -12,7 +12,11 @@ use wasmedge_sys::Config;
 impl WasmEdgeEngine {
     /// The module's slot: its compiled code if cached (or not tiered),
     /// else the interpreted module now and the compiled one when built.
-    pub(crate) fn module_slot(&self, name: &str, wasm: &[u8]) -> Result<(ModuleSlot, String), Error> {
+    pub(crate) fn module_slot(
+        &self,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<(ModuleSlot, String), Error> {
         let sha256 = sha256_hex(wasm);
         let key = self.key(&sha256);
         if let Some(compiled) = self.cache.get(&key) {
@@ -80,7 +84,6 @@ impl WasmEdgeEngine {
         }
         Ok((slot, sha256))
     }
-
 }
 
 /// A module as WasmEdge runs it: AOT code when `bytes` carry it, else

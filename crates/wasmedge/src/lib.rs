@@ -26,25 +26,19 @@ pub use compile::quiesce;
 use compile::{ModuleSlot, compile, load};
 use pool::Pool;
 
-use raw::{AstModule, RawError, Val};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use raw::AstModule;
 use std::sync::{Arc, Mutex};
-use wasmedge_sdk::error::WasmEdgeError;
-use wasmedge_sdk::{CompilerOptimizationLevel, CompilerOutputFormat};
-use wasmedge_sys::Config;
-use teller_abi::bridge::{from_value, to_value};
-use teller_abi::lift::Lifter;
-use teller_abi::lower::{GuestAlloc, Lowerer};
-use teller_abi::{AbiError, Contract, ExportFunc, Flat, Value};
+use teller_abi::{AbiError, Contract, ExportFunc};
 use teller_contract::{
-    AuditEvent, Decision, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef,
-    SealedRecord, TransferRequest,
+    AuditEvent, Decision, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord,
+    TransferRequest,
 };
 use teller_engine::artifact::{Artifact, sha256_hex};
 use teller_engine::cache::ArtifactCache;
 use teller_engine::{AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload};
-use watchdog::Watchdog;
+use wasmedge_sdk::error::WasmEdgeError;
+use wasmedge_sdk::{CompilerOptimizationLevel, CompilerOutputFormat};
+use wasmedge_sys::Config;
 
 /// The WasmEdge engine as a binary registers it.
 pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
@@ -81,8 +75,10 @@ impl WasmEdgeEngine {
         wasmedge_sdk::LogManager::log_off();
         let config = |interpreter: bool| -> Result<Config, Error> {
             let mut config = Config::create().map_err(|e| init_error(&e))?;
-            let pages = u32::try_from(limits.memory_bytes / GuestLimits::WASM_PAGE)
-                .map_err(|_| Error::internal(ErrorCode::EngineInit, "the memory cap is over 4 GiB"))?;
+            let pages =
+                u32::try_from(limits.memory_bytes / GuestLimits::WASM_PAGE).map_err(|_| {
+                    Error::internal(ErrorCode::EngineInit, "the memory cap is over 4 GiB")
+                })?;
             config.set_max_memory_pages(pages);
             config.interruptible(true);
             if limits.fuel.is_some() {
@@ -94,8 +90,9 @@ impl WasmEdgeEngine {
             config.interpreter_mode(interpreter);
             Ok(config)
         };
-        let contract = Contract::bank_policy()
-            .map_err(|e| Error::internal(ErrorCode::EngineInit, format!("the WIT contract: {e}")))?;
+        let contract = Contract::bank_policy().map_err(|e| {
+            Error::internal(ErrorCode::EngineInit, format!("the WIT contract: {e}"))
+        })?;
         Ok(Self {
             config: Arc::new(config(false)?),
             interpreter: Arc::new(config(true)?),
@@ -288,4 +285,3 @@ pub(crate) fn bad_output(e: AbiError) -> Error {
 fn init_error(e: &WasmEdgeError) -> Error {
     Error::internal(ErrorCode::EngineInit, format!("cannot start WasmEdge: {e}"))
 }
-

@@ -50,7 +50,11 @@ impl Pool {
     }
 
     /// Calls `func` on a ready instance.
-    pub(crate) fn call_values(&self, func: &ExportFunc, args: &[Value]) -> Result<Option<Value>, Error> {
+    pub(crate) fn call_values(
+        &self,
+        func: &ExportFunc,
+        args: &[Value],
+    ) -> Result<Option<Value>, Error> {
         let mut guest = match self.take() {
             Some(guest) => guest,
             None => self.instantiate()?,
@@ -61,7 +65,11 @@ impl Pool {
     }
 
     /// Calls `func` and converts its result to `R`.
-    pub(crate) fn call<R: DeserializeOwned>(&self, func: &ExportFunc, args: &[Value]) -> Result<R, Error> {
+    pub(crate) fn call<R: DeserializeOwned>(
+        &self,
+        func: &ExportFunc,
+        args: &[Value],
+    ) -> Result<R, Error> {
         let value = self.call_values(func, args)?;
         self.lift_result(func, value)
     }
@@ -72,10 +80,12 @@ impl Pool {
         func: &ExportFunc,
         value: Option<Value>,
     ) -> Result<R, Error> {
-        let ty = func
-            .result
-            .as_ref()
-            .ok_or_else(|| Error::internal(ErrorCode::Internal, format!("{} returns nothing", func.name)))?;
+        let ty = func.result.as_ref().ok_or_else(|| {
+            Error::internal(
+                ErrorCode::Internal,
+                format!("{} returns nothing", func.name),
+            )
+        })?;
         let value = value.ok_or_else(|| bad_output(AbiError("no result".into())))?;
         from_value(&self.contract, ty, value).map_err(bad_output)
     }
@@ -234,9 +244,10 @@ impl GuestInstance {
                 ),
             ),
             0 => Error::guest(ErrorCode::GuestBadOutput, format!("{what}: {e}")),
-            raw::PROC_EXIT => {
-                Error::guest(ErrorCode::GuestTrap, format!("{what}: the guest called proc_exit"))
-            }
+            raw::PROC_EXIT => Error::guest(
+                ErrorCode::GuestTrap,
+                format!("{what}: the guest called proc_exit"),
+            ),
             _ => {
                 // WasmEdge does not say that a trap followed a refused
                 // memory.grow (an allocator giving up); a trap with memory
@@ -252,7 +263,10 @@ impl GuestInstance {
                         ),
                     )
                 } else {
-                    Error::guest(ErrorCode::GuestTrap, format!("{what}: the guest trapped: {e}"))
+                    Error::guest(
+                        ErrorCode::GuestTrap,
+                        format!("{what}: the guest trapped: {e}"),
+                    )
                 }
             }
         }

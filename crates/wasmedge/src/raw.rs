@@ -17,8 +17,8 @@
 mod wasi;
 
 use std::ffi::CStr;
-use wasi::{wasi_command, wasi_shim};
 pub use wasi::PROC_EXIT;
+use wasi::{wasi_command, wasi_shim};
 use wasmedge_sys::{Config, ffi};
 
 /// A WasmEdge error: its code and message.

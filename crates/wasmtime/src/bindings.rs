@@ -27,7 +27,12 @@ pub mod audit {
 
 use transfer_check::bank::policy::types as w;
 
-pub fn policy_config(c::PolicyConfig { amount_limit, authorized_roles }: &c::PolicyConfig) -> w::PolicyConfig {
+pub fn policy_config(
+    c::PolicyConfig {
+        amount_limit,
+        authorized_roles,
+    }: &c::PolicyConfig,
+) -> w::PolicyConfig {
     w::PolicyConfig {
         amount_limit: *amount_limit,
         authorized_roles: authorized_roles.clone(),
@@ -93,7 +98,9 @@ pub fn decision(d: w::Decision) -> c::Decision {
     }
 }
 
-pub fn policy_metadata(w::PolicyMetadata { name, version }: w::PolicyMetadata) -> c::PolicyMetadata {
+pub fn policy_metadata(
+    w::PolicyMetadata { name, version }: w::PolicyMetadata,
+) -> c::PolicyMetadata {
     c::PolicyMetadata { name, version }
 }
 

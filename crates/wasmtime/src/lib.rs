@@ -7,16 +7,16 @@
 
 mod bindings;
 
-use teller_engine::cache::ArtifactCache;
-use teller_engine::{AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload};
 use bindings as wit;
-use teller_contract::{
-    AuditEvent, Decision, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef,
-    SealedRecord, TransferRequest,
-};
-use teller_engine::artifact::{Artifact, sha256_hex};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use teller_contract::{
+    AuditEvent, Decision, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord,
+    TransferRequest,
+};
+use teller_engine::artifact::{Artifact, sha256_hex};
+use teller_engine::cache::ArtifactCache;
+use teller_engine::{AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -42,6 +42,14 @@ const KEEP_RESIDENT: usize = 2 << 20;
 
 /// Slots given back to the kernel together.
 const DECOMMIT_BATCH: usize = 32;
+
+/// The wasmtime engine as a binary registers it.
+pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
+    name: "wasmtime",
+    about: "wasmtime, running the guests' components",
+    start: |cache, workload, limits| Ok(Box::new(WasmtimeEngine::new(cache, workload, limits)?)),
+    quiesce: || {},
+};
 
 pub struct WasmtimeEngine {
     engine: wasmtime::Engine,
@@ -178,7 +186,12 @@ fn start_epoch_ticker(engine: &wasmtime::Engine) -> Result<(), Error> {
             }
         })
         .map(|_| ())
-        .map_err(|e| Error::internal(ErrorCode::EngineInit, format!("cannot start the epoch ticker: {e}")))
+        .map_err(|e| {
+            Error::internal(
+                ErrorCode::EngineInit,
+                format!("cannot start the epoch ticker: {e}"),
+            )
+        })
 }
 
 impl WasiView for State {
@@ -200,7 +213,10 @@ impl WasmtimeEngine {
         config.epoch_interruption(true);
         config.consume_fuel(limits.fuel.is_some());
         let memory_bytes = usize::try_from(limits.memory_bytes).map_err(|_| {
-            Error::internal(ErrorCode::EngineInit, "the memory cap does not fit this machine")
+            Error::internal(
+                ErrorCode::EngineInit,
+                "the memory cap does not fit this machine",
+            )
         })?;
         if workload != Workload::Once {
             // An instance per request: take it from pre-reserved slots
@@ -218,11 +234,16 @@ impl WasmtimeEngine {
                 .decommit_batch_size(DECOMMIT_BATCH);
             config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
-        let engine = wasmtime::Engine::new(&config)
-            .map_err(|e| Error::internal(ErrorCode::EngineInit, format!("cannot start wasmtime: {e:#}")))?;
+        let engine = wasmtime::Engine::new(&config).map_err(|e| {
+            Error::internal(
+                ErrorCode::EngineInit,
+                format!("cannot start wasmtime: {e:#}"),
+            )
+        })?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| Error::internal(ErrorCode::EngineInit, format!("cannot link WASI: {e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| {
+            Error::internal(ErrorCode::EngineInit, format!("cannot link WASI: {e:#}"))
+        })?;
         start_epoch_ticker(&engine)?;
         let ticks = limits
             .deadline
@@ -347,13 +368,11 @@ impl TransferCheck for WasmtimeTransferCheck {
         self.pre
             .instantiate(&mut store)
             .and_then(|guest| {
-                guest
-                    .bank_policy_transfer_check()
-                    .call_check(
-                        &mut store,
-                        &wit::policy_config(config),
-                        &wit::transfer_request(request),
-                    )
+                guest.bank_policy_transfer_check().call_check(
+                    &mut store,
+                    &wit::policy_config(config),
+                    &wit::transfer_request(request),
+                )
             })
             .map(wit::decision)
             .map_err(|e| self.stores.error(e, &store))
@@ -401,9 +420,12 @@ impl AuditSealer for WasmtimeAuditSealer {
         self.pre
             .instantiate(&mut store)
             .and_then(|guest| {
-                guest
-                    .bank_policy_audit()
-                    .call_seal(&mut store, seq, prev_hash, &wit::audit_event(event))
+                guest.bank_policy_audit().call_seal(
+                    &mut store,
+                    seq,
+                    prev_hash,
+                    &wit::audit_event(event),
+                )
             })
             .map_err(|e| self.stores.error(e, &store))?
             .map(wit::sealed_record)
@@ -453,11 +475,3 @@ mod tests {
         }
     }
 }
-
-/// The wasmtime engine as a binary registers it.
-pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
-    name: "wasmtime",
-    about: "wasmtime, running the guests' components",
-    start: |cache, workload, limits| Ok(Box::new(WasmtimeEngine::new(cache, workload, limits)?)),
-    quiesce: || {},
-};

@@ -32,12 +32,6 @@ mod bindings {
 /// The guest's exports.
 pub struct Policy;
 
-/// The bank's limit, in minor units, when the host configures none.
-pub const DEFAULT_AMOUNT_LIMIT: u64 = 1_000_000;
-
-/// The roles allowed to transfer when the host configures none.
-pub const DEFAULT_AUTHORIZED_ROLES: [&str; 1] = ["authorized"];
-
 /// The rule works on teller's own types, so the function command and the
 /// native baseline of `teller-bench call` run it as it is; the bindings'
 /// types are converted at the export.

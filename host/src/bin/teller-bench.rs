@@ -8,7 +8,6 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 fn main() -> ExitCode {
     teller_engine::register(engines::ENGINES);
     ExitCode::from(teller_bench::cli::main(std::env::args_os().collect()))

@@ -15,7 +15,7 @@ pub(super) struct De<'a> {
 
 /// Where a value sits in the WIT: what [`De`] consults about its type.
 #[derive(Clone, Copy)]
-struct Typed<'a> {
+pub(super) struct Typed<'a> {
     contract: &'a Contract,
     ty: Option<&'a Type>,
 }
@@ -192,10 +192,11 @@ fn same_fields<'n>(
     let wit: Vec<&str> = record.fields.iter().map(|f| f.name.as_str()).collect();
     let rust: Vec<&str> = rust.collect();
     let same = wit.len() == rust.len()
-        && wit
-            .iter()
-            .zip(&rust)
-            .all(|(w, r)| w.bytes().map(|b| if b == b'-' { b'_' } else { b }).eq(r.bytes()));
+        && wit.iter().zip(&rust).all(|(w, r)| {
+            w.bytes()
+                .map(|b| if b == b'-' { b'_' } else { b })
+                .eq(r.bytes())
+        });
     if same {
         return Ok(());
     }
@@ -204,7 +205,7 @@ fn same_fields<'n>(
     )))
 }
 
-struct SeqDe<'a> {
+pub(super) struct SeqDe<'a> {
     contract: &'a Contract,
     types: Types<'a>,
     items: std::iter::Enumerate<std::vec::IntoIter<Value>>,
@@ -230,7 +231,7 @@ impl<'de> de::SeqAccess<'de> for SeqDe<'_> {
     }
 }
 
-struct EnumDe<'a> {
+pub(super) struct EnumDe<'a> {
     contract: &'a Contract,
     case: u32,
     payload: Option<Value>,

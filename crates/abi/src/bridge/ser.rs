@@ -97,7 +97,7 @@ impl<'a> Ser<'a> {
     }
 }
 
-struct SeqSer<'a> {
+pub(super) struct SeqSer<'a> {
     contract: &'a Contract,
     types: Types<'a>,
     items: Vec<Value>,

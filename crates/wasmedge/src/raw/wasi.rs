@@ -3,7 +3,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{RawError, check, name, null};
+use super::{RawError, name, null};
 use wasmedge_sys::ffi;
 
 /// WasmEdge's WASI for a command: `args` (the first is the program's name)

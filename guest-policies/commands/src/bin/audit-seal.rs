@@ -22,7 +22,8 @@ fn main() -> ExitCode {
     let input = read_stdin().and_then(|body| {
         let text = teller_contract::request::utf8(&body)?;
         let mut json = serde_json::Deserializer::from_str(text);
-        let input: SealInput = parse(&mut json).map_err(|e| Error::bad_request(ErrorCode::InvalidInput, e))?;
+        let input: SealInput =
+            parse(&mut json).map_err(|e| Error::bad_request(ErrorCode::InvalidInput, e))?;
         Ok(input)
     });
     let input = match input {
@@ -34,9 +35,7 @@ fn main() -> ExitCode {
             println!("{}", record.line);
             ExitCode::SUCCESS
         }
-        Err(refusal) => {
-            fail(&Error::guest(ErrorCode::GuestRefused, refusal))
-        }
+        Err(refusal) => fail(&Error::guest(ErrorCode::GuestRefused, refusal)),
     }
 }
 

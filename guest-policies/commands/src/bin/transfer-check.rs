@@ -45,7 +45,7 @@ fn run() -> Result<ExitCode, Error> {
 fn config() -> Result<PolicyConfig, Error> {
     let invalid = |what: String| Error::bad_request(ErrorCode::ConfigInvalid, what);
     let amount_limit = match std::env::var("TELLER_AMOUNT_LIMIT") {
-        Err(_) => teller_transfer_check::DEFAULT_AMOUNT_LIMIT,
+        Err(_) => teller_contract::DEFAULT_AMOUNT_LIMIT,
         Ok(v) => v
             .trim()
             .parse::<u64>()
@@ -58,7 +58,7 @@ fn config() -> Result<PolicyConfig, Error> {
             })?,
     };
     let authorized_roles = match std::env::var("TELLER_AUTHORIZED_ROLES") {
-        Err(_) => teller_transfer_check::DEFAULT_AUTHORIZED_ROLES
+        Err(_) => teller_contract::DEFAULT_AUTHORIZED_ROLES
             .iter()
             .map(|r| r.to_string())
             .collect(),

@@ -111,7 +111,7 @@ impl Report {
             return;
         }
         println!(
-            "\nteller bench {} — engine {}, {} cores, build features [{}]",
+            "\nteller-bench {} — engine {}, {} cores, engines in this build [{}]",
             self.bench,
             self.engine,
             std::thread::available_parallelism().map_or(1, |n| n.get()),

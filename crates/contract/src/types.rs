@@ -4,13 +4,25 @@
 //! Fields are declared in the WIT's order and enum cases in its case order:
 //! the WasmEdge engine's canonical ABI moves these values through serde by
 //! position and checks every field name against the WIT, and the wasmtime
-//! engine converts them to and from its bindgen types field by field. A
-//! field added to the WIT and not here fails both.
+//! engine's bindings use these very types (the `wasmtime` feature derives
+//! wasmtime's component traits; every enum case and every field name of
+//! several words gives the WIT's kebab-case spelling, and wasmtime checks every name against the guest's
+//! types when it loads a guest). A field added to the
+//! WIT and not here fails both.
 
 use serde::{Deserialize, Serialize};
 
 /// Who asks for the transfer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct User {
     pub id: Option<String>,
     pub role: String,
@@ -20,32 +32,70 @@ pub struct User {
 /// validated by the host. Optional fields are `None` when the document left
 /// them out (Rego's "undefined").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct TransferRequest {
     pub action: String,
     /// Minor units, at most [`crate::MAX_AMOUNT`].
     pub amount: u64,
     pub currency: Option<String>,
+    #[cfg_attr(feature = "wasmtime", component(name = "from-account"))]
     pub from_account: Option<String>,
+    #[cfg_attr(feature = "wasmtime", component(name = "to-account"))]
     pub to_account: Option<String>,
     pub user: User,
+    #[cfg_attr(feature = "wasmtime", component(name = "audit-enabled"))]
     pub audit_enabled: Option<bool>,
+    #[cfg_attr(feature = "wasmtime", component(name = "approval-required"))]
     pub approval_required: Option<bool>,
+    #[cfg_attr(feature = "wasmtime", component(name = "request-id"))]
     pub request_id: Option<String>,
 }
 
 /// Policy parameters owned by the host's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct PolicyConfig {
+    #[cfg_attr(feature = "wasmtime", component(name = "amount-limit"))]
     pub amount_limit: u64,
+    #[cfg_attr(feature = "wasmtime", component(name = "authorized-roles"))]
     pub authorized_roles: Vec<String>,
 }
 
 /// The one answer a caller acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(enum),
+    repr(u8)
+)]
 pub enum Verdict {
+    #[cfg_attr(feature = "wasmtime", component(name = "allow"))]
     Allow,
+    #[cfg_attr(feature = "wasmtime", component(name = "deny"))]
     Deny,
     /// Over the limit with `approval.required = true`: a human decides.
+    #[cfg_attr(feature = "wasmtime", component(name = "review"))]
     Review,
 }
 
@@ -65,11 +115,26 @@ impl Verdict {
 
 /// Why a transfer was not simply allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(enum),
+    repr(u8)
+)]
 pub enum ReasonCode {
+    #[cfg_attr(feature = "wasmtime", component(name = "action-not-transfer"))]
     ActionNotTransfer,
+    #[cfg_attr(feature = "wasmtime", component(name = "amount-over-limit"))]
     AmountOverLimit,
+    #[cfg_attr(feature = "wasmtime", component(name = "role-not-authorized"))]
     RoleNotAuthorized,
+    #[cfg_attr(feature = "wasmtime", component(name = "audit-disabled"))]
     AuditDisabled,
+    #[cfg_attr(feature = "wasmtime", component(name = "approval-required"))]
     ApprovalRequired,
 }
 
@@ -96,12 +161,30 @@ impl ReasonCode {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct Reason {
     pub code: ReasonCode,
     pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct Decision {
     pub allow: bool,
     pub deny: bool,
@@ -111,35 +194,83 @@ pub struct Decision {
 
 /// Name and version a guest reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct PolicyMetadata {
     pub name: String,
     pub version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct Actor {
     pub id: String,
     pub role: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct Origin {
     /// Client address as the host saw it.
     pub client: String,
+    #[cfg_attr(feature = "wasmtime", component(name = "request-id"))]
     pub request_id: String,
 }
 
 /// Which policy decided, pinned to the exact artifact that ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct PolicyRef {
     pub name: String,
     pub version: String,
+    #[cfg_attr(feature = "wasmtime", component(name = "sha256"))]
     pub sha256: String,
 }
 
 /// An event's plaintext, AES-256-GCM encrypted by the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct EncryptedEvent {
+    #[cfg_attr(feature = "wasmtime", component(name = "key-id"))]
     pub key_id: String,
     pub salt: String,
     pub nonce: String,
@@ -148,6 +279,15 @@ pub struct EncryptedEvent {
 
 /// One thing worth an audit record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct AuditEvent {
     pub id: String,
     pub timestamp: String,
@@ -165,8 +305,18 @@ pub struct AuditEvent {
 
 /// One line of the audit log and the chain values it carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
 pub struct SealedRecord {
     pub seq: u64,
+    #[cfg_attr(feature = "wasmtime", component(name = "prev-hash"))]
     pub prev_hash: String,
     pub hash: String,
     /// The canonical JSON line, without a trailing newline.

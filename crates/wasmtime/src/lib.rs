@@ -343,8 +343,7 @@ impl WasmtimeEngine {
             let instance = pre.instantiate(&mut store)?;
             let meta = indices
                 .load(&mut store, &instance)?
-                .call_describe(&mut store)
-                .map(wit::policy_metadata)?;
+                .call_describe(&mut store)?;
             Ok((meta, bind(pre)?))
         });
         let (meta, bound) = loaded.map_err(|e| load_error(artifact, e))?;
@@ -368,13 +367,10 @@ impl TransferCheck for WasmtimeTransferCheck {
         self.pre
             .instantiate(&mut store)
             .and_then(|guest| {
-                guest.bank_policy_transfer_check().call_check(
-                    &mut store,
-                    &wit::policy_config(config),
-                    &wit::transfer_request(request),
-                )
+                guest
+                    .bank_policy_transfer_check()
+                    .call_check(&mut store, config, request)
             })
-            .map(wit::decision)
             .map_err(|e| self.stores.error(e, &store))
     }
 
@@ -391,12 +387,7 @@ impl TransferCheck for WasmtimeTransferCheck {
                     self.stores.arm(&mut store);
                     guest
                         .bank_policy_transfer_check()
-                        .call_check(
-                            &mut store,
-                            &wit::policy_config(config),
-                            &wit::transfer_request(request),
-                        )
-                        .map(wit::decision)
+                        .call_check(&mut store, config, request)
                         .map_err(|e| self.stores.error(e, &store))
                 }))
             }
@@ -420,15 +411,11 @@ impl AuditSealer for WasmtimeAuditSealer {
         self.pre
             .instantiate(&mut store)
             .and_then(|guest| {
-                guest.bank_policy_audit().call_seal(
-                    &mut store,
-                    seq,
-                    prev_hash,
-                    &wit::audit_event(event),
-                )
+                guest
+                    .bank_policy_audit()
+                    .call_seal(&mut store, seq, prev_hash, event)
             })
             .map_err(|e| self.stores.error(e, &store))?
-            .map(wit::sealed_record)
             .map_err(|refusal| Error::guest(ErrorCode::GuestRefused, refusal))
     }
 }

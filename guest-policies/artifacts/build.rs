@@ -25,6 +25,7 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
         "teller_audit",
         "guest-policies/audit",
     ),
+    ("rego", "teller-rego", "teller_rego", "guest-policies/rego"),
     ("commands", "teller-commands", "", "guest-policies/commands"),
     (
         "abi-echo",

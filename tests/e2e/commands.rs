@@ -132,6 +132,7 @@ fn audit_seal_command_seals_like_teller() {
             version: "0.1.0".into(),
             sha256: "ab".repeat(32),
         }),
+        policies: vec![],
         engine: "wasmedge".into(),
         details: vec![("amount".into(), "250000".into())],
         encrypted: None,
@@ -139,7 +140,7 @@ fn audit_seal_command_seals_like_teller() {
     let sealer = engine("wasmedge")
         .load_audit(
             &teller_engine::artifact::PolicySource::Builtin
-                .artifact(teller_engine::artifact::AUDIT)
+                .audit()
                 .unwrap(),
         )
         .unwrap();

@@ -5,9 +5,10 @@
 use crate::support::engine;
 use proptest::prelude::*;
 use teller_contract::{
-    Actor, AuditEvent, EncryptedEvent, Origin, PolicyConfig, PolicyRef, TransferRequest, User,
+    Actor, AuditEvent, EncryptedEvent, Origin, PolicyConfig, PolicyOutcome, PolicyRef,
+    TransferRequest, User,
 };
-use teller_engine::artifact::{AUDIT, PolicySource, TRANSFER_CHECK};
+use teller_engine::artifact::PolicySource;
 
 const CASES: u32 = 1000;
 
@@ -109,6 +110,19 @@ fn event() -> impl Strategy<Value = AuditEvent> {
                 (client, rid, policy, engine),
                 (details, encrypted),
             )| {
+                let policy = policy.map(|(name, version, sha256)| PolicyRef {
+                    name,
+                    version,
+                    sha256,
+                });
+                let policies = policy
+                    .iter()
+                    .map(|p| PolicyOutcome {
+                        policy: p.clone(),
+                        allow: p.name.len() % 2 == 0,
+                        deny: p.version.len() % 2 == 0,
+                    })
+                    .collect();
                 AuditEvent {
                     id,
                     timestamp: ts,
@@ -121,11 +135,8 @@ fn event() -> impl Strategy<Value = AuditEvent> {
                         client,
                         request_id: rid,
                     },
-                    policy: policy.map(|(name, version, sha256)| PolicyRef {
-                        name,
-                        version,
-                        sha256,
-                    }),
+                    policy,
+                    policies,
                     engine,
                     details,
                     encrypted: encrypted.map(|(key_id, salt, nonce, ciphertext)| EncryptedEvent {
@@ -154,7 +165,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 fn decisions_are_identical_on_both_engines() {
     let load = |name| {
         engine(name)
-            .load_transfer_check(&PolicySource::Builtin.artifact(TRANSFER_CHECK).unwrap())
+            .load_transfer_check(&PolicySource::Builtin.transfer_checks().unwrap().remove(0))
             .unwrap()
     };
     let (wasmtime, wasmedge) = (load("wasmtime"), load("wasmedge"));
@@ -173,7 +184,7 @@ fn decisions_are_identical_on_both_engines() {
 fn audit_records_are_byte_identical_on_both_engines() {
     let load = |name| {
         engine(name)
-            .load_audit(&PolicySource::Builtin.artifact(AUDIT).unwrap())
+            .load_audit(&PolicySource::Builtin.audit().unwrap())
             .unwrap()
     };
     let (wasmtime, wasmedge) = (load("wasmtime"), load("wasmedge"));

@@ -28,6 +28,7 @@ mod logs;
 mod metrics;
 mod oci;
 mod oracle;
+mod rego;
 mod reload;
 mod rules;
 mod settings;

@@ -6,7 +6,7 @@ use crate::support::{ENGINES, engine};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use teller_contract::decode_transfer;
-use teller_engine::artifact::{PolicySource, TRANSFER_CHECK};
+use teller_engine::artifact::PolicySource;
 use teller_server::config::Config;
 
 const REGO: &str = include_str!("../../guest-policies/transfer-check/bank.rego");
@@ -80,7 +80,7 @@ fn guest_agrees_with_the_rego_policy() {
 
 fn agrees_on(name: &str) {
     let check = engine(name)
-        .load_transfer_check(&PolicySource::Builtin.artifact(TRANSFER_CHECK).unwrap())
+        .load_transfer_check(&PolicySource::Builtin.transfer_checks().unwrap().remove(0))
         .unwrap();
     let config = Config::default().policy_config();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(1000));

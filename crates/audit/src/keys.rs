@@ -267,6 +267,7 @@ mod tests {
                 request_id: "r".into(),
             },
             policy: None,
+            policies: vec![],
             engine: "e".into(),
             details: vec![],
             encrypted: None,

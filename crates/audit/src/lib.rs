@@ -485,6 +485,7 @@ mod tests {
                 request_id: String::new(),
             },
             policy: None,
+            policies: vec![],
             engine: String::new(),
             details: vec![],
             encrypted: None,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use teller_contract::Error;
 use teller_contract::ErrorCode;
 use teller_contract::{PolicyConfig, TransferRequest};
-use teller_engine::artifact::{PolicySource, TRANSFER_CHECK};
+use teller_engine::artifact::PolicySource;
 use teller_engine::{CallMode, Engine, TransferCheck};
 
 /// The README's example: an allowed transfer.
@@ -271,15 +271,37 @@ pub fn cold_start(
     })
 }
 
+/// The bank's `bank.rego`, served by the Rego guest from a policy
+/// directory as a user's policy would be.
+fn rego_bank_policy(engine: &dyn Engine) -> Result<std::sync::Arc<dyn TransferCheck>, Error> {
+    let dir = tempfile::tempdir().map_err(|e| {
+        Error::internal(ErrorCode::Internal, format!("cannot make a directory: {e}"))
+    })?;
+    std::fs::write(
+        dir.path().join("bank.rego"),
+        teller_policy_artifacts::BANK_REGO,
+    )
+    .map_err(|e| Error::internal(ErrorCode::Internal, format!("cannot write bank.rego: {e}")))?;
+    let members = PolicySource::Dir(dir.path().to_path_buf()).transfer_checks()?;
+    let artifact = members
+        .first()
+        .ok_or_else(|| Error::internal(ErrorCode::UnknownPolicy, "bank.rego was not found"))?;
+    engine.load_transfer_check(artifact)
+}
+
 /// `teller bench call`: in-process decision latency and throughput, fresh
 /// and warm instances, one thread and all cores, against the same rule
 /// compiled natively into the host.
 pub fn call(engine: &dyn Engine, seconds: f64) -> Result<Report, Error> {
-    let check = engine.load_transfer_check(&PolicySource::Builtin.artifact(TRANSFER_CHECK)?)?;
+    let builtin = PolicySource::Builtin.transfer_checks()?;
+    let check = engine.load_transfer_check(builtin.first().ok_or_else(|| {
+        Error::internal(ErrorCode::UnknownPolicy, "no built-in transfer check")
+    })?)?;
+    let rego = rego_bank_policy(engine)?;
     let request = teller_contract::decode_transfer(EXAMPLE.as_bytes())?;
     let config = teller_server::config::Config::default().policy_config();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let slice = Duration::from_secs_f64(seconds / 5.0);
+    let slice = Duration::from_secs_f64(seconds / 7.0);
     let mut series = Vec::new();
     for (mode, label) in [
         (CallMode::Fresh, "fresh instance"),
@@ -306,12 +328,27 @@ pub fn call(engine: &dyn Engine, seconds: f64) -> Result<Report, Error> {
             &format!("{label}, {threads} threads"),
         )?);
     }
+    for n in [1, threads] {
+        eprintln!("call: {} Rego bank.rego, {n} threads", engine.name());
+        series.push(measure_calls(
+            rego.as_ref(),
+            CallMode::Warm,
+            &config,
+            &request,
+            n,
+            slice,
+            &format!(
+                "Rego bank.rego, {n} thread{}",
+                if n == 1 { "" } else { "s" }
+            ),
+        )?);
+    }
     eprintln!("call: native Rust");
     series.push(measure_native(&config, &request, slice)?);
     let native = series.last().map_or(1.0, |s| s.quantile_us(0.5)).max(0.001);
     let ratios = series
         .iter()
-        .take(4)
+        .take(6)
         .filter(|s| s.name.contains("1 thread"))
         .map(|s| {
             (

@@ -95,7 +95,8 @@ pub(crate) fn package(args: &PackageArgs) -> Result<u8, Error> {
     Ok(0)
 }
 
-/// The policies (both forms of each) and `teller.toml`.
+/// The policies (both forms of each compiled guest, the Rego files, their
+/// data and the manifest) and `teller.toml`.
 fn policy_layers(args: &PackageArgs) -> Result<Vec<teller_oci::Layer>, Error> {
     let source = PolicySource::dir_or_builtin(args.policy_dir.as_deref());
     let config_text = match &args.config {
@@ -110,21 +111,11 @@ fn policy_layers(args: &PackageArgs) -> Result<Vec<teller_oci::Layer>, Error> {
         }
         None => Config::default().to_toml()?,
     };
-    let mut layers = Vec::new();
-    for name in [
-        teller_engine::artifact::TRANSFER_CHECK,
-        teller_engine::artifact::AUDIT,
-    ] {
-        let artifact = source.artifact(name)?;
-        layers.push(teller_oci::Layer {
-            title: format!("{name}.module.wasm"),
-            bytes: artifact.module()?.into_owned(),
-        });
-        layers.push(teller_oci::Layer {
-            title: format!("{name}.component.wasm"),
-            bytes: artifact.component()?.into_owned(),
-        });
-    }
+    let mut layers: Vec<teller_oci::Layer> = source
+        .files()?
+        .into_iter()
+        .map(|(title, bytes)| teller_oci::Layer { title, bytes })
+        .collect();
     layers.push(teller_oci::Layer {
         title: teller_oci::CONFIG_FILE.to_string(),
         bytes: config_text.into_bytes(),
@@ -142,14 +133,13 @@ pub(crate) fn compile(run: &RunArgs) -> Result<u8, Error> {
     };
     let engine = teller_engine::by_name(&run.engine, cache, Workload::Once, run.limits())?;
     let (source, _) = policies(run)?;
-    for name in [
-        teller_engine::artifact::TRANSFER_CHECK,
-        teller_engine::artifact::AUDIT,
-    ] {
+    let mut artifacts = source.transfer_checks()?;
+    artifacts.push(source.audit()?);
+    for artifact in artifacts {
+        let name = &artifact.name;
         eprint!("teller: compiling {name} for {} ... ", engine.name());
         let started = std::time::Instant::now();
-        let artifact = source.artifact(name)?;
-        let policy = if name == teller_engine::artifact::AUDIT {
+        let policy = if artifact.rego().is_none() && name == teller_engine::artifact::AUDIT {
             engine.load_audit(&artifact)?.policy().clone()
         } else {
             engine.load_transfer_check(&artifact)?.policy().clone()

@@ -113,33 +113,19 @@ impl Verdict {
     }
 }
 
-/// Why a transfer was not simply allowed.
+/// The reason codes of the built-in transfer check. In the WIT a reason's
+/// code is a string, so a Rego policy's `reasons` rule can name its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(
-    feature = "wasmtime",
-    derive(
-        wasmtime::component::ComponentType,
-        wasmtime::component::Lift,
-        wasmtime::component::Lower
-    ),
-    component(enum),
-    repr(u8)
-)]
 pub enum ReasonCode {
-    #[cfg_attr(feature = "wasmtime", component(name = "action-not-transfer"))]
     ActionNotTransfer,
-    #[cfg_attr(feature = "wasmtime", component(name = "amount-over-limit"))]
     AmountOverLimit,
-    #[cfg_attr(feature = "wasmtime", component(name = "role-not-authorized"))]
     RoleNotAuthorized,
-    #[cfg_attr(feature = "wasmtime", component(name = "audit-disabled"))]
     AuditDisabled,
-    #[cfg_attr(feature = "wasmtime", component(name = "approval-required"))]
     ApprovalRequired,
 }
 
 impl ReasonCode {
-    /// Every reason code, in the WIT's order.
+    /// Every built-in reason code.
     pub const ALL: [ReasonCode; 5] = [
         ReasonCode::ActionNotTransfer,
         ReasonCode::AmountOverLimit,
@@ -171,7 +157,8 @@ impl ReasonCode {
     component(record)
 )]
 pub struct Reason {
-    pub code: ReasonCode,
+    /// snake_case: a [`ReasonCode`]'s name, or one a Rego policy chose.
+    pub code: String,
     pub message: String,
 }
 
@@ -258,6 +245,23 @@ pub struct PolicyRef {
     pub sha256: String,
 }
 
+/// One policy's part in a decision made by a set of policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
+pub struct PolicyOutcome {
+    pub policy: PolicyRef,
+    pub allow: bool,
+    pub deny: bool,
+}
+
 /// An event's plaintext, AES-256-GCM encrypted by the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(
@@ -297,7 +301,10 @@ pub struct AuditEvent {
     pub outcome: String,
     pub reasons: Vec<String>,
     pub origin: Origin,
+    /// What decided: the one policy, or the set as one identity.
     pub policy: Option<PolicyRef>,
+    /// Every policy of the set, in order, with what each said.
+    pub policies: Vec<PolicyOutcome>,
     pub engine: String,
     pub details: Vec<(String, String)>,
     pub encrypted: Option<EncryptedEvent>,

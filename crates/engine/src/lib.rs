@@ -60,6 +60,52 @@ pub enum CallMode {
 pub type Caller<'a> =
     Box<dyn FnMut(&PolicyConfig, &TransferRequest) -> Result<Decision, Error> + 'a>;
 
+/// What a Rego policy's runtime failure (an error in a rule, a rule of the
+/// wrong type) becomes: a `guest_trap` that says why, digit runs masked, as
+/// the policy may quote the transfer.
+pub fn policy_failed(policy: &str, message: &str) -> Error {
+    Error::guest(
+        ErrorCode::GuestTrap,
+        format!(
+            "policy {policy} failed: {}",
+            teller_contract::mask::digit_runs(message)
+        ),
+    )
+}
+
+/// A Rego policy's reference: the name it has in its directory, the version
+/// it declares, and the digest of its text and data.
+pub fn rego_policy_ref(
+    artifact: &Artifact,
+    meta: teller_contract::PolicyMetadata,
+) -> Result<PolicyRef, Error> {
+    let source = artifact.rego().ok_or_else(|| {
+        Error::internal(
+            ErrorCode::Internal,
+            format!("{} is not a Rego policy", artifact.name),
+        )
+    })?;
+    Ok(PolicyRef {
+        name: artifact.name.clone(),
+        version: meta.version,
+        sha256: source.sha256.clone(),
+    })
+}
+
+/// A Rego policy that does not load: the guest's message names the file,
+/// line and column.
+pub fn rego_load_failed(artifact: &Artifact, message: &str) -> Error {
+    Error::bad_request(
+        ErrorCode::PolicyInvalid,
+        format!("Rego policy {}: {message}", artifact.name),
+    )
+}
+
+/// Calls an instance kept across calls (WasmEdge's pooled instances; the
+/// Rego guest's on every engine, whose parsed policy is its only state)
+/// serves before it is replaced by a fresh one.
+pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
+
 /// A loaded `bank:policy/audit` guest.
 pub trait AuditSealer: Send + Sync {
     fn policy(&self) -> &PolicyRef;

@@ -12,5 +12,6 @@ pub mod api;
 pub mod config;
 pub mod log;
 pub mod metrics;
+pub mod policy_set;
 pub mod service;
 pub mod workers;

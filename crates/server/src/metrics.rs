@@ -67,6 +67,8 @@ fn latency() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub decisions: Family<DecisionLabels, Counter>,
+    /// Each policy's own verdict, for a set of several.
+    pub policy_verdicts: Family<DecisionLabels, Counter>,
     pub decision_seconds: Histograms<EngineLabels>,
     pub guest_errors: Family<GuestErrorLabels, Counter>,
     pub guest_calls_in_flight: Gauge,
@@ -102,6 +104,12 @@ impl Metrics {
             "teller_decisions",
             "Transfer decisions, by policy, verdict and engine",
             decisions.clone(),
+        );
+        let policy_verdicts = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "teller_policy_verdicts",
+            "What each policy of the set said, by policy, verdict and engine (a decision counts once per policy)",
+            policy_verdicts.clone(),
         );
         let decision_seconds: Histograms<EngineLabels> = Family::new_with_constructor(latency);
         registry.register(
@@ -178,6 +186,7 @@ impl Metrics {
         Metrics {
             registry,
             decisions,
+            policy_verdicts,
             decision_seconds,
             guest_errors,
             guest_calls_in_flight,

@@ -6,18 +6,17 @@ use crate::config::Config;
 use crate::metrics::{
     DecisionLabels, EngineLabels, GuestErrorLabels, InFlight, Metrics, PolicyLabels,
 };
+use crate::policy_set::{PolicySet, SetDecision};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use teller_audit_log::{AuditLog, AuditSettings, AuditWriter, GENESIS, Recovery, SealerSlot};
 use teller_contract::ErrorCode;
 use teller_contract::request::{decode_transfer, json_error};
-use teller_contract::{
-    Actor, AuditEvent, Decision, Origin, PolicyConfig, PolicyRef, TransferRequest,
-};
+use teller_contract::{Actor, AuditEvent, Origin, PolicyConfig, PolicyRef, TransferRequest};
 use teller_contract::{Error, Kind};
-use teller_engine::artifact::{self, PolicySource};
-use teller_engine::{Engine, TransferCheck};
+use teller_engine::Engine;
+use teller_engine::artifact::PolicySource;
 
 /// A ready teller: loaded guests, their configuration, the audit log.
 pub struct Teller {
@@ -31,7 +30,7 @@ pub struct Teller {
 
 /// One version of the policies and their configuration.
 struct Loaded {
-    transfer: Arc<dyn TransferCheck>,
+    set: PolicySet,
     config: PolicyConfig,
 }
 
@@ -57,7 +56,10 @@ pub struct CheckResponse {
     pub deny: bool,
     pub verdict: &'static str,
     pub reasons: Vec<ReasonBody>,
+    /// What decided: the one policy, or the set as one identity.
     pub policy: PolicyRefBody,
+    /// Every policy of the set, in order, with what each said.
+    pub policies: Vec<PolicyOutcomeBody>,
     pub engine: &'static str,
     /// Present when the decision was written to the audit log.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,8 +68,19 @@ pub struct CheckResponse {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReasonBody {
-    pub code: &'static str,
+    pub code: String,
     pub message: String,
+}
+
+/// One policy's part in a decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyOutcomeBody {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub allow: bool,
+    pub deny: bool,
+    pub verdict: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,12 +114,14 @@ impl Teller {
         audit: Option<&AuditSettings>,
     ) -> Result<(Self, Option<Recovery>), Error> {
         let metrics = Arc::new(Metrics::new());
-        let transfer = engine.load_transfer_check(&policies.artifact(artifact::TRANSFER_CHECK)?)?;
-        set_loaded(&metrics, engine.name(), transfer.policy(), 1);
+        let set = PolicySet::load(engine, policies)?;
+        for member in set.members() {
+            set_loaded(&metrics, engine.name(), member.policy(), 1);
+        }
         let (audit, recovery) = match audit {
             None => (None, None),
             Some(settings) => {
-                let sealer = engine.load_audit(&policies.artifact(artifact::AUDIT)?)?;
+                let sealer = engine.load_audit(&policies.audit()?)?;
                 set_loaded(&metrics, engine.name(), sealer.policy(), 1);
                 let slot: SealerSlot = Arc::new(RwLock::new(sealer));
                 let encrypter = settings.keys.as_ref().map(|k| k.encrypter()).transpose()?;
@@ -125,7 +140,7 @@ impl Teller {
             Teller {
                 engine: engine.name(),
                 loaded: RwLock::new(Arc::new(Loaded {
-                    transfer,
+                    set,
                     config: config.policy_config(),
                 })),
                 audit,
@@ -151,19 +166,27 @@ impl Teller {
             .policy_reloads
             .get_or_create(&crate::metrics::ReloadLabels { result: outcome })
             .inc();
-        let (transfer, sealer) = result?;
+        let (set, sealer) = result?;
         let config = config.policy_config();
-        let new = transfer.policy().clone();
-        set_loaded(&self.metrics, self.engine, &new, 1);
+        let new = set.identity().clone();
+        let new_members: Vec<PolicyRef> =
+            set.members().iter().map(|m| m.policy().clone()).collect();
+        for member in &new_members {
+            set_loaded(&self.metrics, self.engine, member, 1);
+        }
         let old = {
             let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
-            let old = loaded.transfer.policy().clone();
-            *loaded = Arc::new(Loaded { transfer, config });
-            old
+            std::mem::replace(&mut *loaded, Arc::new(Loaded { set, config }))
         };
-        if old.sha256 != new.sha256 {
-            set_loaded(&self.metrics, self.engine, &old, 0);
+        for member in old.set.members() {
+            if !new_members
+                .iter()
+                .any(|m| m.sha256 == member.policy().sha256)
+            {
+                set_loaded(&self.metrics, self.engine, member.policy(), 0);
+            }
         }
+        let old = old.set.identity().clone();
         if let (Some(sealer), Some((_, slot))) = (sealer, &self.audit) {
             let new_sealer = sealer.policy().clone();
             set_loaded(&self.metrics, self.engine, &new_sealer, 1);
@@ -183,28 +206,20 @@ impl Teller {
         engine: &dyn Engine,
         policies: &PolicySource,
         config: &Config,
-    ) -> Result<
-        (
-            Arc<dyn TransferCheck>,
-            Option<Arc<dyn teller_engine::AuditSealer>>,
-        ),
-        Error,
-    > {
+    ) -> Result<(PolicySet, Option<Arc<dyn teller_engine::AuditSealer>>), Error> {
         let rejected = |what: &str, e: Error| {
             Error::bad_request(ErrorCode::ReloadRejected, format!("{what}: {}", e.message))
         };
-        let transfer = engine
-            .load_transfer_check(&policies.artifact(artifact::TRANSFER_CHECK)?)
-            .map_err(|e| rejected("the new transfer-check does not load", e))?;
+        let set = PolicySet::load(engine, policies)
+            .map_err(|e| rejected("the new policies do not load", e))?;
         let probe = decode_transfer(teller_contract::EXAMPLE_REQUEST.as_bytes())?;
-        transfer
-            .check(&config.policy_config(), &probe)
-            .map_err(|e| rejected("the new transfer-check failed its self-test", e))?;
+        set.decide(&config.policy_config(), &probe)
+            .map_err(|e| rejected("the new policies failed their self-test", e))?;
         let sealer = match &self.audit {
             None => None,
             Some(_) => {
                 let sealer = engine
-                    .load_audit(&policies.artifact(artifact::AUDIT)?)
+                    .load_audit(&policies.audit()?)
                     .map_err(|e| rejected("the new audit guest does not load", e))?;
                 let mut event = self_test_event();
                 event.engine = self.engine.to_string();
@@ -214,7 +229,7 @@ impl Teller {
                 Some(sealer)
             }
         };
-        Ok((transfer, sealer))
+        Ok((set, sealer))
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -228,9 +243,9 @@ impl Teller {
         self.engine
     }
 
-    /// The transfer-check policy serving now.
+    /// The transfer-check policy (or set) serving now.
     pub fn transfer_policy(&self) -> PolicyRef {
-        self.current().transfer.policy().clone()
+        self.current().set.identity().clone()
     }
 
     pub fn audit_enabled(&self) -> bool {
@@ -239,9 +254,14 @@ impl Teller {
 
     /// The OpenMetrics text of teller's metrics, gauges brought up to date.
     pub fn metrics_text(&self) -> String {
-        self.metrics
-            .guest_instances_pooled
-            .set(self.current().transfer.instances_pooled() as i64);
+        self.metrics.guest_instances_pooled.set(
+            self.current()
+                .set
+                .members()
+                .iter()
+                .map(|m| m.instances_pooled() as i64)
+                .sum(),
+        );
         self.metrics.encode()
     }
 
@@ -271,9 +291,9 @@ impl Teller {
         let decision_id = uuid::Uuid::now_v7().to_string();
         tracing::Span::current().record("decision_id", decision_id.as_str());
         let started = std::time::Instant::now();
-        let decision = {
+        let decided = {
             let _in_use = InFlight::start(&self.metrics.guest_calls_in_flight);
-            loaded.transfer.check(&loaded.config, &request)
+            loaded.set.decide(&loaded.config, &request)
         }
         .map_err(|e| self.counted(e))?;
         self.metrics
@@ -282,19 +302,31 @@ impl Teller {
                 engine: self.engine,
             })
             .observe(started.elapsed().as_secs_f64());
-        let policy = loaded.transfer.policy();
+        let policy = loaded.set.identity();
+        if decided.outcomes.len() > 1 {
+            for o in &decided.outcomes {
+                self.metrics
+                    .policy_verdicts
+                    .get_or_create(&DecisionLabels {
+                        policy: o.policy.name.clone(),
+                        verdict: o.verdict.as_str(),
+                        engine: self.engine,
+                    })
+                    .inc();
+            }
+        }
         self.metrics
             .decisions
             .get_or_create(&DecisionLabels {
                 policy: policy.name.clone(),
-                verdict: decision.verdict.as_str(),
+                verdict: decided.decision.verdict.as_str(),
                 engine: self.engine,
             })
             .inc();
         let audit = match &self.audit {
             None => None,
             Some((audit, _)) => {
-                let event = self.decision_event(policy, &request, &decision, &decision_id, caller);
+                let event = self.decision_event(policy, &request, &decided, &decision_id, caller);
                 Some(
                     audit
                         .append(event)
@@ -303,6 +335,7 @@ impl Teller {
                 )
             }
         };
+        let SetDecision { decision, outcomes } = decided;
         Ok(CheckResponse {
             decision_id,
             allow: decision.allow,
@@ -312,7 +345,7 @@ impl Teller {
                 .reasons
                 .into_iter()
                 .map(|r| ReasonBody {
-                    code: r.code.as_str(),
+                    code: r.code,
                     message: r.message,
                 })
                 .collect(),
@@ -321,6 +354,17 @@ impl Teller {
                 version: policy.version.clone(),
                 sha256: policy.sha256.clone(),
             },
+            policies: outcomes
+                .into_iter()
+                .map(|o| PolicyOutcomeBody {
+                    name: o.policy.name,
+                    version: o.policy.version,
+                    sha256: o.policy.sha256,
+                    allow: o.allow,
+                    deny: o.deny,
+                    verdict: o.verdict.as_str(),
+                })
+                .collect(),
             engine: self.engine,
             audit,
         })
@@ -356,6 +400,7 @@ impl Teller {
                 request_id: doc.request_id.unwrap_or_default(),
             },
             policy: None,
+            policies: vec![],
             engine: self.engine.to_string(),
             details: doc.details.into_iter().collect(),
             encrypted: None,
@@ -371,10 +416,11 @@ impl Teller {
         &self,
         policy: &PolicyRef,
         request: &TransferRequest,
-        decision: &Decision,
+        decided: &SetDecision,
         decision_id: &str,
         caller: &Caller,
     ) -> AuditEvent {
+        let decision = &decided.decision;
         let mut details = vec![
             ("allow".to_string(), decision.allow.to_string()),
             ("amount".to_string(), request.amount.to_string()),
@@ -397,16 +443,13 @@ impl Teller {
                 .cloned()
                 .collect(),
             outcome: decision.verdict.as_str().to_string(),
-            reasons: decision
-                .reasons
-                .iter()
-                .map(|r| r.code.as_str().to_string())
-                .collect(),
+            reasons: decision.reasons.iter().map(|r| r.code.clone()).collect(),
             origin: Origin {
                 client: caller.client.clone(),
                 request_id: request.request_id.clone().unwrap_or_default(),
             },
             policy: Some(policy.clone()),
+            policies: decided.outcomes.iter().map(Into::into).collect(),
             engine: self.engine.to_string(),
             details,
             encrypted: None,
@@ -445,6 +488,7 @@ fn self_test_event() -> AuditEvent {
             request_id: String::new(),
         },
         policy: None,
+        policies: vec![],
         engine: String::new(),
         details: vec![],
         encrypted: None,

@@ -35,7 +35,10 @@ use teller_contract::{
 };
 use teller_engine::artifact::{Artifact, sha256_hex};
 use teller_engine::cache::ArtifactCache;
-use teller_engine::{AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload};
+use teller_engine::{
+    AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload, policy_failed,
+    rego_load_failed, rego_policy_ref,
+};
 use wasmedge_sdk::error::WasmEdgeError;
 use wasmedge_sdk::{CompilerOptimizationLevel, CompilerOutputFormat};
 use wasmedge_sys::Config;
@@ -52,8 +55,7 @@ pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
     quiesce,
 };
 
-/// Calls an instance serves before it is replaced by a fresh one.
-pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
+pub use teller_engine::MAX_CALLS_PER_INSTANCE;
 
 pub struct WasmEdgeEngine {
     config: Arc<Config>,
@@ -144,7 +146,7 @@ impl WasmEdgeEngine {
     }
 
     fn pool(&self, artifact: &Artifact) -> Result<(Pool, String), Error> {
-        self.pool_for(artifact.name, &artifact.module()?, self.contract.clone())
+        self.pool_for(&artifact.name, &artifact.module()?, self.contract.clone())
     }
 
     fn pool_for(
@@ -161,6 +163,7 @@ impl WasmEdgeEngine {
             limits: self.limits,
             idle: Mutex::new(Vec::new()),
             capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
+            init: None,
         };
         // Instantiate one now: a module that cannot be instantiated fails at
         // start-up, not on the first request.
@@ -190,6 +193,9 @@ impl Engine for WasmEdgeEngine {
     }
 
     fn load_transfer_check(&self, artifact: &Artifact) -> Result<Arc<dyn TransferCheck>, Error> {
+        if artifact.rego().is_some() {
+            return Ok(Arc::new(self.load_rego(artifact)?));
+        }
         let (pool, sha256) = self.pool(artifact)?;
         Ok(Arc::new(WasmEdgeTransferCheck {
             policy: Self::policy_ref(&pool, sha256)?,
@@ -204,6 +210,103 @@ impl Engine for WasmEdgeEngine {
             policy: Self::policy_ref(&pool, sha256)?,
             seal: pool.export("audit", "seal")?,
             pool,
+        }))
+    }
+}
+
+impl WasmEdgeEngine {
+    /// The Rego guest with `artifact`'s policy loaded into every instance
+    /// the pool makes; the first is made now, so that a policy that does not
+    /// parse stops start-up (or a reload) with its file, line and column.
+    fn load_rego(&self, artifact: &Artifact) -> Result<WasmEdgeRegoCheck, Error> {
+        let source = artifact
+            .rego()
+            .ok_or_else(|| Error::internal(ErrorCode::Internal, "not a Rego policy"))?;
+        let (module, _) = self.module_slot("rego", &artifact.module()?)?;
+        let mut pool = Pool {
+            config: self.config.clone(),
+            contract: self.contract.clone(),
+            module,
+            limits: self.limits,
+            idle: Mutex::new(Vec::new()),
+            capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
+            init: None,
+        };
+        let load = pool.export("source", "load")?;
+        let args = vec![
+            pool.arg(&load, 0, source.file.as_str())?,
+            pool.arg(&load, 1, source.text.as_str())?,
+            pool.arg(&load, 2, source.data.as_str())?,
+        ];
+        let value = pool
+            .instantiate()
+            .and_then(|mut guest| {
+                let value = guest.invoke(&pool.contract, &load, &args)?;
+                Ok((guest, value))
+            })
+            .map_err(|e| rego_load_failed(artifact, &e.message))?;
+        let (mut first, value) = value;
+        let meta: Result<PolicyMetadata, String> = pool.lift_result(&load, value)?;
+        let meta = meta.map_err(|message| rego_load_failed(artifact, &message))?;
+        first.calls = 0;
+        pool.init = Some((load, args));
+        pool.give_back(first);
+        Ok(WasmEdgeRegoCheck {
+            policy: rego_policy_ref(artifact, meta)?,
+            name: artifact.name.clone(),
+            check: pool.export("source", "check")?,
+            pool,
+        })
+    }
+}
+
+/// A Rego policy on WasmEdge: pooled instances, each with the policy loaded
+/// once when it is made.
+struct WasmEdgeRegoCheck {
+    policy: PolicyRef,
+    name: String,
+    check: ExportFunc,
+    pool: Pool,
+}
+
+impl WasmEdgeRegoCheck {
+    fn answer(&self, answer: Result<Decision, String>) -> Result<Decision, Error> {
+        answer.map_err(|message| policy_failed(&self.name, &message))
+    }
+}
+
+impl TransferCheck for WasmEdgeRegoCheck {
+    fn policy(&self) -> &PolicyRef {
+        &self.policy
+    }
+
+    fn instances_pooled(&self) -> usize {
+        self.pool.idle.lock().map_or(0, |idle| idle.len())
+    }
+
+    fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
+        let args = [
+            self.pool.arg(&self.check, 0, config)?,
+            self.pool.arg(&self.check, 1, request)?,
+        ];
+        self.answer(self.pool.call(&self.check, &args)?)
+    }
+
+    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
+        Ok(Box::new(move |config, request| {
+            let args = [
+                self.pool.arg(&self.check, 0, config)?,
+                self.pool.arg(&self.check, 1, request)?,
+            ];
+            let value = match mode {
+                CallMode::Warm => self.pool.call_values(&self.check, &args)?,
+                CallMode::Fresh => {
+                    self.pool
+                        .instantiate()?
+                        .invoke(&self.pool.contract, &self.check, &args)?
+                }
+            };
+            self.answer(self.pool.lift_result(&self.check, value)?)
         }))
     }
 }

@@ -23,6 +23,9 @@ pub(crate) struct Pool {
     pub(crate) limits: GuestLimits,
     pub(crate) idle: Mutex<Vec<GuestInstance>>,
     pub(crate) capacity: usize,
+    /// Called on every new instance before it serves (the Rego guest's
+    /// `source.load`); its `result::err` fails the instantiation.
+    pub(crate) init: Option<(ExportFunc, Vec<Value>)>,
 }
 
 impl Pool {
@@ -129,14 +132,22 @@ impl Pool {
             raw::Wasi::Shim,
         )
         .map_err(|e| Error::guest(ErrorCode::GuestTrap, format!("cannot instantiate: {e}")))?;
-        Ok(GuestInstance {
+        let mut guest = GuestInstance {
             raw,
             module,
             limits: self.limits,
             calls: 0,
             stopped: false,
             failure: None,
-        })
+        };
+        if let Some((load, args)) = &self.init {
+            let value = guest.invoke(&self.contract, load, args)?;
+            let loaded: Result<teller_contract::PolicyMetadata, String> =
+                self.lift_result(load, value)?;
+            loaded.map_err(|message| Error::bad_request(ErrorCode::PolicyInvalid, message))?;
+            guest.calls = 0;
+        }
+        Ok(guest)
     }
 }
 

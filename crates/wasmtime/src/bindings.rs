@@ -38,3 +38,12 @@ pub mod audit {
         with: { "bank:policy/types": super::types },
     });
 }
+
+/// Bindings for guests of the `source-policy` world (the Rego guest).
+pub mod source {
+    wasmtime::component::bindgen!({
+        world: "source-policy",
+        path: "../../wit",
+        with: { "bank:policy/types": super::types },
+    });
+}

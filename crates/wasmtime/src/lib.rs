@@ -16,7 +16,10 @@ use teller_contract::{
 };
 use teller_engine::artifact::{Artifact, sha256_hex};
 use teller_engine::cache::ArtifactCache;
-use teller_engine::{AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload};
+use teller_engine::{
+    AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload, policy_failed,
+    rego_load_failed, rego_policy_ref,
+};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -309,6 +312,9 @@ impl Engine for WasmtimeEngine {
     }
 
     fn load_transfer_check(&self, artifact: &Artifact) -> Result<Arc<dyn TransferCheck>, Error> {
+        if artifact.rego().is_some() {
+            return Ok(Arc::new(self.load_rego(artifact)?));
+        }
         let (policy, pre) =
             self.load(artifact, wit::transfer_check::TransferCheckPolicyPre::new)?;
         Ok(Arc::new(WasmtimeTransferCheck {
@@ -348,6 +354,161 @@ impl WasmtimeEngine {
         });
         let (meta, bound) = loaded.map_err(|e| load_error(artifact, e))?;
         Ok((self.policy_ref(meta, sha256), bound))
+    }
+}
+
+impl WasmtimeEngine {
+    /// The Rego guest with `artifact`'s policy: warm instances, each loaded
+    /// once; the first is made now, so that a policy that does not parse
+    /// stops start-up (or a reload) with its file, line and column.
+    fn load_rego(&self, artifact: &Artifact) -> Result<WasmtimeRegoCheck, Error> {
+        let (component, _) = self.component(artifact)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(wit::source::SourcePolicyPre::new)
+            .map_err(|e| load_error(artifact, e))?;
+        let source = artifact
+            .rego()
+            .cloned()
+            .ok_or_else(|| Error::internal(ErrorCode::Internal, "not a Rego policy"))?;
+        let mut check = WasmtimeRegoCheck {
+            policy: PolicyRef {
+                name: artifact.name.clone(),
+                version: String::new(),
+                sha256: source.sha256.clone(),
+            },
+            name: artifact.name.clone(),
+            stores: self.stores.clone(),
+            pre,
+            source,
+            idle: std::sync::Mutex::new(Vec::new()),
+            capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
+        };
+        let (first, meta) = check.instantiate().map_err(|e| match e.code {
+            ErrorCode::PolicyInvalid => e,
+            _ => rego_load_failed(artifact, &e.message),
+        })?;
+        check.policy = rego_policy_ref(artifact, meta)?;
+        check.give_back(first);
+        Ok(check)
+    }
+}
+
+/// A Rego policy on wasmtime. Its instances are kept across calls: the
+/// guest's only state is the parsed policy (Rego has no side effects), and
+/// parsing per call would cost more than the decision. An instance that
+/// fails in any way is dropped.
+struct WasmtimeRegoCheck {
+    policy: PolicyRef,
+    name: String,
+    stores: Stores,
+    pre: wit::source::SourcePolicyPre<State>,
+    source: Arc<teller_engine::artifact::RegoSource>,
+    idle: std::sync::Mutex<Vec<RegoInstance>>,
+    capacity: usize,
+}
+
+struct RegoInstance {
+    store: Store<State>,
+    guest: wit::source::SourcePolicy,
+    calls: u32,
+}
+
+impl WasmtimeRegoCheck {
+    /// A new instance with the policy loaded, and what the policy says it is.
+    fn instantiate(&self) -> Result<(RegoInstance, PolicyMetadata), Error> {
+        let mut store = self.stores.new_store();
+        let guest = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.stores.error(e, &store))?;
+        let loaded = guest
+            .bank_policy_source()
+            .call_load(
+                &mut store,
+                &self.source.file,
+                &self.source.text,
+                &self.source.data,
+            )
+            .map_err(|e| self.stores.error(e, &store))?;
+        let meta = loaded.map_err(|message| {
+            Error::bad_request(
+                ErrorCode::PolicyInvalid,
+                format!("Rego policy {}: {message}", self.name),
+            )
+        })?;
+        Ok((
+            RegoInstance {
+                store,
+                guest,
+                calls: 0,
+            },
+            meta,
+        ))
+    }
+
+    fn take(&self) -> Result<RegoInstance, Error> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match idle {
+            Some(instance) => Ok(instance),
+            None => self.instantiate().map(|(instance, _)| instance),
+        }
+    }
+
+    fn give_back(&self, instance: RegoInstance) {
+        if instance.calls >= teller_engine::MAX_CALLS_PER_INSTANCE {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.capacity
+        {
+            idle.push(instance);
+        }
+    }
+
+    fn call(
+        &self,
+        instance: &mut RegoInstance,
+        config: &PolicyConfig,
+        request: &TransferRequest,
+    ) -> Result<Result<Decision, String>, Error> {
+        instance.calls += 1;
+        self.stores.arm(&mut instance.store);
+        instance
+            .guest
+            .bank_policy_source()
+            .call_check(&mut instance.store, config, request)
+            .map_err(|e| self.stores.error(e, &instance.store))
+    }
+}
+
+impl TransferCheck for WasmtimeRegoCheck {
+    fn policy(&self) -> &PolicyRef {
+        &self.policy
+    }
+
+    fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
+        let mut instance = self.take()?;
+        let answer = self.call(&mut instance, config, request)?;
+        // A rule that failed left the instance as it was: keep it.
+        self.give_back(instance);
+        answer.map_err(|message| policy_failed(&self.name, &message))
+    }
+
+    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
+        match mode {
+            CallMode::Warm => Ok(Box::new(|config, request| self.check(config, request))),
+            CallMode::Fresh => Ok(Box::new(|config, request| {
+                let (mut instance, _) = self.instantiate()?;
+                self.call(&mut instance, config, request)?
+                    .map_err(|message| policy_failed(&self.name, &message))
+            })),
+        }
+    }
+
+    fn instances_pooled(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
     }
 }
 

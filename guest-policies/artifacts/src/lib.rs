@@ -29,4 +29,9 @@ include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 pub const COMMANDS: [Command; 2] = [TRANSFER_CHECK_COMMAND, AUDIT_SEAL_COMMAND];
 
 /// Every built-in guest (`ABI_ECHO` is a test program, not built in).
-pub const ALL: [Guest; 2] = [TRANSFER_CHECK, AUDIT];
+pub const ALL: [Guest; 3] = [TRANSFER_CHECK, AUDIT, REGO];
+
+/// The bank's own policy as its compliance team wrote it for OPA (Rego v0):
+/// the built-in transfer check implements exactly these rules, and teller
+/// serves the file itself from a policy directory.
+pub const BANK_REGO: &str = include_str!("../../transfer-check/bank.rego");

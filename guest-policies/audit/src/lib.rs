@@ -132,6 +132,27 @@ pub fn seal(seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecor
             out.push('}');
         }
     }
+    out.push_str(",\"policies\":[");
+    for (i, o) in event.policies.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"name\":");
+        string(&mut out, &o.policy.name);
+        field(&mut out, "version", &o.policy.version);
+        field(&mut out, "sha256", &o.policy.sha256);
+        out.push_str(if o.allow {
+            ",\"allow\":true"
+        } else {
+            ",\"allow\":false"
+        });
+        out.push_str(if o.deny {
+            ",\"deny\":true}"
+        } else {
+            ",\"deny\":false}"
+        });
+    }
+    out.push(']');
     field(&mut out, "engine", &event.engine);
     out.push_str(",\"details\":{");
     for (i, (k, v)) in details.iter().enumerate() {
@@ -228,6 +249,7 @@ mod tests {
                 request_id: "r-1".to_string(),
             },
             policy: None,
+            policies: vec![],
             engine: "wasmtime".to_string(),
             details: vec![(
                 "note".to_string(),

@@ -98,16 +98,7 @@ impl transfer_check::Guest for Policy {
             reasons: decision
                 .reasons
                 .into_iter()
-                .map(|Reason { code, message }| wit::Reason {
-                    code: match code {
-                        ReasonCode::ActionNotTransfer => wit::ReasonCode::ActionNotTransfer,
-                        ReasonCode::AmountOverLimit => wit::ReasonCode::AmountOverLimit,
-                        ReasonCode::RoleNotAuthorized => wit::ReasonCode::RoleNotAuthorized,
-                        ReasonCode::AuditDisabled => wit::ReasonCode::AuditDisabled,
-                        ReasonCode::ApprovalRequired => wit::ReasonCode::ApprovalRequired,
-                    },
-                    message,
-                })
+                .map(|Reason { code, message }| wit::Reason { code, message })
                 .collect(),
         }
     }
@@ -129,13 +120,13 @@ pub fn decide(config: &PolicyConfig, request: &TransferRequest) -> Decision {
     let mut reasons = Vec::new();
     if !is_transfer {
         reasons.push(Reason {
-            code: ReasonCode::ActionNotTransfer,
+            code: ReasonCode::ActionNotTransfer.as_str().to_string(),
             message: format!("action {:?} is not \"transfer\"", request.action),
         });
     }
     if !within_limit {
         reasons.push(Reason {
-            code: ReasonCode::AmountOverLimit,
+            code: ReasonCode::AmountOverLimit.as_str().to_string(),
             message: format!(
                 "amount {} exceeds the limit of {}",
                 request.amount, config.amount_limit
@@ -144,13 +135,13 @@ pub fn decide(config: &PolicyConfig, request: &TransferRequest) -> Decision {
     }
     if !role_ok {
         reasons.push(Reason {
-            code: ReasonCode::RoleNotAuthorized,
+            code: ReasonCode::RoleNotAuthorized.as_str().to_string(),
             message: format!("role {:?} is not authorized to transfer", request.user.role),
         });
     }
     if !audit_on {
         reasons.push(Reason {
-            code: ReasonCode::AuditDisabled,
+            code: ReasonCode::AuditDisabled.as_str().to_string(),
             message: match request.audit_enabled {
                 None => "audit.enabled is absent; it must be true".to_string(),
                 Some(_) => "audit.enabled is false; it must be true".to_string(),
@@ -159,7 +150,7 @@ pub fn decide(config: &PolicyConfig, request: &TransferRequest) -> Decision {
     }
     if !within_limit && approval_pending {
         reasons.push(Reason {
-            code: ReasonCode::ApprovalRequired,
+            code: ReasonCode::ApprovalRequired.as_str().to_string(),
             message: "amount over the limit needs the approval it requests".to_string(),
         });
     }
@@ -209,8 +200,8 @@ mod tests {
         }
     }
 
-    fn codes(d: &Decision) -> Vec<ReasonCode> {
-        d.reasons.iter().map(|r| r.code).collect()
+    fn codes(d: &Decision) -> Vec<&str> {
+        d.reasons.iter().map(|r| r.code.as_str()).collect()
     }
 
     #[test]
@@ -219,7 +210,7 @@ mod tests {
         assert!(d.allow && !d.deny && d.verdict == Verdict::Allow && d.reasons.is_empty());
         let d = decide(&config(), &request(1_000_001, None));
         assert!(!d.allow && d.deny && d.verdict == Verdict::Deny);
-        assert_eq!(codes(&d), [ReasonCode::AmountOverLimit]);
+        assert_eq!(codes(&d), [ReasonCode::AmountOverLimit.as_str()]);
     }
 
     #[test]
@@ -228,7 +219,10 @@ mod tests {
         assert!(!d.allow && !d.deny && d.verdict == Verdict::Review);
         assert_eq!(
             codes(&d),
-            [ReasonCode::AmountOverLimit, ReasonCode::ApprovalRequired]
+            [
+                ReasonCode::AmountOverLimit.as_str(),
+                ReasonCode::ApprovalRequired.as_str()
+            ]
         );
         let d = decide(&config(), &request(1_000_001, Some(false)));
         assert!(d.deny && d.verdict == Verdict::Deny);
@@ -240,6 +234,6 @@ mod tests {
         r.user.role = "teller".to_string();
         let d = decide(&config(), &r);
         assert!(!d.allow && !d.deny && d.verdict == Verdict::Deny);
-        assert_eq!(codes(&d), [ReasonCode::RoleNotAuthorized]);
+        assert_eq!(codes(&d), [ReasonCode::RoleNotAuthorized.as_str()]);
     }
 }

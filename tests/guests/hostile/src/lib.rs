@@ -17,7 +17,7 @@ mod bindings {
 }
 
 use bindings::bank::policy::types::{
-    Decision, PolicyConfig, PolicyMetadata, Reason, ReasonCode, TransferRequest, Verdict,
+    Decision, PolicyConfig, PolicyMetadata, Reason, TransferRequest, Verdict,
 };
 use bindings::exports::bank::policy::{metadata, transfer_check};
 
@@ -66,7 +66,7 @@ fn decision(message: String) -> Decision {
         deny: false,
         verdict: Verdict::Allow,
         reasons: vec![Reason {
-            code: ReasonCode::ApprovalRequired,
+            code: "approval_required".to_string(),
             message,
         }],
     }

@@ -32,9 +32,9 @@ fn core_modules_carry_the_canonical_abi_exports() {
     for name in [
         "memory",
         "cabi_realloc",
-        "bank:policy/transfer-check@0.1.0#check",
-        "cabi_post_bank:policy/transfer-check@0.1.0#check",
-        "bank:policy/metadata@0.1.0#describe",
+        "bank:policy/transfer-check@0.2.0#check",
+        "cabi_post_bank:policy/transfer-check@0.2.0#check",
+        "bank:policy/metadata@0.2.0#describe",
     ] {
         assert!(check.iter().any(|e| e == name), "{name} not in {check:?}");
     }
@@ -42,8 +42,8 @@ fn core_modules_carry_the_canonical_abi_exports() {
     for name in [
         "memory",
         "cabi_realloc",
-        "bank:policy/audit@0.1.0#seal",
-        "cabi_post_bank:policy/audit@0.1.0#seal",
+        "bank:policy/audit@0.2.0#seal",
+        "cabi_post_bank:policy/audit@0.2.0#seal",
     ] {
         assert!(audit.iter().any(|e| e == name), "{name} not in {audit:?}");
     }

@@ -223,7 +223,7 @@ fn bad_configuration_stops_start_up_naming_file_and_field() {
         .args(["check", "--policy-dir", "/no/such/dir"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
 
     // Impossible limits: refused by name before anything starts.

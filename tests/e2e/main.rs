@@ -15,6 +15,7 @@ mod abi;
 mod artifacts;
 mod audit;
 mod audit_keys;
+mod authoring;
 mod bad_input;
 mod bench;
 mod cli;

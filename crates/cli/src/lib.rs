@@ -6,10 +6,12 @@
 //! - this file: the command-line schema and [`main`];
 //! - `run`: where policies, configuration and compiled code come from;
 //! - `serve`: `teller serve`, hot reload and shutdown;
-//! - `commands`: `check`, `compile`, `package`, `audit`.
+//! - `commands`: `check`, `compile`, `package`, `audit`;
+//! - `authoring`: `new` and `test`, for policy authors.
 
 #![forbid(unsafe_code)]
 
+mod authoring;
 mod commands;
 mod run;
 mod serve;
@@ -64,6 +66,50 @@ enum Command {
     /// (containerd-shim-wasmedge-v1) runs it, `teller serve --from-oci`
     /// serves it.
     Package(PackageArgs),
+    /// Start a new policy project that passes its own tests.
+    #[command(subcommand)]
+    New(NewCommand),
+    /// Run the table-driven cases of each PATH (a policy directory holding
+    /// *.test.toml files, or one such file) against the policies of that
+    /// directory, on every engine of this build. Prints one line per failing
+    /// case and a summary; exit status 1 when any case fails.
+    Test(TestArgs),
+}
+
+#[derive(Subcommand)]
+enum NewCommand {
+    /// Write a policy project in a new directory NAME: for Rego a .rego file
+    /// (the directory is a policy directory as it is); for Rust a crate
+    /// using teller's WIT, with build.sh writing both guest forms into
+    /// NAME/policy. Each comes with a test file that passes.
+    Policy {
+        /// The policy's name: a-z, 0-9, - and _.
+        name: String,
+        /// The language the policy is written in.
+        #[arg(long, value_enum)]
+        lang: authoring::Lang,
+        /// Where to create the NAME directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Policy directories or *.test.toml files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Run on this engine only (default: every engine of this build).
+    #[arg(long, value_parser = engine_parser())]
+    engine: Option<String>,
+    /// The policy parameters the cases run with (default: teller's
+    /// defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where compiled guests are cached (default $XDG_CACHE_HOME/teller or
+    /// ~/.cache/teller).
+    #[arg(long, env = "TELLER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 /// How to load and run the guest policies.
@@ -74,8 +120,11 @@ struct RunArgs {
     #[arg(long, env = "TELLER_ENGINE", value_parser = engine_parser(),
           default_value_t = teller_engine::default_name().to_string())]
     engine: String,
-    /// A directory with NAME.component.wasm and NAME.module.wasm for
-    /// `transfer-check` and `audit`, instead of the built-in policies.
+    /// A policy directory, instead of the built-in policies: Rego files
+    /// (NAME.rego, with data.json), compiled guests (NAME.component.wasm
+    /// and NAME.module.wasm; `audit` is the audit sealer) and an optional
+    /// policies.toml giving their order. Every policy decides each
+    /// transfer; any guest it does not hold is the built-in one.
     #[arg(long, env = "TELLER_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
     /// TOML policy parameters: [transfer_check] amount_limit,
@@ -366,6 +415,19 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
         Command::Audit(command) => audit(command),
         Command::Compile(run) => compile(&run),
         Command::Package(args) => package(&args),
+        Command::New(NewCommand::Policy { name, lang, dir }) => {
+            authoring::new_policy(&name, lang, &dir)
+        }
+        Command::Test(args) => run::cache_at(args.cache_dir.as_deref()).and_then(|cache| {
+            let engines: Vec<String> = match &args.engine {
+                Some(e) => vec![e.clone()],
+                None => teller_engine::registered()
+                    .iter()
+                    .map(|e| e.name.to_string())
+                    .collect(),
+            };
+            authoring::test(&args.paths, &engines, args.config.as_deref(), cache)
+        }),
     };
     teller_engine::quiesce();
     match result {

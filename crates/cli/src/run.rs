@@ -60,10 +60,17 @@ pub(crate) fn image_policies(
 }
 
 pub(crate) fn cache(run: &RunArgs) -> Result<ArtifactCache, Error> {
-    Ok(match (&run.cache_dir, run.no_cache) {
-        (_, true) => ArtifactCache::disabled(),
-        (Some(dir), false) => ArtifactCache::at(dir)?,
-        (None, false) => match ArtifactCache::default_dir() {
+    match run.no_cache {
+        true => Ok(ArtifactCache::disabled()),
+        false => cache_at(run.cache_dir.as_deref()),
+    }
+}
+
+/// The cache in `dir`, or in the default place (none if it has none).
+pub(crate) fn cache_at(dir: Option<&std::path::Path>) -> Result<ArtifactCache, Error> {
+    Ok(match dir {
+        Some(dir) => ArtifactCache::at(dir)?,
+        None => match ArtifactCache::default_dir() {
             Some(dir) => ArtifactCache::at(dir).unwrap_or_else(|e| {
                 tracing::warn!("{e}; compiling without a cache");
                 ArtifactCache::disabled()

@@ -417,6 +417,36 @@ fn a_set_of_a_rust_guest_and_a_rego_policy_combines() {
             "{}",
             String::from_utf8_lossy(&verify.stdout)
         );
+
+        // The same set, in an order a manifest gives, packaged as one image
+        // and served from it.
+        write(
+            dir.path(),
+            &[(
+                "policies.toml",
+                b"[[policy]]\nrego = \"limits.rego\"\n[[policy]]\nwasm = \"transfer-check\"\nname = \"bank-rules\"\n",
+            )],
+        );
+        let image = dir.path().join("set.tar");
+        let out = teller()
+            .args(["package", "--policy-dir"])
+            .arg(dir.path())
+            .arg("-o")
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let server = Server::start(name, &["--from-oci", image.to_str().unwrap()]);
+        let got = server.post("/v1/transfer/check", &over).json();
+        assert_eq!(got["policy"]["name"], "limits+bank-rules", "{name}: {got}");
+        assert_eq!(got["policies"][0]["allow"], false);
+        assert_eq!(got["policies"][1]["allow"], true);
+        assert_eq!(got["verdict"], "deny");
+        assert!(server.stop().success());
     }
 }
 
@@ -473,6 +503,17 @@ fn bad_rego_policies_are_clear_errors() {
             ),
         ],
         &["two policies named \"a\""],
+    );
+    // Two compiled guests that call themselves alike, without a manifest
+    // to name them apart.
+    start_fails(
+        &[
+            ("a.component.wasm", TRANSFER_CHECK.component),
+            ("a.module.wasm", TRANSFER_CHECK.module),
+            ("b.component.wasm", TRANSFER_CHECK.component),
+            ("b.module.wasm", TRANSFER_CHECK.module),
+        ],
+        &["two policies named \"transfer-check\""],
     );
     start_fails(
         &[(

@@ -133,6 +133,7 @@ impl PolicySource {
             PolicySource::Builtin => self.builtin(AUDIT),
             _ if self.file_names()?.iter().any(|n| is_guest_file(n, AUDIT)) => Ok(Artifact {
                 name: AUDIT.to_string(),
+                named_by_manifest: false,
                 origin: self.origin(),
                 source: None,
             }),
@@ -185,6 +186,7 @@ impl PolicySource {
     fn builtin(&self, name: &str) -> Result<Artifact, Error> {
         Ok(Artifact {
             name: name.to_string(),
+            named_by_manifest: false,
             origin: Origin::Builtin(builtin(name)?),
             source: None,
         })
@@ -291,9 +293,11 @@ impl PolicySource {
                     None => String::new(),
                 };
                 let text = self.read_text(&file)?;
+                let named_by_manifest = entry.name.is_some();
                 let name = entry.name.unwrap_or_else(|| stem.to_string());
                 Ok(Artifact {
                     name,
+                    named_by_manifest,
                     origin: Origin::Builtin(teller_policy_artifacts::REGO),
                     source: Some(Arc::new(RegoSource {
                         sha256: sha256_hex(format!("{text}{data}").as_bytes()),
@@ -314,6 +318,7 @@ impl PolicySource {
                     )));
                 }
                 Ok(Artifact {
+                    named_by_manifest: entry.name.is_some(),
                     name: entry.name.unwrap_or_else(|| stem.clone()),
                     origin: self.origin(),
                     source: None,
@@ -384,8 +389,13 @@ pub struct RegoSource {
 /// One guest policy, in whichever form an engine asks for.
 #[derive(Debug, Clone)]
 pub struct Artifact {
-    /// The policy's name in answers, metrics and the audit log.
+    /// The policy's name in answers, metrics and the audit log: a
+    /// manifest's `name`, or the file's stem (a compiled guest without a
+    /// manifest name reports its own).
     pub name: String,
+    /// Whether a manifest gave the name, which then wins over the one a
+    /// compiled guest reports.
+    pub named_by_manifest: bool,
     origin: Origin,
     /// For a Rego policy: what the Rego guest (the bytes) loads.
     source: Option<Arc<RegoSource>>,

@@ -41,13 +41,40 @@ impl From<&Outcome> for PolicyOutcome {
 }
 
 impl PolicySet {
-    /// Loads every transfer-check policy of `source` on `engine`.
+    /// Loads every transfer-check policy of `source` on `engine`. Names
+    /// must differ: they are how answers, metrics and the audit log tell
+    /// the policies apart.
     pub fn load(engine: &dyn Engine, source: &PolicySource) -> Result<Self, Error> {
-        let members = source
-            .transfer_checks()?
-            .iter()
-            .map(|artifact| engine.load_transfer_check(artifact))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut members: Vec<Arc<dyn TransferCheck>> = Vec::new();
+        for artifact in source.transfer_checks()? {
+            let loaded = engine.load_transfer_check(&artifact)?;
+            let member: Arc<dyn TransferCheck> =
+                if artifact.named_by_manifest && loaded.policy().name != artifact.name {
+                    Arc::new(Renamed {
+                        policy: PolicyRef {
+                            name: artifact.name.clone(),
+                            ..loaded.policy().clone()
+                        },
+                        inner: loaded,
+                    })
+                } else {
+                    loaded
+                };
+            if members
+                .iter()
+                .any(|m| m.policy().name == member.policy().name)
+            {
+                return Err(Error::bad_request(
+                    ErrorCode::PolicyInvalid,
+                    format!(
+                        "{} has two policies named {:?}; give one a `name` in policies.toml",
+                        source.describe(),
+                        member.policy().name
+                    ),
+                ));
+            }
+            members.push(member);
+        }
         Self::new(members)
     }
 
@@ -117,6 +144,30 @@ impl PolicySet {
             },
             outcomes,
         })
+    }
+}
+
+/// A compiled guest under the name its manifest entry gives.
+struct Renamed {
+    policy: PolicyRef,
+    inner: Arc<dyn TransferCheck>,
+}
+
+impl TransferCheck for Renamed {
+    fn policy(&self) -> &PolicyRef {
+        &self.policy
+    }
+
+    fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
+        self.inner.check(config, request)
+    }
+
+    fn caller(&self, mode: teller_engine::CallMode) -> Result<teller_engine::Caller<'_>, Error> {
+        self.inner.caller(mode)
+    }
+
+    fn instances_pooled(&self) -> usize {
+        self.inner.instances_pooled()
     }
 }
 

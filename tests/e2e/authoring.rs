@@ -150,6 +150,20 @@ fn teller_new_and_test_refuse_bad_input() {
     let out = run(&["test", "p"], dir);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("p.test.toml"));
+    let out = run(&["new", "policy", "default", "--lang", "rego"], dir);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a Rego keyword is no package name"
+    );
+    std::fs::write(
+        dir.join("p/p.test.toml"),
+        "[[case]]\nname = \"vacuous\"\nexpect = {}\ninput = { action = \"transfer\", amount = 1, user = { role = \"r\" } }\n",
+    )
+    .unwrap();
+    let out = run(&["test", "p"], dir);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could never fail"));
     std::fs::create_dir(dir.join("empty")).unwrap();
     let out = run(&["test", "empty"], dir);
     assert_eq!(out.status.code(), Some(2));

@@ -6,7 +6,7 @@ use crate::support::engine;
 use proptest::prelude::*;
 use teller_contract::{
     Actor, AuditEvent, EncryptedEvent, Origin, PolicyConfig, PolicyOutcome, PolicyRef,
-    TransferRequest, User,
+    TransferRequest, User, Verdict,
 };
 use teller_engine::artifact::PolicySource;
 
@@ -121,6 +121,7 @@ fn event() -> impl Strategy<Value = AuditEvent> {
                         policy: p.clone(),
                         allow: p.name.len() % 2 == 0,
                         deny: p.version.len() % 2 == 0,
+                        verdict: Verdict::ALL[p.sha256.len() % 3],
                     })
                     .collect();
                 AuditEvent {

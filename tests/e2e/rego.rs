@@ -10,7 +10,7 @@ use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestR
 use serde_json::{Value, json};
 use std::path::Path;
 use teller_contract::{Verdict, decode_transfer};
-use teller_engine::artifact::PolicySource;
+use teller_engine::artifact::{PolicySource, sha256_hex};
 use teller_policy_artifacts::{AUDIT, BANK_REGO, TRANSFER_CHECK};
 
 /// A policy the guests were not written against: Rego v1, data, reasons,
@@ -184,10 +184,9 @@ fn bank_rego_decides_as_the_builtin_guest_in_process() {
             )
             .unwrap();
         assert_eq!(rego.policy().name, "bank");
-        assert_eq!(
-            rego.policy().sha256,
-            teller_engine::artifact::sha256_hex(BANK_REGO.as_bytes())
-        );
+        // `sha256sum bank.rego | sha256sum`
+        let listing = format!("{}  bank.rego\n", sha256_hex(BANK_REGO.as_bytes()));
+        assert_eq!(rego.policy().sha256, sha256_hex(listing.as_bytes()));
         let builtin = engine
             .load_transfer_check(&PolicySource::Builtin.transfer_checks().unwrap().remove(0))
             .unwrap();
@@ -402,10 +401,16 @@ fn a_set_of_a_rust_guest_and_a_rego_policy_combines() {
         assert_eq!(first["policies"][0]["name"], "transfer-check");
         assert_eq!(first["policies"][1]["name"], "limits");
         assert_eq!(first["policies"][1]["version"], "1.4.0");
+        let listing = format!(
+            "{}  limits.rego\n{}  data.json\n",
+            sha256_hex(LIMITS_REGO.as_bytes()),
+            sha256_hex(LIMITS_DATA.as_bytes())
+        );
         assert_eq!(
             first["policies"][1]["sha256"],
-            teller_engine::artifact::sha256_hex(format!("{LIMITS_REGO}{LIMITS_DATA}").as_bytes())
+            sha256_hex(listing.as_bytes())
         );
+        assert_eq!(first["policies"][1]["verdict"], "allow");
         assert_eq!(records[1]["policies"][1]["allow"], false);
         let verify = teller()
             .args(["audit", "verify"])
@@ -621,6 +626,43 @@ fn a_reload_rejects_rego_that_does_not_parse() {
         let r = server.post("/v1/transfer/check", EXAMPLE);
         assert_eq!(r.status, 200, "{name}");
         assert_eq!(r.json()["policy"]["name"], "bank");
+        assert!(server.stop().success());
+    }
+}
+
+/// A mounted ConfigMap's files are symlinks into its current version; a
+/// policy directory of links serves like one of files.
+#[test]
+fn a_directory_of_symlinks_serves_like_one_of_files() {
+    let store = tempfile::tempdir().unwrap();
+    install_guest(store.path(), "transfer-check", TRANSFER_CHECK);
+    write(
+        store.path(),
+        &[
+            ("limits.rego", LIMITS_REGO.as_bytes()),
+            ("data.json", LIMITS_DATA.as_bytes()),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "transfer-check.component.wasm",
+        "transfer-check.module.wasm",
+        "limits.rego",
+        "data.json",
+    ] {
+        std::os::unix::fs::symlink(store.path().join(name), dir.path().join(name)).unwrap();
+    }
+    let names: Vec<String> = PolicySource::Dir(dir.path().to_path_buf())
+        .transfer_checks()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["transfer-check", "limits"]);
+    for name in ENGINES {
+        let server = Server::start(name, &["--policy-dir", dir.path().to_str().unwrap()]);
+        let r = server.post("/v1/transfer/check", EXAMPLE).json();
+        assert_eq!(r["policy"]["name"], "transfer-check+limits", "{name}: {r}");
         assert!(server.stop().success());
     }
 }

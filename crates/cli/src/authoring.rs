@@ -36,6 +36,17 @@ pub fn new_policy(name: &str, lang: Lang, parent: &Path) -> Result<u8, Error> {
             format!("policy name {name:?}: use a-z, 0-9, - and _, starting with a letter"),
         ));
     }
+    // The Rego package is the name: it must not be a Rego keyword.
+    const KEYWORDS: [&str; 16] = [
+        "as", "contains", "default", "else", "every", "false", "if", "import", "in", "not", "null",
+        "package", "some", "true", "with", "input",
+    ];
+    if KEYWORDS.contains(&name.replace('-', "_").as_str()) || name == "data" {
+        return Err(Error::bad_request(
+            ErrorCode::InvalidInput,
+            format!("policy name {name:?} is a Rego keyword; pick another"),
+        ));
+    }
     let root = parent.join(name);
     if root.exists() {
         return Err(Error::bad_request(
@@ -237,6 +248,31 @@ fn test_files(path: &Path) -> Result<Vec<(PathBuf, Vec<PathBuf>)>, Error> {
 }
 
 fn read_cases(file: &Path) -> Result<Vec<Case>, Error> {
+    let cases = parse_cases(file)?;
+    if let Some(case) = cases.iter().find(|c| c.expect.is_empty()) {
+        return Err(Error::bad_request(
+            ErrorCode::InvalidInput,
+            format!(
+                "{}: case {:?} expects nothing, so it could never fail",
+                file.display(),
+                case.name
+            ),
+        ));
+    }
+    Ok(cases)
+}
+
+impl Expect {
+    fn is_empty(&self) -> bool {
+        self.verdict.is_none()
+            && self.allow.is_none()
+            && self.deny.is_none()
+            && self.reasons.is_none()
+            && self.error.is_none()
+    }
+}
+
+fn parse_cases(file: &Path) -> Result<Vec<Case>, Error> {
     let text = std::fs::read_to_string(file).map_err(|e| {
         Error::bad_request(
             ErrorCode::InputUnreadable,

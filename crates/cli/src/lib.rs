@@ -72,7 +72,8 @@ enum Command {
     /// Run the table-driven cases of each PATH (a policy directory holding
     /// *.test.toml files, or one such file) against the policies of that
     /// directory, on every engine of this build. Prints one line per failing
-    /// case and a summary; exit status 1 when any case fails.
+    /// case and a summary. Exit status: 0 all passed, 1 a case failed, 2 a
+    /// policy or test file cannot be loaded.
     Test(TestArgs),
 }
 

@@ -260,6 +260,7 @@ pub struct PolicyOutcome {
     pub policy: PolicyRef,
     pub allow: bool,
     pub deny: bool,
+    pub verdict: Verdict,
 }
 
 /// An event's plaintext, AES-256-GCM encrypted by the host.

@@ -214,7 +214,9 @@ impl PolicySource {
                 let mut names = BTreeSet::new();
                 for entry in std::fs::read_dir(dir).map_err(unreadable)? {
                     let entry = entry.map_err(unreadable)?;
-                    if entry.file_type().map_err(unreadable)?.is_file()
+                    // Following symlinks: a mounted ConfigMap's files are
+                    // links into its current version.
+                    if std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
                         && let Ok(name) = entry.file_name().into_string()
                     {
                         names.insert(name);
@@ -295,12 +297,13 @@ impl PolicySource {
                 let text = self.read_text(&file)?;
                 let named_by_manifest = entry.name.is_some();
                 let name = entry.name.unwrap_or_else(|| stem.to_string());
+                check_name(&name).map_err(invalid)?;
                 Ok(Artifact {
                     name,
                     named_by_manifest,
                     origin: Origin::Builtin(teller_policy_artifacts::REGO),
                     source: Some(Arc::new(RegoSource {
-                        sha256: sha256_hex(format!("{text}{data}").as_bytes()),
+                        sha256: rego_digest(&file, &text, data_file.as_deref(), &data),
                         file,
                         text,
                         data_file,
@@ -316,6 +319,9 @@ impl PolicySource {
                     return Err(missing(&format!(
                         "{stem}.component.wasm or {stem}.module.wasm"
                     )));
+                }
+                if let Some(name) = &entry.name {
+                    check_name(name).map_err(invalid)?;
                 }
                 Ok(Artifact {
                     named_by_manifest: entry.name.is_some(),
@@ -349,9 +355,10 @@ fn implicit_entries(names: &BTreeSet<String>) -> Vec<ManifestEntry> {
         data: None,
         wasm: Some(stem.to_string()),
     });
+    // `*_test.rego` files are OPA's tests, not policies.
     let rego = names
         .iter()
-        .filter(|n| n.ends_with(".rego"))
+        .filter(|n| n.ends_with(".rego") && !n.ends_with("_test.rego"))
         .map(|file| ManifestEntry {
             name: None,
             rego: Some(file.clone()),
@@ -359,6 +366,33 @@ fn implicit_entries(names: &BTreeSet<String>) -> Vec<ManifestEntry> {
             wasm: None,
         });
     wasm.chain(rego).collect()
+}
+
+/// A policy's name goes into answers, metric labels and the audit log:
+/// letters, digits, `.`, `_` and `-`, at most 64.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "policy name {name:?}: use letters, digits, '.', '_' and '-' (at most 64)"
+        )),
+    }
+}
+
+/// A Rego policy's digest: SHA-256 of what `sha256sum FILE [DATA]` prints
+/// for it, so that `sha256sum bank.rego data.json | sha256sum` gives it and
+/// text and data can never be confused.
+fn rego_digest(file: &str, text: &str, data_file: Option<&str>, data: &str) -> String {
+    let mut listing = format!("{}  {file}\n", sha256_hex(text.as_bytes()));
+    if let Some(data_file) = data_file {
+        listing.push_str(&format!("{}  {data_file}\n", sha256_hex(data.as_bytes())));
+    }
+    sha256_hex(listing.as_bytes())
 }
 
 fn is_guest_file(name: &str, stem: &str) -> bool {
@@ -382,7 +416,7 @@ pub struct RegoSource {
     pub data_file: Option<String>,
     /// JSON, or empty for none.
     pub data: String,
-    /// SHA-256 of the text followed by the data: what the audit log pins.
+    /// What the audit log pins: see [`rego_digest`].
     pub sha256: String,
 }
 

@@ -92,7 +92,7 @@ pub fn rego_policy_ref(
     })
 }
 
-/// A Rego policy that does not load: the guest's message names the file,
+/// A Rego policy the guest refused to load: its message names the file,
 /// line and column.
 pub fn rego_load_failed(artifact: &Artifact, message: &str) -> Error {
     Error::bad_request(
@@ -100,6 +100,20 @@ pub fn rego_load_failed(artifact: &Artifact, message: &str) -> Error {
         format!("Rego policy {}: {message}", artifact.name),
     )
 }
+
+/// A failure while a Rego policy loaded (a timeout, the memory cap): its
+/// code kept, the policy named.
+pub fn rego_load_error(artifact_name: &str, e: Error) -> Error {
+    Error {
+        message: format!("Rego policy {artifact_name}, loading: {}", e.message),
+        ..e
+    }
+}
+
+/// Wall-clock time a Rego guest instance may take to parse its policy
+/// (`source.load`), which is not a decision and may be slow on WasmEdge's
+/// interpreter before the compiled code is in.
+pub const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Calls an instance kept across calls (WasmEdge's pooled instances; the
 /// Rego guest's on every engine, whose parsed policy is its only state)

@@ -67,7 +67,7 @@ fn latency() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub decisions: Family<DecisionLabels, Counter>,
-    /// Each policy's own verdict, for a set of several.
+    /// Each policy's own verdict (a set's decision counts once per policy).
     pub policy_verdicts: Family<DecisionLabels, Counter>,
     pub decision_seconds: Histograms<EngineLabels>,
     pub guest_errors: Family<GuestErrorLabels, Counter>,

@@ -36,6 +36,7 @@ impl From<&Outcome> for PolicyOutcome {
             policy: o.policy.clone(),
             allow: o.allow,
             deny: o.deny,
+            verdict: o.verdict,
         }
     }
 }
@@ -171,16 +172,14 @@ impl TransferCheck for Renamed {
     }
 }
 
-/// Allowed only if every policy allows and none denies; denied if any
-/// denies. With one policy, its own `allow` and `deny`.
+/// Allowed only if every policy allows and none denies (one policy too:
+/// a Rego policy may make both rules true); denied if any denies. Each
+/// policy's own rules are in its [`Outcome`].
 fn combine(outcomes: &[Outcome]) -> (bool, bool) {
-    match outcomes {
-        [one] => (one.allow, one.deny),
-        all => (
-            all.iter().all(|o| o.allow && !o.deny),
-            all.iter().any(|o| o.deny),
-        ),
-    }
+    (
+        outcomes.iter().all(|o| o.allow && !o.deny),
+        outcomes.iter().any(|o| o.deny),
+    )
 }
 
 /// `allow` when every policy's verdict is allow, `deny` when any is deny,

@@ -303,17 +303,15 @@ impl Teller {
             })
             .observe(started.elapsed().as_secs_f64());
         let policy = loaded.set.identity();
-        if decided.outcomes.len() > 1 {
-            for o in &decided.outcomes {
-                self.metrics
-                    .policy_verdicts
-                    .get_or_create(&DecisionLabels {
-                        policy: o.policy.name.clone(),
-                        verdict: o.verdict.as_str(),
-                        engine: self.engine,
-                    })
-                    .inc();
-            }
+        for o in &decided.outcomes {
+            self.metrics
+                .policy_verdicts
+                .get_or_create(&DecisionLabels {
+                    policy: o.policy.name.clone(),
+                    verdict: o.verdict.as_str(),
+                    engine: self.engine,
+                })
+                .inc();
         }
         self.metrics
             .decisions

@@ -37,7 +37,7 @@ use teller_engine::artifact::{Artifact, sha256_hex};
 use teller_engine::cache::ArtifactCache;
 use teller_engine::{
     AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload, policy_failed,
-    rego_load_failed, rego_policy_ref,
+    rego_load_error, rego_load_failed, rego_policy_ref,
 };
 use wasmedge_sdk::error::WasmEdgeError;
 use wasmedge_sdk::{CompilerOptimizationLevel, CompilerOutputFormat};
@@ -241,10 +241,11 @@ impl WasmEdgeEngine {
         let value = pool
             .instantiate()
             .and_then(|mut guest| {
-                let value = guest.invoke(&pool.contract, &load, &args)?;
+                let deadline = teller_engine::LOAD_DEADLINE.max(self.limits.deadline);
+                let value = guest.invoke_within(&pool.contract, &load, &args, deadline)?;
                 Ok((guest, value))
             })
-            .map_err(|e| rego_load_failed(artifact, &e.message))?;
+            .map_err(|e| rego_load_error(&artifact.name, e))?;
         let (mut first, value) = value;
         let meta: Result<PolicyMetadata, String> = pool.lift_result(&load, value)?;
         let meta = meta.map_err(|message| rego_load_failed(artifact, &message))?;

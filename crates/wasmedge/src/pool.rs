@@ -141,10 +141,22 @@ impl Pool {
             failure: None,
         };
         if let Some((load, args)) = &self.init {
-            let value = guest.invoke(&self.contract, load, args)?;
+            let value = guest.invoke_within(
+                &self.contract,
+                load,
+                args,
+                teller_engine::LOAD_DEADLINE.max(self.limits.deadline),
+            )?;
             let loaded: Result<teller_contract::PolicyMetadata, String> =
                 self.lift_result(load, value)?;
-            loaded.map_err(|message| Error::bad_request(ErrorCode::PolicyInvalid, message))?;
+            // The policy loaded when the pool was made; refusing now is the
+            // guest's fault, not the client's.
+            loaded.map_err(|message| {
+                Error::guest(
+                    ErrorCode::GuestRefused,
+                    format!("the policy no longer loads: {message}"),
+                )
+            })?;
             guest.calls = 0;
         }
         Ok(guest)
@@ -175,13 +187,25 @@ impl GuestInstance {
         func: &ExportFunc,
         args: &[Value],
     ) -> Result<Option<Value>, Error> {
+        self.invoke_within(contract, func, args, self.limits.deadline)
+    }
+
+    /// [`GuestInstance::invoke`] with its own deadline (a Rego guest's
+    /// `source.load`).
+    pub(crate) fn invoke_within(
+        &mut self,
+        contract: &Contract,
+        func: &ExportFunc,
+        args: &[Value],
+        deadline: std::time::Duration,
+    ) -> Result<Option<Value>, Error> {
         self.calls += 1;
         self.failure = None;
         if let Some(fuel) = self.limits.fuel {
             self.raw.set_cost_limit(fuel);
         }
         let watchdog = Watchdog::get();
-        let armed = watchdog.arm(self.limits.deadline, self.raw.stop_handle());
+        let armed = watchdog.arm(deadline, self.raw.stop_handle());
         let result = self.invoke_within_limits(contract, func, args);
         if watchdog.disarm(armed) {
             self.stopped = true;

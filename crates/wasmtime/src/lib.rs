@@ -18,7 +18,7 @@ use teller_engine::artifact::{Artifact, sha256_hex};
 use teller_engine::cache::ArtifactCache;
 use teller_engine::{
     AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload, policy_failed,
-    rego_load_failed, rego_policy_ref,
+    rego_load_error, rego_policy_ref,
 };
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Store};
@@ -131,7 +131,23 @@ impl Stores {
 
     /// A full deadline and fuel budget for the next call on `store`.
     fn arm(&self, store: &mut Store<State>) {
-        store.set_epoch_deadline(self.deadline_ticks);
+        self.arm_for(store, self.deadline_ticks);
+    }
+
+    /// As [`Stores::arm`], with [`teller_engine::LOAD_DEADLINE`] for a Rego
+    /// guest's `source.load`.
+    fn arm_for_load(&self, store: &mut Store<State>) {
+        let ticks = teller_engine::LOAD_DEADLINE.as_nanos() / EPOCH_TICK.as_nanos();
+        self.arm_for(
+            store,
+            u64::try_from(ticks)
+                .unwrap_or(u64::MAX)
+                .max(self.deadline_ticks),
+        );
+    }
+
+    fn arm_for(&self, store: &mut Store<State>, ticks: u64) {
+        store.set_epoch_deadline(ticks);
         if let Some(fuel) = self.limits.fuel {
             // Only fails when fuel is not enabled, and it is.
             let _ = store.set_fuel(fuel);
@@ -385,10 +401,7 @@ impl WasmtimeEngine {
             idle: std::sync::Mutex::new(Vec::new()),
             capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
         };
-        let (first, meta) = check.instantiate().map_err(|e| match e.code {
-            ErrorCode::PolicyInvalid => e,
-            _ => rego_load_failed(artifact, &e.message),
-        })?;
+        let (first, meta) = check.instantiate()?;
         check.policy = rego_policy_ref(artifact, meta)?;
         check.give_back(first);
         Ok(check)
@@ -423,6 +436,7 @@ impl WasmtimeRegoCheck {
             .pre
             .instantiate(&mut store)
             .map_err(|e| self.stores.error(e, &store))?;
+        self.stores.arm_for_load(&mut store);
         let loaded = guest
             .bank_policy_source()
             .call_load(
@@ -431,7 +445,7 @@ impl WasmtimeRegoCheck {
                 &self.source.text,
                 &self.source.data,
             )
-            .map_err(|e| self.stores.error(e, &store))?;
+            .map_err(|e| rego_load_error(&self.name, self.stores.error(e, &store)))?;
         let meta = loaded.map_err(|message| {
             Error::bad_request(
                 ErrorCode::PolicyInvalid,

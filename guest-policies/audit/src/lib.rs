@@ -34,7 +34,7 @@ mod bindings {
 }
 
 pub use bindings::bank::policy::types::{
-    Actor, AuditEvent, EncryptedEvent, Origin, PolicyMetadata, PolicyRef, SealedRecord,
+    Actor, AuditEvent, EncryptedEvent, Origin, PolicyMetadata, PolicyRef, SealedRecord, Verdict,
 };
 use bindings::exports::bank::policy::{audit, metadata};
 use sha2::{Digest, Sha256};
@@ -147,10 +147,20 @@ pub fn seal(seq: u64, prev_hash: &str, event: &AuditEvent) -> Result<SealedRecor
             ",\"allow\":false"
         });
         out.push_str(if o.deny {
-            ",\"deny\":true}"
+            ",\"deny\":true"
         } else {
-            ",\"deny\":false}"
+            ",\"deny\":false"
         });
+        field(
+            &mut out,
+            "verdict",
+            match o.verdict {
+                Verdict::Allow => "allow",
+                Verdict::Deny => "deny",
+                Verdict::Review => "review",
+            },
+        );
+        out.push('}');
     }
     out.push(']');
     field(&mut out, "engine", &event.engine);

@@ -30,6 +30,7 @@ mod metrics;
 mod oci;
 mod oracle;
 mod rego;
+mod rego_bad;
 mod reload;
 mod rules;
 mod settings;

@@ -433,7 +433,7 @@ pub fn decrypt(
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use teller_contract::{Actor, AuditEvent, Origin, PolicyRef, SealedRecord};
+    use teller_contract::{AuditEvent, PolicyRef, SealedRecord};
     use teller_engine::AuditSealer;
     use teller_engine::artifact::sha256_hex;
 
@@ -470,25 +470,8 @@ mod tests {
 
     fn event(action: &str) -> AuditEvent {
         AuditEvent {
-            id: String::new(),
-            timestamp: String::new(),
-            actor: Actor {
-                id: String::new(),
-                role: String::new(),
-            },
             action: action.to_string(),
-            resource: vec![],
-            outcome: String::new(),
-            reasons: vec![],
-            origin: Origin {
-                client: String::new(),
-                request_id: String::new(),
-            },
-            policy: None,
-            policies: vec![],
-            engine: String::new(),
-            details: vec![],
-            encrypted: None,
+            ..AuditEvent::default()
         }
     }
 

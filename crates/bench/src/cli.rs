@@ -132,7 +132,7 @@ fn bench(command: BenchCommand) -> Result<u8, Error> {
             bench.json,
         ),
         BenchCommand::Call { duration, bench } => (
-            crate::call(bench_engine(&bench)?.as_ref(), duration)?,
+            crate::call(&|workload| start_engine(&bench, workload), duration)?,
             bench.json,
         ),
         BenchCommand::Audit {
@@ -177,6 +177,10 @@ fn bench(command: BenchCommand) -> Result<u8, Error> {
 /// measures speed, and on a loaded machine a thread may wait past the
 /// default 100 ms for a core, which is not what a bench should fail on.
 fn bench_engine(bench: &BenchArgs) -> Result<Box<dyn Engine>, Error> {
+    start_engine(bench, Workload::Server)
+}
+
+fn start_engine(bench: &BenchArgs, workload: Workload) -> Result<Box<dyn Engine>, Error> {
     let cache = match &bench.cache_dir {
         Some(dir) => ArtifactCache::at(dir)?,
         None => ArtifactCache::default_dir()
@@ -187,7 +191,7 @@ fn bench_engine(bench: &BenchArgs) -> Result<Box<dyn Engine>, Error> {
     teller_engine::by_name(
         &bench.engine,
         cache,
-        Workload::Server,
+        workload,
         GuestLimits {
             deadline: std::time::Duration::from_secs(10),
             ..GuestLimits::default()

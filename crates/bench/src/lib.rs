@@ -21,7 +21,7 @@ use teller_contract::Error;
 use teller_contract::ErrorCode;
 use teller_contract::{PolicyConfig, TransferRequest};
 use teller_engine::artifact::PolicySource;
-use teller_engine::{CallMode, Engine, TransferCheck};
+use teller_engine::{CallMode, Engine, TransferCheck, Workload};
 
 /// The README's example: an allowed transfer.
 pub use teller_contract::EXAMPLE_REQUEST as EXAMPLE;
@@ -290,58 +290,48 @@ fn rego_bank_policy(engine: &dyn Engine) -> Result<std::sync::Arc<dyn TransferCh
 }
 
 /// `teller bench call`: in-process decision latency and throughput, fresh
-/// and warm instances, one thread and all cores, against the same rule
-/// compiled natively into the host.
-pub fn call(engine: &dyn Engine, seconds: f64) -> Result<Report, Error> {
+/// and warm instances, one thread and all cores, a Rego policy, against the
+/// same rule compiled natively into the host. `start` starts the engine for
+/// a workload: one with fresh instances, one with kept ones.
+pub fn call(
+    start: &dyn Fn(Workload) -> Result<Box<dyn Engine>, Error>,
+    seconds: f64,
+) -> Result<Report, Error> {
     let builtin = PolicySource::Builtin.transfer_checks()?;
-    let check = engine.load_transfer_check(builtin.first().ok_or_else(|| {
-        Error::internal(ErrorCode::UnknownPolicy, "no built-in transfer check")
-    })?)?;
-    let rego = rego_bank_policy(engine)?;
+    let builtin = builtin
+        .first()
+        .ok_or_else(|| Error::internal(ErrorCode::UnknownPolicy, "no built-in transfer check"))?;
     let request = teller_contract::decode_transfer(EXAMPLE.as_bytes())?;
     let config = teller_server::config::Config::default().policy_config();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let slice = Duration::from_secs_f64(seconds / 7.0);
     let mut series = Vec::new();
+    let mut name = "";
     for (mode, label) in [
         (CallMode::Fresh, "fresh instance"),
         (CallMode::Warm, "warm instance"),
     ] {
-        eprintln!("call: {} {label}, 1 thread", engine.name());
-        series.push(measure_calls(
-            check.as_ref(),
-            mode,
-            &config,
-            &request,
-            1,
-            slice,
-            &format!("{label}, 1 thread"),
-        )?);
-        eprintln!("call: {} {label}, {threads} threads", engine.name());
-        series.push(measure_calls(
-            check.as_ref(),
-            mode,
-            &config,
-            &request,
-            threads,
-            slice,
-            &format!("{label}, {threads} threads"),
-        )?);
-    }
-    for n in [1, threads] {
-        eprintln!("call: {} Rego bank.rego, {n} threads", engine.name());
-        series.push(measure_calls(
-            rego.as_ref(),
-            CallMode::Warm,
-            &config,
-            &request,
-            n,
-            slice,
-            &format!(
-                "Rego bank.rego, {n} thread{}",
-                if n == 1 { "" } else { "s" }
-            ),
-        )?);
+        let engine = start(Workload::Bench(mode))?;
+        name = engine.name();
+        let check = engine.load_transfer_check(builtin)?;
+        let mut runs = vec![(label, check)];
+        if mode == CallMode::Warm {
+            runs.push(("Rego bank.rego", rego_bank_policy(engine.as_ref())?));
+        }
+        for (label, check) in runs {
+            for n in [1, threads] {
+                let label = format!("{label}, {n} thread{}", if n == 1 { "" } else { "s" });
+                eprintln!("call: {name} {label}");
+                series.push(measure_calls(
+                    check.as_ref(),
+                    &config,
+                    &request,
+                    n,
+                    slice,
+                    &label,
+                )?);
+            }
+        }
     }
     eprintln!("call: native Rust");
     series.push(measure_native(&config, &request, slice)?);
@@ -359,7 +349,7 @@ pub fn call(engine: &dyn Engine, seconds: f64) -> Result<Report, Error> {
         .collect();
     Ok(Report {
         bench: "call",
-        engine: engine.name(),
+        engine: name,
         series,
         ratios,
         notes: vec![format!(
@@ -371,7 +361,6 @@ pub fn call(engine: &dyn Engine, seconds: f64) -> Result<Report, Error> {
 
 fn measure_calls(
     check: &dyn TransferCheck,
-    mode: CallMode,
     config: &PolicyConfig,
     request: &TransferRequest,
     threads: usize,
@@ -379,8 +368,11 @@ fn measure_calls(
     label: &str,
 ) -> Result<Series, Error> {
     measure_threads(threads, time, label, || {
-        let mut caller = check.caller(mode)?;
-        Ok(move || caller(config, request).map(|decision| drop(std::hint::black_box(decision))))
+        Ok(move || {
+            check
+                .check(config, request)
+                .map(|decision| drop(std::hint::black_box(decision)))
+        })
     })
 }
 

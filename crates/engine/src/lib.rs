@@ -1,5 +1,6 @@
-//! The engine boundary: load a guest policy, then call its typed functions,
-//! each call on a fresh instance so no state leaks between requests.
+//! The engine boundary: load a guest policy, then call its typed functions
+//! (wasmtime on a fresh instance per call, WasmEdge on pooled ones; a Rego
+//! policy on instances that keep only its parsed text).
 //!
 //! The HTTP layer and the CLI only see these traits; which engine runs is a
 //! start-up choice among the [`EngineKind`]s a binary [`register`]s (the
@@ -36,29 +37,16 @@ pub trait TransferCheck: Send + Sync {
     fn policy(&self) -> &PolicyRef;
 
     fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error>;
-
-    /// A caller that uses instances the way `mode` says, whatever `check`
-    /// does in production: benchmarks compare the two ways on each engine.
-    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error>;
-
-    /// Ready instances kept for the next calls (engines that pool them).
-    fn instances_pooled(&self) -> usize {
-        0
-    }
 }
 
-/// How a benchmark's calls get their instance.
+/// How a benchmark's calls get their instance (see [`Workload::Bench`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallMode {
     /// Instantiate for every call (no state survives a call).
     Fresh,
-    /// One instance, instantiated once, for every call.
+    /// Keep instances across calls, each serving many.
     Warm,
 }
-
-/// A transfer check bound to a [`CallMode`].
-pub type Caller<'a> =
-    Box<dyn FnMut(&PolicyConfig, &TransferRequest) -> Result<Decision, Error> + 'a>;
 
 /// What a Rego policy's runtime failure (an error in a rule, a rule of the
 /// wrong type) becomes: a `guest_trap` that says why, digit runs masked, as
@@ -142,6 +130,26 @@ pub enum Workload {
     /// may answer on an interpreter while it compiles (WasmEdge), so that
     /// the first answer does not wait for the compiler.
     Service,
+    /// `teller bench call`: as `Server`, but compiled guests get their
+    /// instances the way the [`CallMode`] says, whatever the engine does in
+    /// production (wasmtime instantiates per call, WasmEdge keeps a pool),
+    /// so that both ways are measured on each engine. Rego policies always
+    /// keep theirs.
+    Bench(CallMode),
+}
+
+/// Ready guest instances waiting in the engines' pools, process-wide: what
+/// `teller_guest_instances_pooled` reports.
+static POOLED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub fn instances_pooled() -> i64 {
+    POOLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// For engines: `delta` instances entered (positive) or left (negative) a
+/// pool.
+pub fn count_pooled(delta: i64) {
+    POOLED.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// What one call into a guest may use. Past a limit the call fails with

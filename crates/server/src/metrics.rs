@@ -132,7 +132,7 @@ impl Metrics {
         let guest_instances_pooled = Gauge::default();
         registry.register(
             "teller_guest_instances_pooled",
-            "Ready guest instances waiting in the engine's pool (WasmEdge)",
+            "Ready guest instances waiting in the engines' pools (WasmEdge's, and every Rego policy's)",
             guest_instances_pooled.clone(),
         );
         let http_seconds: Histograms<HttpLabels> = Family::new_with_constructor(latency);

@@ -162,14 +162,6 @@ impl TransferCheck for Renamed {
     fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
         self.inner.check(config, request)
     }
-
-    fn caller(&self, mode: teller_engine::CallMode) -> Result<teller_engine::Caller<'_>, Error> {
-        self.inner.caller(mode)
-    }
-
-    fn instances_pooled(&self) -> usize {
-        self.inner.instances_pooled()
-    }
 }
 
 /// Allowed only if every policy allows and none denies (one policy too:
@@ -243,7 +235,7 @@ mod tests {
             (vec![review], (false, false), Verdict::Review),
             (
                 vec![outcome(true, true, Verdict::Deny)],
-                (true, true),
+                (false, true),
                 Verdict::Deny,
             ),
         ];

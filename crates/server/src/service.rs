@@ -254,14 +254,9 @@ impl Teller {
 
     /// The OpenMetrics text of teller's metrics, gauges brought up to date.
     pub fn metrics_text(&self) -> String {
-        self.metrics.guest_instances_pooled.set(
-            self.current()
-                .set
-                .members()
-                .iter()
-                .map(|m| m.instances_pooled() as i64)
-                .sum(),
-        );
+        self.metrics
+            .guest_instances_pooled
+            .set(teller_engine::instances_pooled());
         self.metrics.encode()
     }
 

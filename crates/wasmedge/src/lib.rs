@@ -36,7 +36,7 @@ use teller_contract::{
 use teller_engine::artifact::{Artifact, sha256_hex};
 use teller_engine::cache::ArtifactCache;
 use teller_engine::{
-    AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload, policy_failed,
+    AuditSealer, CallMode, Engine, GuestLimits, TransferCheck, Workload, policy_failed,
     rego_load_error, rego_load_failed, rego_policy_ref,
 };
 use wasmedge_sdk::error::WasmEdgeError;
@@ -49,7 +49,9 @@ pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
     about: "WasmEdge 0.14.1, running the guests' core modules through teller's canonical ABI (the production engine)",
     start: |cache, workload, limits| {
         Ok(Box::new(
-            WasmEdgeEngine::new(cache, limits)?.tiered(workload == Workload::Service),
+            WasmEdgeEngine::new(cache, limits)?
+                .tiered(workload == Workload::Service)
+                .fresh(workload == Workload::Bench(CallMode::Fresh)),
         ))
     },
     quiesce,
@@ -69,6 +71,8 @@ pub struct WasmEdgeEngine {
     /// Serve at once, interpreted, when a guest's compiled code is not
     /// cached, and switch to compiled code once it is built.
     tiered: bool,
+    /// Instantiate for every call (`Workload::Bench(CallMode::Fresh)`).
+    fresh: bool,
 }
 
 impl WasmEdgeEngine {
@@ -103,6 +107,7 @@ impl WasmEdgeEngine {
             version: wasmedge_sys::utils::version_string(),
             limits,
             tiered: false,
+            fresh: false,
         })
     }
 
@@ -114,6 +119,13 @@ impl WasmEdgeEngine {
     /// before its first answer.
     pub fn tiered(mut self, tiered: bool) -> Self {
         self.tiered = tiered;
+        self
+    }
+
+    /// A new instance for every call, for benchmarks (production keeps a
+    /// pool).
+    pub fn fresh(mut self, fresh: bool) -> Self {
+        self.fresh = fresh;
         self
     }
 
@@ -201,6 +213,7 @@ impl Engine for WasmEdgeEngine {
             policy: Self::policy_ref(&pool, sha256)?,
             check: pool.export("transfer-check", "check")?,
             pool,
+            fresh: self.fresh,
         }))
     }
 
@@ -281,10 +294,6 @@ impl TransferCheck for WasmEdgeRegoCheck {
         &self.policy
     }
 
-    fn instances_pooled(&self) -> usize {
-        self.pool.idle.lock().map_or(0, |idle| idle.len())
-    }
-
     fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
         let args = [
             self.pool.arg(&self.check, 0, config)?,
@@ -292,30 +301,15 @@ impl TransferCheck for WasmEdgeRegoCheck {
         ];
         self.answer(self.pool.call(&self.check, &args)?)
     }
-
-    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
-        Ok(Box::new(move |config, request| {
-            let args = [
-                self.pool.arg(&self.check, 0, config)?,
-                self.pool.arg(&self.check, 1, request)?,
-            ];
-            let value = match mode {
-                CallMode::Warm => self.pool.call_values(&self.check, &args)?,
-                CallMode::Fresh => {
-                    self.pool
-                        .instantiate()?
-                        .invoke(&self.pool.contract, &self.check, &args)?
-                }
-            };
-            self.answer(self.pool.lift_result(&self.check, value)?)
-        }))
-    }
 }
 
 struct WasmEdgeTransferCheck {
     policy: PolicyRef,
     check: ExportFunc,
     pool: Pool,
+    /// `teller bench call`'s fresh series: a new instance for every call
+    /// instead of the pool's.
+    fresh: bool,
 }
 
 impl TransferCheck for WasmEdgeTransferCheck {
@@ -323,37 +317,19 @@ impl TransferCheck for WasmEdgeTransferCheck {
         &self.policy
     }
 
-    fn instances_pooled(&self) -> usize {
-        self.pool.idle.lock().map_or(0, |idle| idle.len())
-    }
-
     fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
         let args = [
             self.pool.arg(&self.check, 0, config)?,
             self.pool.arg(&self.check, 1, request)?,
         ];
+        if self.fresh {
+            let value = self
+                .pool
+                .instantiate()?
+                .invoke(&self.pool.contract, &self.check, &args)?;
+            return self.pool.lift_result(&self.check, value);
+        }
         self.pool.call(&self.check, &args)
-    }
-
-    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
-        let mut warm = match mode {
-            CallMode::Warm => Some(self.pool.instantiate()?),
-            CallMode::Fresh => None,
-        };
-        Ok(Box::new(move |config, request| {
-            let args = [
-                self.pool.arg(&self.check, 0, config)?,
-                self.pool.arg(&self.check, 1, request)?,
-            ];
-            let value = match &mut warm {
-                Some(guest) => guest.invoke(&self.pool.contract, &self.check, &args)?,
-                None => self
-                    .pool
-                    .instantiate()?
-                    .invoke(&self.pool.contract, &self.check, &args)?,
-            };
-            self.pool.lift_result(&self.check, value)
-        }))
     }
 }
 

@@ -97,8 +97,11 @@ impl Pool {
         let current = self.current();
         let mut idle = self.idle.lock().ok()?;
         // Instances of a replaced (interpreted) module are dropped.
+        let before = idle.len();
         idle.retain(|guest| Arc::ptr_eq(&guest.module, &current));
-        idle.pop()
+        let guest = idle.pop();
+        teller_engine::count_pooled(idle.len() as i64 - before as i64);
+        guest
     }
 
     /// The module new instances are made from.
@@ -120,6 +123,7 @@ impl Pool {
             && idle.len() < self.capacity
         {
             idle.push(guest);
+            teller_engine::count_pooled(1);
         }
     }
 
@@ -160,6 +164,13 @@ impl Pool {
             guest.calls = 0;
         }
         Ok(guest)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map_or(0, |idle| idle.len());
+        teller_engine::count_pooled(-(idle as i64));
     }
 }
 

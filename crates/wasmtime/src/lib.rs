@@ -6,6 +6,7 @@
 //! only ever comes from teller's own cache.
 
 mod bindings;
+mod kept;
 
 use bindings as wit;
 use std::hash::{Hash, Hasher};
@@ -16,10 +17,7 @@ use teller_contract::{
 };
 use teller_engine::artifact::{Artifact, sha256_hex};
 use teller_engine::cache::ArtifactCache;
-use teller_engine::{
-    AuditSealer, CallMode, Caller, Engine, GuestLimits, TransferCheck, Workload, policy_failed,
-    rego_load_error, rego_policy_ref,
-};
+use teller_engine::{AuditSealer, CallMode, Engine, GuestLimits, TransferCheck, Workload};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -59,6 +57,7 @@ pub struct WasmtimeEngine {
     linker: Linker<State>,
     cache: ArtifactCache,
     stores: Stores,
+    workload: Workload,
 }
 
 /// Per-call store data: an empty WASI context (std in the guests imports
@@ -279,6 +278,7 @@ impl WasmtimeEngine {
             linker,
             cache,
             stores,
+            workload,
         })
     }
 
@@ -329,10 +329,17 @@ impl Engine for WasmtimeEngine {
 
     fn load_transfer_check(&self, artifact: &Artifact) -> Result<Arc<dyn TransferCheck>, Error> {
         if artifact.rego().is_some() {
-            return Ok(Arc::new(self.load_rego(artifact)?));
+            return Ok(Arc::new(kept::RegoCheck::load(self, artifact)?));
         }
         let (policy, pre) =
             self.load(artifact, wit::transfer_check::TransferCheckPolicyPre::new)?;
+        if self.workload == Workload::Bench(CallMode::Warm) {
+            return Ok(Arc::new(kept::WarmCheck::new(
+                policy,
+                self.stores.clone(),
+                pre,
+            )));
+        }
         Ok(Arc::new(WasmtimeTransferCheck {
             policy,
             stores: self.stores.clone(),
@@ -373,159 +380,6 @@ impl WasmtimeEngine {
     }
 }
 
-impl WasmtimeEngine {
-    /// The Rego guest with `artifact`'s policy: warm instances, each loaded
-    /// once; the first is made now, so that a policy that does not parse
-    /// stops start-up (or a reload) with its file, line and column.
-    fn load_rego(&self, artifact: &Artifact) -> Result<WasmtimeRegoCheck, Error> {
-        let (component, _) = self.component(artifact)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(wit::source::SourcePolicyPre::new)
-            .map_err(|e| load_error(artifact, e))?;
-        let source = artifact
-            .rego()
-            .cloned()
-            .ok_or_else(|| Error::internal(ErrorCode::Internal, "not a Rego policy"))?;
-        let mut check = WasmtimeRegoCheck {
-            policy: PolicyRef {
-                name: artifact.name.clone(),
-                version: String::new(),
-                sha256: source.sha256.clone(),
-            },
-            name: artifact.name.clone(),
-            stores: self.stores.clone(),
-            pre,
-            source,
-            idle: std::sync::Mutex::new(Vec::new()),
-            capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
-        };
-        let (first, meta) = check.instantiate()?;
-        check.policy = rego_policy_ref(artifact, meta)?;
-        check.give_back(first);
-        Ok(check)
-    }
-}
-
-/// A Rego policy on wasmtime. Its instances are kept across calls: the
-/// guest's only state is the parsed policy (Rego has no side effects), and
-/// parsing per call would cost more than the decision. An instance that
-/// fails in any way is dropped.
-struct WasmtimeRegoCheck {
-    policy: PolicyRef,
-    name: String,
-    stores: Stores,
-    pre: wit::source::SourcePolicyPre<State>,
-    source: Arc<teller_engine::artifact::RegoSource>,
-    idle: std::sync::Mutex<Vec<RegoInstance>>,
-    capacity: usize,
-}
-
-struct RegoInstance {
-    store: Store<State>,
-    guest: wit::source::SourcePolicy,
-    calls: u32,
-}
-
-impl WasmtimeRegoCheck {
-    /// A new instance with the policy loaded, and what the policy says it is.
-    fn instantiate(&self) -> Result<(RegoInstance, PolicyMetadata), Error> {
-        let mut store = self.stores.new_store();
-        let guest = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.stores.error(e, &store))?;
-        self.stores.arm_for_load(&mut store);
-        let loaded = guest
-            .bank_policy_source()
-            .call_load(
-                &mut store,
-                &self.source.file,
-                &self.source.text,
-                &self.source.data,
-            )
-            .map_err(|e| rego_load_error(&self.name, self.stores.error(e, &store)))?;
-        let meta = loaded.map_err(|message| {
-            Error::bad_request(
-                ErrorCode::PolicyInvalid,
-                format!("Rego policy {}: {message}", self.name),
-            )
-        })?;
-        Ok((
-            RegoInstance {
-                store,
-                guest,
-                calls: 0,
-            },
-            meta,
-        ))
-    }
-
-    fn take(&self) -> Result<RegoInstance, Error> {
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        match idle {
-            Some(instance) => Ok(instance),
-            None => self.instantiate().map(|(instance, _)| instance),
-        }
-    }
-
-    fn give_back(&self, instance: RegoInstance) {
-        if instance.calls >= teller_engine::MAX_CALLS_PER_INSTANCE {
-            return;
-        }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.capacity
-        {
-            idle.push(instance);
-        }
-    }
-
-    fn call(
-        &self,
-        instance: &mut RegoInstance,
-        config: &PolicyConfig,
-        request: &TransferRequest,
-    ) -> Result<Result<Decision, String>, Error> {
-        instance.calls += 1;
-        self.stores.arm(&mut instance.store);
-        instance
-            .guest
-            .bank_policy_source()
-            .call_check(&mut instance.store, config, request)
-            .map_err(|e| self.stores.error(e, &instance.store))
-    }
-}
-
-impl TransferCheck for WasmtimeRegoCheck {
-    fn policy(&self) -> &PolicyRef {
-        &self.policy
-    }
-
-    fn check(&self, config: &PolicyConfig, request: &TransferRequest) -> Result<Decision, Error> {
-        let mut instance = self.take()?;
-        let answer = self.call(&mut instance, config, request)?;
-        // A rule that failed left the instance as it was: keep it.
-        self.give_back(instance);
-        answer.map_err(|message| policy_failed(&self.name, &message))
-    }
-
-    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
-        match mode {
-            CallMode::Warm => Ok(Box::new(|config, request| self.check(config, request))),
-            CallMode::Fresh => Ok(Box::new(|config, request| {
-                let (mut instance, _) = self.instantiate()?;
-                self.call(&mut instance, config, request)?
-                    .map_err(|message| policy_failed(&self.name, &message))
-            })),
-        }
-    }
-
-    fn instances_pooled(&self) -> usize {
-        self.idle.lock().map_or(0, |idle| idle.len())
-    }
-}
-
 struct WasmtimeTransferCheck {
     policy: PolicyRef,
     stores: Stores,
@@ -547,26 +401,6 @@ impl TransferCheck for WasmtimeTransferCheck {
                     .call_check(&mut store, config, request)
             })
             .map_err(|e| self.stores.error(e, &store))
-    }
-
-    fn caller(&self, mode: CallMode) -> Result<Caller<'_>, Error> {
-        match mode {
-            CallMode::Fresh => Ok(Box::new(|config, request| self.check(config, request))),
-            CallMode::Warm => {
-                let mut store = self.stores.new_store();
-                let guest = self
-                    .pre
-                    .instantiate(&mut store)
-                    .map_err(|e| self.stores.error(e, &store))?;
-                Ok(Box::new(move |config, request| {
-                    self.stores.arm(&mut store);
-                    guest
-                        .bank_policy_transfer_check()
-                        .call_check(&mut store, config, request)
-                        .map_err(|e| self.stores.error(e, &store))
-                }))
-            }
-        }
     }
 }
 

@@ -82,11 +82,17 @@ pub fn rego_policy_ref(
 
 /// A Rego policy the guest refused to load: its message names the file,
 /// line and column.
-pub fn rego_load_failed(artifact: &Artifact, message: &str) -> Error {
+pub fn rego_load_failed(policy: &str, message: &str) -> Error {
     Error::bad_request(
         ErrorCode::PolicyInvalid,
-        format!("Rego policy {}: {message}", artifact.name),
+        format!("Rego policy {policy}: {message}"),
     )
+}
+
+/// How many ready instances a pool keeps: one per caller that can be
+/// running at once (two per core), and some slack.
+pub fn pool_capacity() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8
 }
 
 /// A failure while a Rego policy loaded (a timeout, the memory cap): its

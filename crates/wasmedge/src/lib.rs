@@ -174,7 +174,7 @@ impl WasmEdgeEngine {
             module,
             limits: self.limits,
             idle: Mutex::new(Vec::new()),
-            capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
+            capacity: teller_engine::pool_capacity(),
             init: None,
         };
         // Instantiate one now: a module that cannot be instantiated fails at
@@ -242,7 +242,7 @@ impl WasmEdgeEngine {
             module,
             limits: self.limits,
             idle: Mutex::new(Vec::new()),
-            capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
+            capacity: teller_engine::pool_capacity(),
             init: None,
         };
         let load = pool.export("source", "load")?;
@@ -261,7 +261,7 @@ impl WasmEdgeEngine {
             .map_err(|e| rego_load_error(&artifact.name, e))?;
         let (mut first, value) = value;
         let meta: Result<PolicyMetadata, String> = pool.lift_result(&load, value)?;
-        let meta = meta.map_err(|message| rego_load_failed(artifact, &message))?;
+        let meta = meta.map_err(|message| rego_load_failed(&artifact.name, &message))?;
         first.calls = 0;
         pool.init = Some((load, args));
         pool.give_back(first);

@@ -15,7 +15,7 @@ use teller_contract::{
 use teller_engine::artifact::{Artifact, RegoSource};
 use teller_engine::{
     MAX_CALLS_PER_INSTANCE, TransferCheck, count_pooled, policy_failed, rego_load_error,
-    rego_policy_ref,
+    rego_load_failed, rego_policy_ref,
 };
 use wasmtime::Store;
 
@@ -35,7 +35,7 @@ impl<T> Kept<T> {
     fn new() -> Self {
         Kept {
             idle: Mutex::new(Vec::new()),
-            capacity: std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8,
+            capacity: teller_engine::pool_capacity(),
         }
     }
 
@@ -125,12 +125,7 @@ impl RegoCheck {
                 &self.source.data,
             )
             .map_err(|e| rego_load_error(name, self.stores.error(e, &store)))?;
-        let meta = loaded.map_err(|message| {
-            Error::bad_request(
-                ErrorCode::PolicyInvalid,
-                format!("Rego policy {name}: {message}"),
-            )
-        })?;
+        let meta = loaded.map_err(|message| rego_load_failed(name, &message))?;
         let instance = Instance {
             store,
             guest,

@@ -200,7 +200,7 @@ fn every_function_agrees_on_both_engines() {
         .collect();
     assert_eq!(functions.len(), 9, "{functions:?}");
 
-    let wasmedge = WasmEdgeEngine::new(ArtifactCache::at(cache_dir()).unwrap(), Default::default())
+    let wasmedge = WasmEdgeEngine::new(ArtifactCache::at(cache_dir()).unwrap(), Default::default(), teller_engine::state::GuestState::none())
         .unwrap()
         .load_values(ABI_ECHO.module, c.clone())
         .unwrap();
@@ -266,7 +266,7 @@ fn every_function_agrees_on_both_engines() {
 #[test]
 fn a_trapped_wasmedge_instance_is_never_reused() {
     let c = Arc::new(contract());
-    let guest = WasmEdgeEngine::new(ArtifactCache::at(cache_dir()).unwrap(), Default::default())
+    let guest = WasmEdgeEngine::new(ArtifactCache::at(cache_dir()).unwrap(), Default::default(), teller_engine::state::GuestState::none())
         .unwrap()
         .load_values(ABI_ECHO.module, c.clone())
         .unwrap();

@@ -80,6 +80,8 @@ fn config() -> impl Strategy<Value = PolicyConfig> {
         PolicyConfig {
             amount_limit: limit,
             authorized_roles: roles,
+            daily_limit: None,
+            day_offset_minutes: 0,
         }
     })
 }

@@ -22,6 +22,7 @@ pub fn engine(name: &str) -> Box<dyn teller_engine::Engine> {
         cache,
         teller_engine::Workload::Server,
         teller_engine::GuestLimits::default(),
+        teller_engine::state::GuestState::none(),
     )
     .unwrap()
 }

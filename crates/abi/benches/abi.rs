@@ -33,6 +33,8 @@ fn check_args(c: &Contract) -> (teller_abi::ExportFunc, Vec<Value>) {
     let config = teller_contract::PolicyConfig {
         amount_limit: 1_000_000,
         authorized_roles: vec!["authorized".to_string()],
+        daily_limit: None,
+        day_offset_minutes: 0,
     };
     let args = vec![
         bridge::to_value(c, &check.params[0], &config).unwrap(),

@@ -113,6 +113,24 @@ pub struct ExportFunc {
     pub result_indirect: bool,
 }
 
+/// One imported function as a core module calls it: the host implements
+/// it, lifting the guest's arguments and lowering its result.
+#[derive(Debug, Clone)]
+pub struct ImportFunc {
+    /// The core import's module, e.g. `bank:policy/state@0.2.0`.
+    pub module: String,
+    /// The core import's name: the function's.
+    pub name: String,
+    /// Parameters and result as for an export.
+    pub func: ExportFunc,
+    /// The core signature's parameters: the flat parameters (or one
+    /// pointer), then the return pointer when the result goes through memory.
+    pub core_params: Vec<FlatType>,
+    /// The core signature's results: none when the result goes through
+    /// memory.
+    pub core_results: Vec<FlatType>,
+}
+
 impl Contract {
     /// Parses a WIT document (one package, no dependencies).
     pub fn parse(path: &str, wit: &str) -> Result<Self, AbiError> {
@@ -157,6 +175,30 @@ impl Contract {
             .id_of(id)
             .ok_or_else(|| AbiError(format!("interface {interface} has no name")))?;
         self.export_func(format!("{qualified}#{func}"), function)
+    }
+
+    /// The imported function `func` of interface `interface`.
+    pub fn import(&self, interface: &str, func: &str) -> Result<ImportFunc, AbiError> {
+        let export = self.export(interface, func)?;
+        let (module, name) = export
+            .name
+            .split_once('#')
+            .map(|(m, n)| (m.to_string(), n.to_string()))
+            .ok_or_else(|| AbiError(format!("{} is not interface#function", export.name)))?;
+        let mut core_params = export.core_params.clone();
+        let mut core_results = Vec::new();
+        if export.result_indirect {
+            core_params.push(FlatType::I32);
+        } else if let Some(ty) = &export.result {
+            self.flatten(ty, &mut core_results)?;
+        }
+        Ok(ImportFunc {
+            module,
+            name,
+            func: export,
+            core_params,
+            core_results,
+        })
     }
 
     /// The exports of `world` whose interfaces the host may call, by

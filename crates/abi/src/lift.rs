@@ -54,6 +54,39 @@ impl<'a> Lifter<'a> {
         Ok(Some(value))
     }
 
+    /// Lifts the arguments a guest passed to an imported function `func`
+    /// (flat, or through one pointer), leaving out the return pointer.
+    pub fn params(&mut self, func: &ExportFunc, flat: &[Flat]) -> Result<Vec<Value>, AbiError> {
+        if func.params_indirect {
+            let Some(Flat::I32(ptr)) = flat.first() else {
+                return err(format!("{} takes one i32 parameter pointer", func.name));
+            };
+            let ptr = *ptr as u32 as usize;
+            let align = func
+                .params
+                .iter()
+                .map(|t| self.contract.align(t))
+                .max()
+                .unwrap_or(1);
+            self.check_aligned(ptr, align, "parameter")?;
+            let mut offset = 0;
+            let mut out = Vec::with_capacity(func.params.len());
+            for ty in &func.params {
+                offset = align_to(offset, self.contract.align(ty));
+                out.push(self.load(ty, ptr + offset)?);
+                offset += self.contract.size(ty);
+            }
+            return Ok(out);
+        }
+        let mut reader = FlatReader::new(flat);
+        let out = func
+            .params
+            .iter()
+            .map(|ty| self.lift_flat(ty, &mut reader))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(out)
+    }
+
     fn spend(&mut self) -> Result<(), AbiError> {
         self.budget = self.budget.checked_sub(1).ok_or_else(|| {
             AbiError("the guest's result is larger than its memory allows".into())

@@ -23,6 +23,29 @@ pub trait GuestAlloc {
     fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<(), AbiError>;
 }
 
+/// An import's result, lowered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lowered {
+    /// The core results.
+    Flat(Vec<Flat>),
+    /// Bytes for the guest's return pointer, which must be `align`-aligned.
+    Memory { bytes: Vec<u8>, align: usize },
+}
+
+/// For an import's result, which must not need guest allocations: a host
+/// function cannot call back into the guest's `cabi_realloc`.
+pub struct NoAlloc;
+
+impl GuestAlloc for NoAlloc {
+    fn realloc(&mut self, _: u32, _: u32, _: u32, _: u32) -> Result<u32, AbiError> {
+        err("an import's result may not hold strings or lists")
+    }
+
+    fn write(&mut self, _: u32, _: &[u8]) -> Result<(), AbiError> {
+        err("an import's result may not hold strings or lists")
+    }
+}
+
 /// Lowers values into one guest.
 pub struct Lowerer<'a, A: GuestAlloc> {
     contract: &'a Contract,
@@ -69,6 +92,26 @@ impl<'a, A: GuestAlloc> Lowerer<'a, A> {
             }
         }
         Ok(flat)
+    }
+
+    /// Lowers an imported function's result: flat values to return, or, when
+    /// the result goes through memory, the bytes to write at the guest's
+    /// return pointer (with the alignment that pointer must have).
+    pub fn result(&mut self, func: &ExportFunc, value: &Value) -> Result<Lowered, AbiError> {
+        let Some(ty) = &func.result else {
+            return err(format!("{} has no result", func.name));
+        };
+        if func.result_indirect {
+            let mut buf = vec![0u8; self.contract.size(ty)];
+            self.store(value, ty, &mut buf, 0)?;
+            return Ok(Lowered::Memory {
+                bytes: buf,
+                align: self.contract.align(ty),
+            });
+        }
+        let mut flat = Vec::new();
+        self.lower_flat(value, ty, &mut flat)?;
+        Ok(Lowered::Flat(flat))
     }
 
     fn alloc(&mut self, size: usize, align: usize) -> Result<u32, AbiError> {

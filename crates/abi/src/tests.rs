@@ -2,7 +2,7 @@
 //! round-trips through lowering and lifting, and hostile memory contents
 //! are refused with an error, never a panic.
 
-use super::lift::{FlatReader, Lifter};
+use super::lift::Lifter;
 use super::lower::Lowerer;
 use super::{AbiError, Contract, Flat, Value, VecMemory};
 
@@ -129,31 +129,7 @@ fn roundtrip(func: &str, args: Vec<Value>) -> Vec<Value> {
 /// What a guest receives: the parameters, flat or spilled to memory as a
 /// tuple.
 fn lift_params(c: &Contract, f: &super::ExportFunc, flat: &[Flat], memory: &[u8]) -> Vec<Value> {
-    let mut lifter = Lifter::new(c, memory);
-    if f.params_indirect {
-        let [Flat::I32(ptr)] = flat[..] else {
-            panic!("{flat:?}")
-        };
-        let mut offset = 0;
-        f.params
-            .iter()
-            .map(|ty| {
-                offset = super::align_to(offset, c.align(ty));
-                let v = lifter.load(ty, ptr as usize + offset).unwrap();
-                offset += c.size(ty);
-                v
-            })
-            .collect()
-    } else {
-        let mut reader = FlatReader::new(flat);
-        let out = f
-            .params
-            .iter()
-            .map(|ty| lifter.lift_flat(ty, &mut reader).unwrap())
-            .collect();
-        assert!(reader.done());
-        out
-    }
+    Lifter::new(c, memory).params(f, flat).unwrap()
 }
 
 #[test]
@@ -396,6 +372,8 @@ fn typed_values_cross_the_serde_bridge() {
     let config = PolicyConfig {
         amount_limit: 5,
         authorized_roles: vec!["a".into(), "b".into()],
+        daily_limit: Some(7),
+        day_offset_minutes: -330,
     };
     let args = vec![
         super::bridge::to_value(&c, &check.params[0], &config).unwrap(),
@@ -412,5 +390,70 @@ fn typed_values_cross_the_serde_bridge() {
     assert_eq!(
         serde_json::to_string(&(config, request)).unwrap(),
         serde_json::to_string(&(config2, request2)).unwrap()
+    );
+}
+
+#[test]
+fn state_imports_lift_their_arguments_and_lower_their_results() {
+    use super::lower::{Lowered, NoAlloc};
+    use teller_contract::{DailyReservation, Reservation};
+    let c = Contract::bank_policy().unwrap();
+    let reserve = c.import("state", "reserve").unwrap();
+    assert_eq!(reserve.module, "bank:policy/state@0.2.0");
+    assert_eq!(reserve.name, "reserve");
+    // key (2), amount, limit, offset, option<string> (3), then the return
+    // pointer: the record result (bool, u64) does not fit one flat value.
+    use super::FlatType::{I32, I64};
+    assert_eq!(
+        reserve.core_params,
+        [I32, I32, I64, I64, I32, I32, I32, I32, I32]
+    );
+    assert!(reserve.core_results.is_empty());
+    let r = DailyReservation {
+        key: "ACC-1".into(),
+        amount: 300,
+        limit: 1_000,
+        day_offset_minutes: 480,
+        request_id: Some("req".into()),
+    };
+    let mut guest = VecMemory::new();
+    let arg = super::bridge::to_value(&c, &reserve.func.params[0], &r).unwrap();
+    let flat = Lowerer::new(&c, &mut guest)
+        .params(&reserve.func, &[arg])
+        .unwrap();
+    let back = Lifter::new(&c, &guest.bytes)
+        .params(&reserve.func, &flat)
+        .unwrap();
+    let r2: DailyReservation =
+        super::bridge::from_value(&c, &reserve.func.params[0], back[0].clone()).unwrap();
+    assert_eq!(r, r2);
+    // A key pointing outside memory is refused, not read.
+    let mut bad = flat.clone();
+    bad[0] = Flat::I32(i32::MAX);
+    assert!(Lifter::new(&c, &guest.bytes).params(&reserve.func, &bad).is_err());
+
+    let answer = Reservation {
+        granted: true,
+        total: 0x0102_0304_0506_0708,
+    };
+    let ty = reserve.func.result.unwrap();
+    let value = super::bridge::to_value(&c, &ty, &answer).unwrap();
+    let Lowered::Memory { bytes, align } = Lowerer::new(&c, &mut NoAlloc)
+        .result(&reserve.func, &value)
+        .unwrap()
+    else {
+        panic!("reserve's result goes through memory")
+    };
+    assert_eq!((bytes.len(), align), (16, 8));
+    assert_eq!(bytes[0], 1);
+    assert_eq!(bytes[8..], 0x0102_0304_0506_0708u64.to_le_bytes());
+
+    let total = c.import("state", "daily-total").unwrap();
+    assert_eq!(total.core_params, [I32, I32, I32]);
+    assert_eq!(total.core_results, [I64]);
+    let value = Value::U64(42);
+    assert_eq!(
+        Lowerer::new(&c, &mut NoAlloc).result(&total.func, &value).unwrap(),
+        Lowered::Flat(vec![Flat::I64(42)])
     );
 }

@@ -51,6 +51,7 @@ pub fn audit(
             &PolicySource::Builtin,
             &Config::default(),
             Some(&settings),
+            teller_engine::state::GuestState::none(),
         )?;
         let name = format!("audited decisions, {label}");
         series.push(measure(&teller, threads, slice, name)?);

@@ -181,6 +181,15 @@ fn bench_engine(bench: &BenchArgs) -> Result<Box<dyn Engine>, Error> {
 }
 
 fn start_engine(bench: &BenchArgs, workload: Workload) -> Result<Box<dyn Engine>, Error> {
+    start_engine_with(bench, workload, teller_engine::state::GuestState::none())
+}
+
+/// As [`start_engine`], with the guests' state imports on `state`.
+fn start_engine_with(
+    bench: &BenchArgs,
+    workload: Workload,
+    state: teller_engine::state::GuestState,
+) -> Result<Box<dyn Engine>, Error> {
     let cache = match &bench.cache_dir {
         Some(dir) => ArtifactCache::at(dir)?,
         None => ArtifactCache::default_dir()
@@ -196,5 +205,6 @@ fn start_engine(bench: &BenchArgs, workload: Workload) -> Result<Box<dyn Engine>
             deadline: std::time::Duration::from_secs(10),
             ..GuestLimits::default()
         },
+        state,
     )
 }

@@ -131,7 +131,13 @@ pub(crate) fn compile(run: &RunArgs) -> Result<u8, Error> {
             "compile fills the cache: give --cache-dir or set HOME",
         ));
     };
-    let engine = teller_engine::by_name(&run.engine, cache, Workload::Once, run.limits())?;
+    let engine = teller_engine::by_name(
+        &run.engine,
+        cache,
+        Workload::Once,
+        run.limits(),
+        teller_engine::state::GuestState::none(),
+    )?;
     let (source, _) = policies(run)?;
     let mut artifacts = source.transfer_checks()?;
     artifacts.push(source.audit()?);

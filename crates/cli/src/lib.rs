@@ -162,9 +162,40 @@ struct RunArgs {
     /// counting costs time on every call.
     #[arg(long, env = "TELLER_GUEST_FUEL", value_parser = clap::value_parser!(u64).range(1..))]
     guest_fuel: Option<u64>,
+
+    /// Where daily totals (`daily_limit`) are kept: `embedded` (this
+    /// machine's disk, in $XDG_STATE_HOME/teller or ~/.local/state/teller),
+    /// `file:DIR` (embedded, in DIR) or `redis://[:PASSWORD@]HOST:PORT[/DB]`
+    /// (shared by every replica). Default: embedded when daily_limit is
+    /// set, else none.
+    #[arg(long, env = "TELLER_STATE", value_name = "URL")]
+    state: Option<String>,
+
+    /// How long a decision waits for the state store (Redis); past it the
+    /// transfer is refused with 503 state_unavailable, never allowed.
+    #[arg(long, env = "TELLER_STATE_TIMEOUT_MS", default_value_t = teller_state::DEFAULT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    state_timeout_ms: u64,
 }
 
 impl RunArgs {
+    /// The state store `--state` names, opened; or, without `--state`, the
+    /// embedded one when `config` sets a daily limit, else none.
+    pub(crate) fn guest_state(
+        &self,
+        config: &teller_server::config::Config,
+    ) -> Result<teller_engine::state::GuestState, teller_contract::Error> {
+        let url = match (&self.state, config.transfer_check.daily_limit) {
+            (Some(url), _) => url.as_str(),
+            (None, Some(_)) => teller_state::DEFAULT_URL,
+            (None, None) => return Ok(teller_engine::state::GuestState::none()),
+        };
+        let timeout = std::time::Duration::from_millis(self.state_timeout_ms);
+        let store = teller_state::open(url, timeout)?;
+        tracing::info!(store = store.kind(), url = %teller_state::redact(url), "state store ready");
+        Ok(teller_engine::state::GuestState::new(store))
+    }
+
     pub(crate) fn limits(&self) -> GuestLimits {
         GuestLimits {
             deadline: std::time::Duration::from_millis(self.guest_deadline_ms),

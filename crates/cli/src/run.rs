@@ -88,8 +88,15 @@ pub(crate) fn start(
     workload: Workload,
 ) -> Result<(Teller, Box<dyn Engine>), Error> {
     let (source, config) = policies(run)?;
-    let engine = teller_engine::by_name(&run.engine, cache(run)?, workload, run.limits())?;
-    let (teller, recovery) = Teller::start(engine.as_ref(), &source, &config, audit)?;
+    let state = run.guest_state(&config)?;
+    let engine = teller_engine::by_name(
+        &run.engine,
+        cache(run)?,
+        workload,
+        run.limits(),
+        state.clone(),
+    )?;
+    let (teller, recovery) = Teller::start(engine.as_ref(), &source, &config, audit, state)?;
     if let (Some(r), Some(settings)) = (recovery, audit)
         && r.truncated_bytes > 0
     {

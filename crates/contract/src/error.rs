@@ -48,6 +48,10 @@ error_codes! {
     GuestTrap = "guest_trap",
     GuestBadOutput = "guest_bad_output",
     GuestRefused = "guest_refused",
+    // The state store behind `bank:policy/state`.
+    /// The store did not answer in time: the transfer is refused (503).
+    StateUnavailable = "state_unavailable",
+    StateInvalid = "state_invalid",
     // Policies and their configuration.
     PolicyInvalid = "policy_invalid",
     PolicyUnreadable = "policy_unreadable",

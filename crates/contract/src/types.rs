@@ -75,6 +75,50 @@ pub struct PolicyConfig {
     pub amount_limit: u64,
     #[cfg_attr(feature = "wasmtime", component(name = "authorized-roles"))]
     pub authorized_roles: Vec<String>,
+    /// Most one `from_account` may send in a day; `None` is no daily limit.
+    #[cfg_attr(feature = "wasmtime", component(name = "daily-limit"))]
+    pub daily_limit: Option<u64>,
+    /// Where the day starts, in minutes east of UTC.
+    #[cfg_attr(feature = "wasmtime", component(name = "day-offset-minutes"))]
+    pub day_offset_minutes: i32,
+}
+
+/// An amount to add to a key's total for the current day
+/// (`state.reserve`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
+pub struct DailyReservation {
+    pub key: String,
+    pub amount: u64,
+    pub limit: u64,
+    #[cfg_attr(feature = "wasmtime", component(name = "day-offset-minutes"))]
+    pub day_offset_minutes: i32,
+    #[cfg_attr(feature = "wasmtime", component(name = "request-id"))]
+    pub request_id: Option<String>,
+}
+
+/// What `state.reserve` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(
+        wasmtime::component::ComponentType,
+        wasmtime::component::Lift,
+        wasmtime::component::Lower
+    ),
+    component(record)
+)]
+pub struct Reservation {
+    pub granted: bool,
+    pub total: u64,
 }
 
 /// The one answer a caller acts on.
@@ -122,16 +166,18 @@ pub enum ReasonCode {
     RoleNotAuthorized,
     AuditDisabled,
     ApprovalRequired,
+    DailyLimitExceeded,
 }
 
 impl ReasonCode {
     /// Every built-in reason code.
-    pub const ALL: [ReasonCode; 5] = [
+    pub const ALL: [ReasonCode; 6] = [
         ReasonCode::ActionNotTransfer,
         ReasonCode::AmountOverLimit,
         ReasonCode::RoleNotAuthorized,
         ReasonCode::AuditDisabled,
         ReasonCode::ApprovalRequired,
+        ReasonCode::DailyLimitExceeded,
     ];
 
     /// The name the JSON API and the audit log use.
@@ -142,6 +188,7 @@ impl ReasonCode {
             ReasonCode::RoleNotAuthorized => "role_not_authorized",
             ReasonCode::AuditDisabled => "audit_disabled",
             ReasonCode::ApprovalRequired => "approval_required",
+            ReasonCode::DailyLimitExceeded => "daily_limit_exceeded",
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod artifact;
 pub mod cache;
+pub mod state;
 
 use crate::artifact::Artifact;
 use std::sync::Arc;
@@ -188,9 +189,14 @@ impl Default for GuestLimits {
     }
 }
 
-/// Starts an engine with a cache, a workload and per-call limits.
-pub type StartEngine =
-    fn(cache::ArtifactCache, Workload, GuestLimits) -> Result<Box<dyn Engine>, Error>;
+/// Starts an engine with a cache, a workload, per-call limits and the state
+/// its guests' `bank:policy/state` imports reach.
+pub type StartEngine = fn(
+    cache::ArtifactCache,
+    Workload,
+    GuestLimits,
+    state::GuestState,
+) -> Result<Box<dyn Engine>, Error>;
 
 /// How a binary starts one engine it was built with.
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +235,7 @@ pub fn by_name(
     cache: cache::ArtifactCache,
     workload: Workload,
     limits: GuestLimits,
+    state: state::GuestState,
 ) -> Result<Box<dyn Engine>, Error> {
     let kind = registered()
         .iter()
@@ -240,7 +247,7 @@ pub fn by_name(
                 format!("no engine {name:?} in this build; it has {names:?}"),
             )
         })?;
-    (kind.start)(cache, workload, limits)
+    (kind.start)(cache, workload, limits, state)
 }
 
 /// Lets every engine's background work finish before the process exits.

@@ -46,6 +46,12 @@ pub struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `embedded` or `redis`.
+    pub store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: &'static str,
 }
@@ -79,6 +85,10 @@ pub struct Metrics {
     pub audit_queue_depth: Gauge,
     pub policy_loaded: Family<PolicyLabels, Gauge>,
     pub policy_reloads: Family<ReloadLabels, Counter>,
+    /// Decisions refused because the state store did not answer.
+    pub state_unavailable: Family<StateLabels, Counter>,
+    /// Reservations taken back because the decision did not allow.
+    pub state_releases: Family<StateLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -134,6 +144,18 @@ impl Metrics {
             "teller_guest_instances_pooled",
             "Ready guest instances waiting in the engines' pools (WasmEdge's, and every Rego policy's)",
             guest_instances_pooled.clone(),
+        );
+        let state_unavailable = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "teller_state_unavailable",
+            "Transfers refused (503 state_unavailable) because the state store did not answer in time, by store",
+            state_unavailable.clone(),
+        );
+        let state_releases = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "teller_state_releases",
+            "Daily-limit reservations taken back because the decision did not end in an allow, by store",
+            state_releases.clone(),
         );
         let http_seconds: Histograms<HttpLabels> = Family::new_with_constructor(latency);
         registry.register(
@@ -197,6 +219,8 @@ impl Metrics {
             audit_queue_depth,
             policy_loaded,
             policy_reloads,
+            state_unavailable,
+            state_releases,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::metrics::{
-    DecisionLabels, EngineLabels, GuestErrorLabels, InFlight, Metrics, PolicyLabels,
+    DecisionLabels, EngineLabels, GuestErrorLabels, InFlight, Metrics, PolicyLabels, StateLabels,
 };
 use crate::policy_set::{PolicySet, SetDecision};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use teller_contract::{Actor, AuditEvent, Origin, PolicyConfig, PolicyRef, Transf
 use teller_contract::{Error, Kind};
 use teller_engine::Engine;
 use teller_engine::artifact::PolicySource;
+use teller_engine::state::{GuestState, Granted, Journal};
 
 /// A ready teller: loaded guests, their configuration, the audit log.
 pub struct Teller {
@@ -26,6 +27,9 @@ pub struct Teller {
     loaded: RwLock<Arc<Loaded>>,
     audit: Option<(AuditWriter, SealerSlot)>,
     metrics: Arc<Metrics>,
+    /// The store behind the guests' `bank:policy/state` (the engine's), for
+    /// taking back what a decision that did not allow reserved.
+    state: GuestState,
 }
 
 /// One version of the policies and their configuration.
@@ -107,11 +111,13 @@ pub struct AuditRef {
 
 impl Teller {
     /// Loads the guests on `engine` and opens the audit log, if any.
+    /// `state` must be the state `engine` was started with.
     pub fn start(
         engine: &dyn Engine,
         policies: &PolicySource,
         config: &Config,
         audit: Option<&AuditSettings>,
+        state: GuestState,
     ) -> Result<(Self, Option<Recovery>), Error> {
         let metrics = Arc::new(Metrics::new());
         let set = PolicySet::load(engine, policies)?;
@@ -145,6 +151,7 @@ impl Teller {
                 })),
                 audit,
                 metrics,
+                state,
             },
             recovery,
         ))
@@ -266,6 +273,14 @@ impl Teller {
 
     /// Counts a failed guest call by its code.
     fn counted(&self, e: Error) -> Error {
+        if e.code == ErrorCode::StateUnavailable {
+            let store = self.state.store().map_or("none", |s| s.kind());
+            self.metrics
+                .state_unavailable
+                .get_or_create(&StateLabels { store })
+                .inc();
+            tracing::warn!(store, "transfer refused, state store unavailable: {}", e.message);
+        }
         if e.kind == Kind::Guest {
             self.metrics
                 .guest_errors
@@ -278,9 +293,45 @@ impl Teller {
         e
     }
 
+    /// Takes back what a decision reserved when it did not end in an allow
+    /// (a policy of the set denied, the audit log failed), so that only
+    /// allowed transfers count against a daily limit. A release that fails
+    /// leaves the total too high, never too low: it errs on refusing.
+    fn release(&self, granted: Vec<Granted>) {
+        let Some(store) = self.state.store() else {
+            return;
+        };
+        for g in granted {
+            match store.release(&g) {
+                Ok(()) => {
+                    self.metrics
+                        .state_releases
+                        .get_or_create(&StateLabels {
+                            store: store.kind(),
+                        })
+                        .inc();
+                }
+                Err(e) => tracing::error!(
+                    store = store.kind(),
+                    "cannot take back a reservation of a transfer that was not allowed: {e}"
+                ),
+            }
+        }
+    }
+
     /// Decides one transfer document; with an audit log, answers only once
     /// the decision's record is on disk.
     pub fn check(&self, body: &[u8], caller: &Caller) -> Result<CheckResponse, Error> {
+        let journal = Journal::begin();
+        let checked = self.check_journaled(body, caller);
+        let granted = journal.finish();
+        if !granted.is_empty() && !checked.as_ref().is_ok_and(|r| r.allow) {
+            self.release(granted);
+        }
+        checked
+    }
+
+    fn check_journaled(&self, body: &[u8], caller: &Caller) -> Result<CheckResponse, Error> {
         let request = decode_transfer(body)?;
         let loaded = self.current();
         let decision_id = uuid::Uuid::now_v7().to_string();

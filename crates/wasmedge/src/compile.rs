@@ -32,10 +32,11 @@ impl WasmEdgeEngine {
             name,
             wasm,
         )?)));
-        let (config, cache, weak) = (
+        let (config, cache, weak, host) = (
             self.config.clone(),
             self.cache.clone(),
             Arc::downgrade(&slot),
+            self.host.clone(),
         );
         let (name, wasm) = (name.to_string(), wasm.to_vec());
         let measure_cost = self.limits.fuel.is_some();
@@ -54,7 +55,13 @@ impl WasmEdgeEngine {
                     .and_then(|code| load(&config, &name, &code))
                     .and_then(|module| {
                         // Only a module that instantiates replaces one that does.
-                        raw::Instance::new(&config, &module, measure_cost, raw::Wasi::Shim)
+                        raw::Instance::new(
+                            &config,
+                            &module,
+                            measure_cost,
+                            raw::Wasi::Shim,
+                            Some(&host),
+                        )
                             .map(|_| module)
                             .map_err(|e| {
                                 Error::internal(

@@ -19,6 +19,7 @@ mod command;
 mod compile;
 mod pool;
 mod raw;
+mod state;
 mod watchdog;
 
 pub use command::ValueGuest;
@@ -47,9 +48,9 @@ use wasmedge_sys::Config;
 pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
     name: "wasmedge",
     about: "WasmEdge 0.14.1, running the guests' core modules through teller's canonical ABI (the production engine)",
-    start: |cache, workload, limits| {
+    start: |cache, workload, limits, state| {
         Ok(Box::new(
-            WasmEdgeEngine::new(cache, limits)?
+            WasmEdgeEngine::new(cache, limits, state)?
                 .tiered(workload == Workload::Service)
                 .fresh(workload == Workload::Bench(CallMode::Fresh)),
         ))
@@ -65,6 +66,8 @@ pub struct WasmEdgeEngine {
     /// module can carry native code, which must never run unchecked.
     interpreter: Arc<Config>,
     contract: Arc<Contract>,
+    /// `bank:policy/state`, linked into every policy instance.
+    host: Arc<raw::host::HostModule>,
     cache: ArtifactCache,
     version: String,
     limits: GuestLimits,
@@ -76,7 +79,11 @@ pub struct WasmEdgeEngine {
 }
 
 impl WasmEdgeEngine {
-    pub fn new(cache: ArtifactCache, limits: GuestLimits) -> Result<Self, Error> {
+    pub fn new(
+        cache: ArtifactCache,
+        limits: GuestLimits,
+        guest_state: teller_engine::state::GuestState,
+    ) -> Result<Self, Error> {
         // WasmEdge logs every trap to stderr; teller reports them itself.
         wasmedge_sdk::LogManager::log_off();
         let config = |interpreter: bool| -> Result<Config, Error> {
@@ -99,10 +106,12 @@ impl WasmEdgeEngine {
         let contract = Contract::bank_policy().map_err(|e| {
             Error::internal(ErrorCode::EngineInit, format!("the WIT contract: {e}"))
         })?;
+        let contract = Arc::new(contract);
         Ok(Self {
             config: Arc::new(config(false)?),
             interpreter: Arc::new(config(true)?),
-            contract: Arc::new(contract),
+            host: state::state_module(&contract, guest_state)?,
+            contract,
             cache,
             version: wasmedge_sys::utils::version_string(),
             limits,
@@ -173,6 +182,7 @@ impl WasmEdgeEngine {
             contract,
             module,
             limits: self.limits,
+            host: self.host.clone(),
             idle: Mutex::new(Vec::new()),
             capacity: teller_engine::pool_capacity(),
             init: None,
@@ -241,6 +251,7 @@ impl WasmEdgeEngine {
             contract: self.contract.clone(),
             module,
             limits: self.limits,
+            host: self.host.clone(),
             idle: Mutex::new(Vec::new()),
             capacity: teller_engine::pool_capacity(),
             init: None,

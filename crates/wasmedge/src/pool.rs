@@ -21,6 +21,8 @@ pub(crate) struct Pool {
     pub(crate) contract: Arc<Contract>,
     pub(crate) module: ModuleSlot,
     pub(crate) limits: GuestLimits,
+    /// The host functions instances import (`bank:policy/state`).
+    pub(crate) host: Arc<raw::host::HostModule>,
     pub(crate) idle: Mutex<Vec<GuestInstance>>,
     pub(crate) capacity: usize,
     /// Called on every new instance before it serves (the Rego guest's
@@ -134,6 +136,7 @@ impl Pool {
             &module,
             self.limits.fuel.is_some(),
             raw::Wasi::Shim,
+            Some(&self.host),
         )
         .map_err(|e| Error::guest(ErrorCode::GuestTrap, format!("cannot instantiate: {e}")))?;
         let mut guest = GuestInstance {
@@ -290,6 +293,11 @@ impl GuestInstance {
                 ),
             ),
             0 => Error::guest(ErrorCode::GuestBadOutput, format!("{what}: {e}")),
+            // A host function failed (the state store, or the guest's
+            // arguments to it): its own error says which.
+            raw::host::HOST_FAILED => raw::host::take_failure().unwrap_or_else(|| {
+                Error::guest(ErrorCode::GuestTrap, format!("{what}: a host function failed"))
+            }),
             raw::PROC_EXIT => Error::guest(
                 ErrorCode::GuestTrap,
                 format!("{what}: the guest called proc_exit"),

@@ -14,9 +14,11 @@
 
 #![allow(unsafe_code)]
 
+pub mod host;
 mod wasi;
 
 use std::ffi::CStr;
+use std::sync::Arc;
 pub use wasi::PROC_EXIT;
 use wasi::{wasi_command, wasi_shim};
 use wasmedge_sys::{Config, ffi};
@@ -155,6 +157,8 @@ pub struct Instance {
     stopper: StopHandle,
     instance: *mut ffi::WasmEdge_ModuleInstanceContext,
     wasi: *mut ffi::WasmEdge_ModuleInstanceContext,
+    /// The host functions the guest imports, and what they are made from.
+    host: Option<(*mut ffi::WasmEdge_ModuleInstanceContext, Arc<host::HostModule>)>,
     store: *mut ffi::WasmEdge_StoreContext,
     executor: *mut ffi::WasmEdge_ExecutorContext,
     /// Present when the module was compiled to measure cost.
@@ -190,13 +194,14 @@ pub enum Wasi<'a> {
 }
 
 impl Instance {
-    /// Instantiates `module` with `wasi` for its WASI imports.
-    /// `measure_cost` must match how `config` was set.
+    /// Instantiates `module` with `wasi` for its WASI imports and `host`
+    /// for teller's own. `measure_cost` must match how `config` was set.
     pub fn new(
         config: &Config,
         module: &AstModule,
         measure_cost: bool,
         wasi: Wasi<'_>,
+        host: Option<&Arc<host::HostModule>>,
     ) -> Result<Self, RawError> {
         // Made first, as it can fail before anything else exists.
         let wasi = match wasi {
@@ -231,6 +236,7 @@ impl Instance {
                 ),
                 instance: std::ptr::null_mut(),
                 wasi,
+                host: None,
                 store,
                 executor,
                 stats,
@@ -240,6 +246,11 @@ impl Instance {
             }
             stopper?;
             check(ffi::WasmEdge_ExecutorRegisterImport(executor, store, wasi))?;
+            if let Some(module) = host {
+                let instance = host::instantiate(module)?;
+                this.host = Some((instance, module.clone()));
+                check(ffi::WasmEdge_ExecutorRegisterImport(executor, store, instance))?;
+            }
             check(ffi::WasmEdge_ExecutorInstantiate(
                 executor,
                 &mut this.instance,
@@ -437,6 +448,9 @@ impl Drop for Instance {
             }
             if !self.wasi.is_null() {
                 ffi::WasmEdge_ModuleInstanceDelete(self.wasi);
+            }
+            if let Some((host, _)) = self.host.take() {
+                ffi::WasmEdge_ModuleInstanceDelete(host);
             }
             if !self.store.is_null() {
                 ffi::WasmEdge_StoreDelete(self.store);

@@ -21,14 +21,20 @@ pub mod types {
     pub use teller_contract::types::*;
 }
 
-/// Bindings for guests of the `transfer-check-policy` world.
+/// Bindings for guests of the `transfer-check-policy` world. Its state
+/// imports may trap: a store that cannot answer ends the call.
 pub mod transfer_check {
     wasmtime::component::bindgen!({
         world: "transfer-check-policy",
         path: "../../wit",
         with: { "bank:policy/types": super::types },
+        imports: { default: trappable },
     });
 }
+
+/// `bank:policy/state`, which the host provides to every world that imports
+/// it: one `Host` trait, one `add_to_linker`.
+pub use transfer_check::bank::policy::state;
 
 /// Bindings for guests of the `audit-sealer` world.
 pub mod audit {
@@ -44,6 +50,6 @@ pub mod source {
     wasmtime::component::bindgen!({
         world: "source-policy",
         path: "../../wit",
-        with: { "bank:policy/types": super::types },
+        with: { "bank:policy/types": super::types, "bank:policy/state": super::state },
     });
 }

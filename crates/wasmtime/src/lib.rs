@@ -12,11 +12,12 @@ use bindings as wit;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use teller_contract::{
-    AuditEvent, Decision, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord,
+    AuditEvent, DailyReservation, Decision, Reservation, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord,
     TransferRequest,
 };
 use teller_engine::artifact::{Artifact, sha256_hex};
 use teller_engine::cache::ArtifactCache;
+use teller_engine::state::{GuestState, StateError, state_unavailable};
 use teller_engine::{AuditSealer, CallMode, Engine, GuestLimits, TransferCheck, Workload};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Store};
@@ -48,7 +49,9 @@ const DECOMMIT_BATCH: usize = 32;
 pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
     name: "wasmtime",
     about: "wasmtime, running the guests' components",
-    start: |cache, workload, limits| Ok(Box::new(WasmtimeEngine::new(cache, workload, limits)?)),
+    start: |cache, workload, limits, state| {
+        Ok(Box::new(WasmtimeEngine::new(cache, workload, limits, state)?))
+    },
     quiesce: || {},
 };
 
@@ -61,11 +64,35 @@ pub struct WasmtimeEngine {
 }
 
 /// Per-call store data: an empty WASI context (std in the guests imports
-/// WASI; nothing is granted) and the instance's limits.
+/// WASI; nothing is granted), the instance's limits and the state store its
+/// `bank:policy/state` imports reach.
 struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
+    guest_state: GuestState,
+    /// Why a state import failed, which ended the call.
+    state_failed: Option<StateError>,
+}
+
+impl wit::state::Host for State {
+    fn reserve(&mut self, request: DailyReservation) -> wasmtime::Result<Reservation> {
+        self.guest_state.reserve(&request).map_err(|e| self.state_failed(e))
+    }
+
+    fn daily_total(&mut self, key: String, day_offset_minutes: i32) -> wasmtime::Result<u64> {
+        self.guest_state
+            .daily_total(&key, day_offset_minutes)
+            .map_err(|e| self.state_failed(e))
+    }
+}
+
+impl State {
+    fn state_failed(&mut self, e: StateError) -> wasmtime::Error {
+        let trap = wasmtime::Error::msg(e.0.clone());
+        self.state_failed = Some(e);
+        trap
+    }
 }
 
 /// Enforces the memory cap and remembers refusing a growth, so that the
@@ -110,6 +137,7 @@ struct Stores {
     engine: wasmtime::Engine,
     limits: GuestLimits,
     deadline_ticks: u64,
+    guest_state: GuestState,
 }
 
 impl Stores {
@@ -121,6 +149,8 @@ impl Stores {
                 memory_bytes: usize::try_from(self.limits.memory_bytes).unwrap_or(usize::MAX),
                 memory_refused: false,
             },
+            guest_state: self.guest_state.clone(),
+            state_failed: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -155,6 +185,9 @@ impl Stores {
 
     /// Sorts a failed call into the guest error codes clients see.
     fn error(&self, e: wasmtime::Error, store: &Store<State>) -> Error {
+        if let Some(failed) = &store.data().state_failed {
+            return state_unavailable(&failed.0);
+        }
         if store.data().limiter.memory_refused {
             return Error::guest(
                 ErrorCode::GuestMemoryLimit,
@@ -226,6 +259,7 @@ impl WasmtimeEngine {
         cache: ArtifactCache,
         workload: Workload,
         limits: GuestLimits,
+        guest_state: GuestState,
     ) -> Result<Self, Error> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -262,6 +296,16 @@ impl WasmtimeEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| {
             Error::internal(ErrorCode::EngineInit, format!("cannot link WASI: {e:#}"))
         })?;
+        wit::state::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| {
+            Error::internal(
+                ErrorCode::EngineInit,
+                format!("cannot link bank:policy/state: {e:#}"),
+            )
+        })?;
         start_epoch_ticker(&engine)?;
         let ticks = limits
             .deadline
@@ -272,6 +316,7 @@ impl WasmtimeEngine {
             engine: engine.clone(),
             limits,
             deadline_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+            guest_state,
         };
         Ok(Self {
             engine,
@@ -453,6 +498,7 @@ mod tests {
             ArtifactCache::disabled(),
             Workload::Server,
             GuestLimits::default(),
+            GuestState::none(),
         )
         .unwrap();
         let component =

@@ -13,6 +13,11 @@
 //! The verdict adds the one answer a caller acts on: `allow` when allowed,
 //! `review` when the only obstacle is an over-limit amount whose approval is
 //! pending, `deny` otherwise (the safe default of a bank).
+//!
+//! With `daily_limit` set, an allowed transfer is then reserved against its
+//! `from_account`'s total for the day through the host's `bank:policy/state`
+//! (atomic across replicas); one that does not fit is denied with
+//! `daily_limit_exceeded`.
 
 #[allow(unsafe_code)]
 mod bindings {
@@ -36,9 +41,11 @@ pub struct Policy;
 /// native baseline of `teller-bench call` run it as it is; the bindings'
 /// types are converted at the export.
 pub use teller_contract::{
-    Decision, PolicyConfig, Reason, ReasonCode, TransferRequest, User, Verdict,
+    DailyReservation, Decision, PolicyConfig, Reason, ReasonCode, Reservation, TransferRequest,
+    User, Verdict,
 };
 
+use bindings::bank::policy::state;
 use bindings::bank::policy::types as wit;
 use bindings::exports::bank::policy::{metadata, transfer_check};
 
@@ -58,6 +65,8 @@ impl transfer_check::Guest for Policy {
         let wit::PolicyConfig {
             amount_limit,
             authorized_roles,
+            daily_limit,
+            day_offset_minutes,
         } = config;
         let wit::TransferRequest {
             action,
@@ -70,12 +79,13 @@ impl transfer_check::Guest for Policy {
             approval_required,
             request_id,
         } = request;
-        let decision = decide(
-            &PolicyConfig {
-                amount_limit,
-                authorized_roles,
-            },
-            &TransferRequest {
+        let config = PolicyConfig {
+            amount_limit,
+            authorized_roles,
+            daily_limit,
+            day_offset_minutes,
+        };
+        let request = TransferRequest {
                 action,
                 amount,
                 currency,
@@ -85,8 +95,18 @@ impl transfer_check::Guest for Policy {
                 audit_enabled,
                 approval_required,
                 request_id,
-            },
-        );
+            };
+        let decision = decide(&config, &request);
+        let decision = within_daily_limit(&config, &request, decision, |r| {
+            let wit::Reservation { granted, total } = state::reserve(&wit::DailyReservation {
+                key: r.key.clone(),
+                amount: r.amount,
+                limit: r.limit,
+                day_offset_minutes: r.day_offset_minutes,
+                request_id: r.request_id.clone(),
+            });
+            Reservation { granted, total }
+        });
         wit::Decision {
             allow: decision.allow,
             deny: decision.deny,
@@ -171,6 +191,51 @@ pub fn decide(config: &PolicyConfig, request: &TransferRequest) -> Decision {
     }
 }
 
+/// Counts an allowed transfer against its `from_account`'s total for the
+/// day through `reserve` (the host's `state.reserve`), when `daily_limit` is
+/// set; a transfer that does not fit becomes a deny. Anything not allowed is
+/// returned as it is, without touching the state.
+pub fn within_daily_limit(
+    config: &PolicyConfig,
+    request: &TransferRequest,
+    decision: Decision,
+    reserve: impl FnOnce(&DailyReservation) -> Reservation,
+) -> Decision {
+    let Some(limit) = config.daily_limit else {
+        return decision;
+    };
+    if !decision.allow {
+        return decision;
+    }
+    let over = |message: String| Decision {
+        allow: false,
+        deny: true,
+        verdict: Verdict::Deny,
+        reasons: vec![Reason {
+            code: ReasonCode::DailyLimitExceeded.as_str().to_string(),
+            message,
+        }],
+    };
+    let Some(account) = &request.from_account else {
+        return over("from_account is absent, so the transfer cannot count against the daily limit".into());
+    };
+    let reservation = reserve(&DailyReservation {
+        key: account.clone(),
+        amount: request.amount,
+        limit,
+        day_offset_minutes: config.day_offset_minutes,
+        request_id: request.request_id.clone(),
+    });
+    if reservation.granted {
+        return decision;
+    }
+    over(format!(
+        "amount {} would bring today's total from this account to {}, over the daily limit of {limit}",
+        request.amount,
+        reservation.total.saturating_add(request.amount)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -180,6 +245,8 @@ mod tests {
         PolicyConfig {
             amount_limit: 1_000_000,
             authorized_roles: vec!["authorized".to_string()],
+            daily_limit: None,
+            day_offset_minutes: 0,
         }
     }
 
@@ -235,5 +302,47 @@ mod tests {
         let d = decide(&config(), &r);
         assert!(!d.allow && !d.deny && d.verdict == Verdict::Deny);
         assert_eq!(codes(&d), [ReasonCode::RoleNotAuthorized.as_str()]);
+    }
+
+    #[test]
+    fn the_daily_limit_reserves_only_allowed_transfers() {
+        let mut config = config();
+        config.daily_limit = Some(1_500);
+        config.day_offset_minutes = 480;
+        let mut r = request(1_000, None);
+        r.from_account = Some("ACC-1".into());
+        r.request_id = Some("req-1".into());
+        let mut seen = Vec::new();
+        let d = within_daily_limit(&config, &r, decide(&config, &r), |res| {
+            seen.push(res.clone());
+            Reservation { granted: true, total: 1_000 }
+        });
+        assert!(d.allow && d.verdict == Verdict::Allow);
+        assert_eq!(
+            seen,
+            [DailyReservation {
+                key: "ACC-1".into(),
+                amount: 1_000,
+                limit: 1_500,
+                day_offset_minutes: 480,
+                request_id: Some("req-1".into()),
+            }]
+        );
+        let d = within_daily_limit(&config, &r, decide(&config, &r), |_| Reservation {
+            granted: false,
+            total: 1_000,
+        });
+        assert!(!d.allow && d.deny && d.verdict == Verdict::Deny);
+        assert_eq!(codes(&d), [ReasonCode::DailyLimitExceeded.as_str()]);
+        assert!(d.reasons[0].message.contains("2000"), "{}", d.reasons[0].message);
+        // A denied transfer never reaches the store.
+        r.user.role = "teller".into();
+        let d = within_daily_limit(&config, &r, decide(&config, &r), |_| unreachable!());
+        assert_eq!(codes(&d), [ReasonCode::RoleNotAuthorized.as_str()]);
+        // Without an account there is nothing to count against: deny.
+        r.user.role = "authorized".into();
+        r.from_account = None;
+        let d = within_daily_limit(&config, &r, decide(&config, &r), |_| unreachable!());
+        assert_eq!(codes(&d), [ReasonCode::DailyLimitExceeded.as_str()]);
     }
 }

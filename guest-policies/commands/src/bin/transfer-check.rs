@@ -72,8 +72,11 @@ fn config() -> Result<PolicyConfig, Error> {
             roles
         }
     };
+    // A command runs once, with no state store to keep a daily total in.
     Ok(PolicyConfig {
         amount_limit,
         authorized_roles,
+        daily_limit: None,
+        day_offset_minutes: 0,
     })
 }

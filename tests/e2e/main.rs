@@ -34,6 +34,7 @@ mod rego_bad;
 mod reload;
 mod rules;
 mod settings;
+mod state;
 mod setup;
 #[cfg(feature = "wasmedge")]
 mod shim;

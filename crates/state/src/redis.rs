@@ -6,7 +6,6 @@
 //! on a runtime of its own: guests call from worker threads, which wait for
 //! the answer at most the state deadline and then fail closed.
 
-use std::sync::Arc;
 use std::time::Duration;
 use teller_contract::{DailyReservation, Reservation};
 use teller_engine::state::{Day, Granted, Reserved, StateError, StateStore};
@@ -59,7 +58,9 @@ pub struct Redis {
     /// The address, without credentials, for messages.
     shown: String,
     connection: redis::aio::ConnectionManager,
-    runtime: Arc<tokio::runtime::Runtime>,
+    /// Always `Some` until dropped (then shut down without waiting: a
+    /// server may drop it from its own async context).
+    runtime: Option<tokio::runtime::Runtime>,
     timeout: Duration,
     reserve: redis::Script,
     release: redis::Script,
@@ -92,7 +93,7 @@ impl Redis {
         Ok(Redis {
             shown: crate::redact(url),
             connection,
-            runtime: Arc::new(runtime),
+            runtime: Some(runtime),
             timeout,
             reserve: redis::Script::new(RESERVE),
             release: redis::Script::new(RELEASE),
@@ -111,7 +112,10 @@ impl Redis {
         let (script, mut connection) = (script.clone(), self.connection.clone());
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let timeout = self.timeout;
-        self.runtime.spawn(async move {
+        let Some(runtime) = &self.runtime else {
+            return Err(StateError("the Redis client is shut down".into()));
+        };
+        runtime.spawn(async move {
             let mut invocation = script.prepare_invoke();
             for key in keys {
                 invocation.key(key);
@@ -131,6 +135,14 @@ impl Redis {
                 self.shown,
                 self.timeout.as_millis()
             ))),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }

@@ -91,8 +91,12 @@ impl Workload {
                         return COULD_NOT_RUN;
                     }
                 };
-                let ran = WasmEdgeEngine::new(ArtifactCache::disabled(), limits, teller_engine::state::GuestState::none())
-                    .and_then(|engine| engine.run_command(&name, &wasm, args, envs));
+                let ran = WasmEdgeEngine::new(
+                    ArtifactCache::disabled(),
+                    limits,
+                    teller_engine::state::GuestState::none(),
+                )
+                .and_then(|engine| engine.run_command(&name, &wasm, args, envs));
                 match ran {
                     // A process's status has 8 bits: 256 would read as 0.
                     Ok(code) if code <= 255 => code as i32,

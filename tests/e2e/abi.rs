@@ -200,10 +200,14 @@ fn every_function_agrees_on_both_engines() {
         .collect();
     assert_eq!(functions.len(), 9, "{functions:?}");
 
-    let wasmedge = WasmEdgeEngine::new(ArtifactCache::at(cache_dir()).unwrap(), Default::default(), teller_engine::state::GuestState::none())
-        .unwrap()
-        .load_values(ABI_ECHO.module, c.clone())
-        .unwrap();
+    let wasmedge = WasmEdgeEngine::new(
+        ArtifactCache::at(cache_dir()).unwrap(),
+        Default::default(),
+        teller_engine::state::GuestState::none(),
+    )
+    .unwrap()
+    .load_values(ABI_ECHO.module, c.clone())
+    .unwrap();
 
     let engine = wasmtime::Engine::default();
     let component = Component::new(&engine, ABI_ECHO.component).unwrap();
@@ -266,10 +270,14 @@ fn every_function_agrees_on_both_engines() {
 #[test]
 fn a_trapped_wasmedge_instance_is_never_reused() {
     let c = Arc::new(contract());
-    let guest = WasmEdgeEngine::new(ArtifactCache::at(cache_dir()).unwrap(), Default::default(), teller_engine::state::GuestState::none())
-        .unwrap()
-        .load_values(ABI_ECHO.module, c.clone())
-        .unwrap();
+    let guest = WasmEdgeEngine::new(
+        ArtifactCache::at(cache_dir()).unwrap(),
+        Default::default(),
+        teller_engine::state::GuestState::none(),
+    )
+    .unwrap()
+    .load_values(ABI_ECHO.module, c.clone())
+    .unwrap();
     let count = c.export("misbehave", "count").unwrap();
     let boom = c.export("misbehave", "boom").unwrap();
     let counts = |n| -> Vec<Value> {

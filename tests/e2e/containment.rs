@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use teller_policy_artifacts::{AUDIT, HOSTILE};
 
 /// A policy directory whose transfer check is the hostile test guest.
-fn hostile_policies(dir: &Path) {
+pub(crate) fn hostile_policies(dir: &Path) {
     for (name, guest) in [("transfer-check", HOSTILE), ("audit", AUDIT)] {
         std::fs::write(dir.join(format!("{name}.component.wasm")), guest.component).unwrap();
         std::fs::write(dir.join(format!("{name}.module.wasm")), guest.module).unwrap();

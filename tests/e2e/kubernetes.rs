@@ -190,7 +190,54 @@ fn service_budget_autoscaler_and_network_policy_select_teller() {
     let spec = np.spec.unwrap();
     labels_match(spec.pod_selector.unwrap().match_labels);
     assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
-    assert!(spec.egress.unwrap().is_empty(), "teller needs no egress");
+    // Egress only to Redis (the daily totals) and to DNS.
+    let egress = spec.egress.unwrap();
+    assert_eq!(egress.len(), 2);
+    let to = |i: usize| {
+        let rule = &egress[i];
+        let peer = &rule.to.as_ref().unwrap()[0];
+        let pods = peer.pod_selector.clone().unwrap().match_labels.unwrap();
+        let ports: Vec<_> = rule
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.protocol.clone().unwrap(), p.port.clone().unwrap()))
+            .collect();
+        (pods, ports)
+    };
+    let (redis, ports) = to(0);
+    assert_eq!(redis["app.kubernetes.io/name"], "redis");
+    assert_eq!(ports, [("TCP".to_string(), IntOrString::Int(6379))]);
+    let (dns, ports) = to(1);
+    assert_eq!(dns["k8s-app"], "kube-dns");
+    assert!(ports.iter().all(|(_, p)| *p == IntOrString::Int(53)));
+    // The replicas share one Redis, named by a Secret (it may hold the
+    // password) that teller reads at start-up.
+    let secret: k8s_openapi::api::core::v1::Secret = parse("state.yaml");
+    let url = &secret.string_data.unwrap()["url"];
+    assert!(
+        url.starts_with("redis://") && url.ends_with(":6379/0"),
+        "{url}"
+    );
+    let deployment: Deployment = parse("deployment.yaml");
+    let env = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let state = env.iter().find(|e| e.name == "TELLER_STATE").unwrap();
+    let from = state
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (from.name.as_str(), from.key.as_str()),
+        ("teller-state", "url")
+    );
+    assert!(env.iter().any(|e| e.name == "TELLER_STATE_TIMEOUT_MS"));
     let ingress = spec.ingress.unwrap();
     assert_eq!(
         ingress[0].ports.as_ref().unwrap()[0].port,

@@ -34,8 +34,8 @@ mod rego_bad;
 mod reload;
 mod rules;
 mod settings;
-mod state;
 mod setup;
 #[cfg(feature = "wasmedge")]
 mod shim;
+mod state;
 mod support;

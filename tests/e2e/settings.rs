@@ -42,7 +42,11 @@ fn settings_file_environment_and_flags_in_that_order() {
     let secret = "k1:c2VjcmV0LWtleS1ieXRlcy10aGF0LW11c3Qtbm90LXNob3c=";
     let (code, out, err) = print_config(
         &settings,
-        &[("TELLER_MAX_QUEUE", "9"), ("TELLER_AUDIT_KEY", secret)],
+        &[
+            ("TELLER_MAX_QUEUE", "9"),
+            ("TELLER_AUDIT_KEY", secret),
+            ("TELLER_STATE", "redis://:hunter2@127.0.0.1:6379/0"),
+        ],
         &["--guest-deadline-ms", "300"],
     );
     assert_eq!(code, 0, "{err}");
@@ -70,6 +74,10 @@ fn settings_file_environment_and_flags_in_that_order() {
         "{out}"
     );
     assert!(out.contains("TELLER_AUDIT_KEY (redacted)"), "{out}");
+    assert!(
+        line(&out, "state").contains("redis://***@127.0.0.1:6379/0") && !out.contains("hunter2"),
+        "the Redis password was printed: {out}"
+    );
     assert!(
         !out.contains("c2VjcmV0"),
         "the audit key was printed: {out}"

@@ -125,7 +125,11 @@ fn outcome(server: &Server, body: &str) -> (u16, String, String) {
     } else {
         v["error"]["code"].as_str().unwrap().to_string()
     };
-    (r.status, said, v["decision_id"].as_str().unwrap_or("").to_string())
+    (
+        r.status,
+        said,
+        v["decision_id"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 fn audit_lines(dir: &Path) -> String {
@@ -201,16 +205,16 @@ fn two_servers_sharing_redis_never_allow_more_than_the_daily_limit() {
     assert!(results.iter().all(|r| r.0 == 200), "{results:?}");
     let allowed: Vec<_> = results.iter().filter(|r| r.1 == "allow").collect();
     assert_eq!(allowed.len(), 100, "exactly the daily limit is allowed");
-    assert!(
-        results
-            .iter()
-            .filter(|r| r.1 == "deny")
-            .count()
-            == 220
+    assert!(results.iter().filter(|r| r.1 == "deny").count() == 220);
+    assert_eq!(
+        redis.command("EVAL \"return #redis.call('KEYS', '*')\" 0"),
+        ":2"
     );
-    assert_eq!(redis.command("EVAL \"return #redis.call('KEYS', '*')\" 0"), ":2");
     // One more, on either server: over the limit.
-    assert_eq!(outcome(&servers[0].0, &transfer("ACC-7", 1, "late")).1, "deny");
+    assert_eq!(
+        outcome(&servers[0].0, &transfer("ACC-7", 1, "late")).1,
+        "deny"
+    );
     // Every allow is in one of the audit logs.
     let logs: String = servers
         .into_iter()
@@ -235,7 +239,17 @@ fn a_redis_that_goes_down_refuses_every_transfer_until_it_is_back() {
         .map(|engine| {
             Server::start(
                 engine,
-                &["--config", &config, "--state", &url, "--state-timeout-ms", "50"],
+                // Generous: other tests share the machine's two cores.
+                &[
+                    "--config",
+                    &config,
+                    "--state",
+                    &url,
+                    "--state-timeout-ms",
+                    "300",
+                    "--guest-deadline-ms",
+                    "2000",
+                ],
             )
         })
         .collect();
@@ -244,7 +258,7 @@ fn a_redis_that_goes_down_refuses_every_transfer_until_it_is_back() {
     let next = AtomicUsize::new(0);
     // (sent, answered, server, status, said), times since `started`.
     type Answer = (Duration, Duration, usize, u16, String);
-    let (answers, down, up) = std::thread::scope(|s| {
+    let (answers, killing, down, up) = std::thread::scope(|s| {
         let load: Vec<_> = (0..4)
             .map(|_| {
                 let (servers, stop, next) = (&servers, &stop, &next);
@@ -262,6 +276,7 @@ fn a_redis_that_goes_down_refuses_every_transfer_until_it_is_back() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(700));
+        let killing = started.elapsed();
         let port = redis.kill();
         let down = started.elapsed();
         std::thread::sleep(Duration::from_millis(1_500));
@@ -269,20 +284,21 @@ fn a_redis_that_goes_down_refuses_every_transfer_until_it_is_back() {
         let redis = Redis::start_on(port);
         std::thread::sleep(Duration::from_millis(2_500));
         stop.store(true, Ordering::Relaxed);
-        let answers: Vec<Answer> = load
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
+        let answers: Vec<Answer> = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
         drop(redis);
-        (answers, down, up)
+        (answers, killing, down, up)
     });
-    let before = answers.iter().filter(|a| a.1 < down);
+    let before: Vec<_> = answers.iter().filter(|a| a.1 < killing).collect();
     assert!(
-        before.clone().count() > 20 && before.clone().all(|a| a.4 == "allow"),
-        "Redis up: allowed"
+        before.len() > 5 && before.iter().all(|a| a.4 == "allow"),
+        "Redis up: allowed: {before:?}"
     );
     let while_down: Vec<_> = answers.iter().filter(|a| a.0 > down && a.1 < up).collect();
-    assert!(while_down.len() > 10, "{} answers while down", while_down.len());
+    assert!(
+        while_down.len() > 5,
+        "{} answers while down",
+        while_down.len()
+    );
     for a in &while_down {
         assert_eq!((a.3, a.4.as_str()), (503, "state_unavailable"), "{a:?}");
     }
@@ -291,8 +307,15 @@ fn a_redis_that_goes_down_refuses_every_transfer_until_it_is_back() {
             while_down.iter().any(|a| a.2 == server),
             "server {server} was asked while Redis was down"
         );
-        let last = answers.iter().filter(|a| a.2 == server).max_by_key(|a| a.0).unwrap();
-        assert_eq!(last.4, "allow", "server {server} allows again once Redis is back");
+        let last = answers
+            .iter()
+            .filter(|a| a.2 == server)
+            .max_by_key(|a| a.0)
+            .unwrap();
+        assert_eq!(
+            last.4, "allow",
+            "server {server} allows again once Redis is back"
+        );
     }
     for server in &servers {
         let metrics = server.get("/metrics").body;
@@ -375,7 +398,10 @@ fn a_set_that_denies_takes_back_what_the_built_in_check_reserved() {
         }
         // Nothing of them counts: 499 + 499 fit, a third does not.
         for (n, want) in ["allow", "allow", "deny"].iter().enumerate() {
-            let r = server.post("/v1/transfer/check", &transfer("ACC-5", 499, &format!("s-{n}")));
+            let r = server.post(
+                "/v1/transfer/check",
+                &transfer("ACC-5", 499, &format!("s-{n}")),
+            );
             assert_eq!(r.json()["verdict"], *want, "{engine}: {}", r.body);
             if *want == "deny" {
                 assert_eq!(r.json()["reasons"][0]["code"], "daily_limit_exceeded");
@@ -402,9 +428,31 @@ fn state_urls_that_name_no_store_stop_start_up() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
-        assert!(stderr.contains("state_invalid") && stderr.contains(says), "{url}: {stderr}");
+        assert!(
+            stderr.contains("state_invalid") && stderr.contains(says),
+            "{url}: {stderr}"
+        );
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }
+    // A guest waits for the store within its call, so the store's timeout
+    // must be below the call's deadline.
+    let out = teller()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            "redis://127.0.0.1:1",
+        ])
+        .args(["--state-timeout-ms", "100", "--guest-deadline-ms", "100"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("must be below --guest-deadline-ms"),
+        "{stderr}"
+    );
     // A state directory in use by another process is refused too.
     let dir = tempfile::tempdir().unwrap();
     let state = format!("file:{}", dir.path().display());
@@ -416,4 +464,104 @@ fn state_urls_that_name_no_store_stop_start_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("another teller process"), "{stderr}");
+}
+
+#[test]
+fn a_rego_policy_reads_the_daily_total_on_every_engine() {
+    const VELOCITY: &str = "package bank.velocity\nimport rego.v1\n\n\
+        spent := teller.daily_total(input.from_account)\n\
+        default allow := false\n\
+        allow if spent + input.amount <= 800\n\
+        deny if spent + input.amount > 800\n\
+        reasons contains {\"code\": \"velocity\", \"message\": sprintf(\"%d spent today\", [spent])} if deny\n";
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let config = limit_config(dir.path(), 10_000);
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::write(policies.join("velocity.rego"), VELOCITY).unwrap();
+        crate::rego::install_guest(
+            &policies,
+            "transfer-check",
+            teller_policy_artifacts::TRANSFER_CHECK,
+        );
+        // The Rego policy reads the total before the built-in check adds
+        // this transfer to it.
+        std::fs::write(
+            policies.join("policies.toml"),
+            "[[policy]]\nrego = \"velocity.rego\"\n[[policy]]\nwasm = \"transfer-check\"\n",
+        )
+        .unwrap();
+        let state = format!("file:{}", dir.path().join("state").display());
+        let policy_dir = policies.to_str().unwrap();
+        let server = Server::start(
+            engine,
+            &[
+                "--config",
+                &config,
+                "--state",
+                &state,
+                "--policy-dir",
+                policy_dir,
+            ],
+        );
+        let mut said = Vec::new();
+        for (n, amount) in [300, 300, 300, 200].into_iter().enumerate() {
+            let r = server.post(
+                "/v1/transfer/check",
+                &transfer("ACC-8", amount, &format!("v-{n}")),
+            );
+            said.push(r.json()["verdict"].as_str().unwrap().to_string());
+            if n == 2 {
+                assert_eq!(r.json()["reasons"][0]["code"], "velocity", "{}", r.body);
+                assert!(r.body.contains("600 spent today"), "{}", r.body);
+            }
+        }
+        // The third is denied by the Rego policy, so the built-in check's
+        // reservation of it is taken back and the fourth still fits.
+        assert_eq!(said, ["allow", "allow", "deny", "allow"], "{engine}");
+        drop(server);
+
+        // Without a state store the read fails closed.
+        let server = Server::start(engine, &["--policy-dir", policy_dir]);
+        let r = server.post("/v1/transfer/check", &transfer("ACC-8", 1, "none"));
+        assert_eq!(r.status, 503, "{engine}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "state_unavailable");
+        assert!(r.body.contains("without a state store"), "{}", r.body);
+    }
+}
+
+#[test]
+fn guest_pointers_into_the_state_import_are_checked() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        crate::containment::hostile_policies(&policies);
+        let state = format!("file:{}", dir.path().join("state").display());
+        let server = Server::start(
+            engine,
+            &[
+                "--policy-dir",
+                policies.to_str().unwrap(),
+                "--state",
+                &state,
+            ],
+        );
+        for action in ["state-key-out-of-bounds", "state-return-out-of-bounds"] {
+            let body =
+                serde_json::json!({"action": action, "amount": 1, "user": {"role": "authorized"}});
+            let r = server.post("/v1/transfer/check", &body.to_string());
+            assert_eq!(r.status, 500, "{engine} {action}: {}", r.body);
+            let code = r.json()["error"]["code"].as_str().unwrap().to_string();
+            assert!(
+                code == "guest_bad_output" || code == "guest_trap",
+                "{engine} {action}: {}",
+                r.body
+            );
+            // The next ordinary request is answered.
+            let r = server.post("/v1/transfer/check", &transfer("ACC-1", 1, "ok"));
+            assert_eq!(r.status, 200, "{engine}: {}", r.body);
+        }
+    }
 }

@@ -430,7 +430,11 @@ fn state_imports_lift_their_arguments_and_lower_their_results() {
     // A key pointing outside memory is refused, not read.
     let mut bad = flat.clone();
     bad[0] = Flat::I32(i32::MAX);
-    assert!(Lifter::new(&c, &guest.bytes).params(&reserve.func, &bad).is_err());
+    assert!(
+        Lifter::new(&c, &guest.bytes)
+            .params(&reserve.func, &bad)
+            .is_err()
+    );
 
     let answer = Reservation {
         granted: true,
@@ -453,7 +457,9 @@ fn state_imports_lift_their_arguments_and_lower_their_results() {
     assert_eq!(total.core_results, [I64]);
     let value = Value::U64(42);
     assert_eq!(
-        Lowerer::new(&c, &mut NoAlloc).result(&total.func, &value).unwrap(),
+        Lowerer::new(&c, &mut NoAlloc)
+            .result(&total.func, &value)
+            .unwrap(),
         Lowered::Flat(vec![Flat::I64(42)])
     );
 }

@@ -75,6 +75,19 @@ enum BenchCommand {
         #[command(flatten)]
         bench: BenchArgs,
     },
+    /// Decisions with a daily limit on the embedded store and on Redis,
+    /// against the same decision without state and one store round trip.
+    State {
+        /// Seconds in all, shared by the series.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// The Redis to measure; without it a private redis-server is
+        /// started on a free loopback port.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
     /// Load `teller serve` (started as a child process) over loopback,
     /// without and then with the audit log.
     Http {
@@ -133,6 +146,18 @@ fn bench(command: BenchCommand) -> Result<u8, Error> {
         ),
         BenchCommand::Call { duration, bench } => (
             crate::call(&|workload| start_engine(&bench, workload), duration)?,
+            bench.json,
+        ),
+        BenchCommand::State {
+            duration,
+            redis,
+            bench,
+        } => (
+            crate::state(
+                &|workload, state| start_engine_with(&bench, workload, state),
+                redis.as_deref(),
+                duration,
+            )?,
             bench.json,
         ),
         BenchCommand::Audit {

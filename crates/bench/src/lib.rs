@@ -7,9 +7,11 @@
 mod audit;
 pub mod cli;
 mod http;
+mod state;
 
 pub use audit::audit;
 pub use http::{Load, http};
+pub use state::state;
 
 use hdrhistogram::Histogram;
 use serde_json::{Value as Json, json};
@@ -432,7 +434,7 @@ fn measure_native(
     time: Duration,
 ) -> Result<Series, Error> {
     // The guest's rule works on teller's own types: no conversion here.
-    use teller_transfer_check as native;
+    use teller_transfer_rule as native;
     let mut series = Series::new("native Rust, same rule, 1 thread")?;
     let mut calls = 0u64;
     let started = Instant::now();

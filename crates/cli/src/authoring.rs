@@ -173,14 +173,13 @@ pub fn test(
     }
     let (mut passed, mut failed) = (0usize, 0usize);
     for name in engines {
-        let engine =
-            teller_engine::by_name(
-                name,
-                cache.clone(),
-                Workload::Once,
-                GuestLimits::default(),
-                teller_engine::state::GuestState::none(),
-            )?;
+        let engine = teller_engine::by_name(
+            name,
+            cache.clone(),
+            Workload::Once,
+            GuestLimits::default(),
+            teller_engine::state::GuestState::none(),
+        )?;
         for (dir, files) in &suites {
             let set = PolicySet::load(engine.as_ref(), &PolicySource::Dir(dir.clone()))?;
             for file in files {

@@ -190,6 +190,18 @@ impl RunArgs {
             (None, Some(_)) => teller_state::DEFAULT_URL,
             (None, None) => return Ok(teller_engine::state::GuestState::none()),
         };
+        // A guest waits for the store inside its call: a store slower than
+        // the call's deadline would end as guest_timeout, not as the
+        // state_unavailable it is.
+        if self.state_timeout_ms >= self.guest_deadline_ms {
+            return Err(teller_contract::Error::bad_request(
+                teller_contract::ErrorCode::StateInvalid,
+                format!(
+                    "--state-timeout-ms {} must be below --guest-deadline-ms {}: a guest waits for the state store within its call",
+                    self.state_timeout_ms, self.guest_deadline_ms
+                ),
+            ));
+        }
         let timeout = std::time::Duration::from_millis(self.state_timeout_ms);
         let store = teller_state::open(url, timeout)?;
         tracing::info!(store = store.kind(), url = %teller_state::redact(url), "state store ready");

@@ -156,6 +156,12 @@ pub fn print(
             .get_raw(id)
             .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
+        // A Redis URL may hold its password.
+        let values: Vec<String> = if long == "state" {
+            values.iter().map(|v| teller_state::redact(v)).collect()
+        } else {
+            values
+        };
         let line = match (values.as_slice(), arg.get_action().takes_values()) {
             ([], _) => format!("# {long} is unset"),
             ([v], false) => format!("{long} = {}", v == "true"),
@@ -167,7 +173,7 @@ pub fn print(
         };
         out.push_str(&format!("{line:<56} # {source}\n"));
     }
-    // The one secret a setting can hold: the audit key itself.
+    // The other secret a setting can hold: the audit key itself.
     if std::env::var_os(teller_audit_log::KEY_ENV).is_some() {
         out.push_str(&format!(
             "# audit key: set in {} (redacted)\n",

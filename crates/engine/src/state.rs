@@ -39,7 +39,8 @@ impl Day {
 
     /// The day `unix_seconds` falls in at `offset_minutes` east of UTC.
     pub fn at(unix_seconds: u64, offset_minutes: i32) -> Day {
-        let local = i64::try_from(unix_seconds).unwrap_or(i64::MAX) + i64::from(offset_minutes) * 60;
+        let local =
+            i64::try_from(unix_seconds).unwrap_or(i64::MAX) + i64::from(offset_minutes) * 60;
         Day {
             number: local.div_euclid(86_400),
             seconds_left: u64::try_from(86_400 - local.rem_euclid(86_400)).unwrap_or(86_400),

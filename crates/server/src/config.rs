@@ -142,7 +142,9 @@ impl Config {
         {
             return Err(Error::bad_request(
                 ErrorCode::ConfigInvalid,
-                format!("day_offset {offset:?} is not a UTC offset such as \"+08:00\" or \"-05:00\""),
+                format!(
+                    "day_offset {offset:?} is not a UTC offset such as \"+08:00\" or \"-05:00\""
+                ),
             )
             .with_field("transfer_check.day_offset"));
         }
@@ -184,14 +186,24 @@ mod tests {
         assert_eq!(parse_day_offset("+08:00"), Some(480));
         assert_eq!(parse_day_offset("-05:30"), Some(-330));
         assert_eq!(parse_day_offset("+00:00"), Some(0));
-        for bad in ["08:00", "+8:00", "+08:60", "+15:00", "+08", "", "+0a:00", "+08:00:00"] {
+        for bad in [
+            "08:00",
+            "+8:00",
+            "+08:60",
+            "+15:00",
+            "+08",
+            "",
+            "+0a:00",
+            "+08:00:00",
+        ] {
             assert_eq!(parse_day_offset(bad), None, "{bad}");
         }
         let e = Config::parse("[transfer_check]\nday_offset = \"UTC+8\"").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("transfer_check.day_offset"));
         let e = Config::parse("[transfer_check]\ndaily_limit = 9007199254740992").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("transfer_check.daily_limit"));
-        let c = Config::parse("[transfer_check]\ndaily_limit = 500\nday_offset = \"+08:00\"").unwrap();
+        let c =
+            Config::parse("[transfer_check]\ndaily_limit = 500\nday_offset = \"+08:00\"").unwrap();
         assert_eq!(c.policy_config().daily_limit, Some(500));
         assert_eq!(c.policy_config().day_offset_minutes, 480);
     }

@@ -17,7 +17,7 @@ use teller_contract::{Actor, AuditEvent, Origin, PolicyConfig, PolicyRef, Transf
 use teller_contract::{Error, Kind};
 use teller_engine::Engine;
 use teller_engine::artifact::PolicySource;
-use teller_engine::state::{GuestState, Granted, Journal};
+use teller_engine::state::{Granted, GuestState, Journal};
 
 /// A ready teller: loaded guests, their configuration, the audit log.
 pub struct Teller {
@@ -279,7 +279,11 @@ impl Teller {
                 .state_unavailable
                 .get_or_create(&StateLabels { store })
                 .inc();
-            tracing::warn!(store, "transfer refused, state store unavailable: {}", e.message);
+            tracing::warn!(
+                store,
+                "transfer refused, state store unavailable: {}",
+                e.message
+            );
         }
         if e.kind == Kind::Guest {
             self.metrics

@@ -32,7 +32,10 @@ impl Embedded {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Arc<Embedded>, StateError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StateError(format!("cannot create state directory {}: {e}", dir.display()))
+            StateError(format!(
+                "cannot create state directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let failed = |e: fjall::Error| {
             let hint = match &e {
@@ -111,7 +114,12 @@ impl Embedded {
             None => Ok(0),
             Some(v) => <[u8; 8]>::try_from(v.as_ref())
                 .map(u64::from_be_bytes)
-                .map_err(|_| StateError(format!("state store {}: a damaged total", self.dir.display()))),
+                .map_err(|_| {
+                    StateError(format!(
+                        "state store {}: a damaged total",
+                        self.dir.display()
+                    ))
+                }),
         }
     }
 }

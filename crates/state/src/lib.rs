@@ -33,7 +33,10 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 50;
 /// refuses transfers (fail closed) until it is back.
 pub fn open(url: &str, timeout: Duration) -> Result<Arc<dyn StateStore>, Error> {
     let invalid = |why: String| {
-        Error::bad_request(ErrorCode::StateInvalid, format!("--state {}: {why}", redact(url)))
+        Error::bad_request(
+            ErrorCode::StateInvalid,
+            format!("--state {}: {why}", redact(url)),
+        )
     };
     if url == "embedded" {
         let dir = default_dir().ok_or_else(|| {
@@ -44,7 +47,9 @@ pub fn open(url: &str, timeout: Duration) -> Result<Arc<dyn StateStore>, Error> 
     if let Some(path) = url.strip_prefix("file:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if path.is_empty() {
-            return Err(invalid("file: needs a directory, as in file:/var/lib/teller/state".into()));
+            return Err(invalid(
+                "file: needs a directory, as in file:/var/lib/teller/state".into(),
+            ));
         }
         return open_embedded(PathBuf::from(path));
     }
@@ -63,8 +68,8 @@ pub fn open(url: &str, timeout: Duration) -> Result<Arc<dyn StateStore>, Error> 
 }
 
 fn open_embedded(dir: PathBuf) -> Result<Arc<dyn StateStore>, Error> {
-    let store = Embedded::open(&dir)
-        .map_err(|e| Error::bad_request(ErrorCode::StateInvalid, e.0))?;
+    let store =
+        Embedded::open(&dir).map_err(|e| Error::bad_request(ErrorCode::StateInvalid, e.0))?;
     Ok(store)
 }
 

@@ -183,7 +183,10 @@ impl StateStore for Redis {
         let _: u8 = self.run(
             &self.release,
             keys(g.day, &g.key),
-            vec![g.amount.to_string(), g.request_id.clone().unwrap_or_default()],
+            vec![
+                g.amount.to_string(),
+                g.request_id.clone().unwrap_or_default(),
+            ],
         )?;
         Ok(())
     }

@@ -19,12 +19,18 @@ fn the_embedded_store_grants_up_to_the_limit_and_replays_retries() {
     let dir = tempfile::tempdir().unwrap();
     let store = Embedded::open(dir.path()).unwrap();
     let day = Day::today(0);
-    let r = store.reserve(day, &reservation("A", 600, Some("r1"))).unwrap();
+    let r = store
+        .reserve(day, &reservation("A", 600, Some("r1")))
+        .unwrap();
     assert!(r.answer.granted && !r.replayed && r.answer.total == 600);
     // The same request again: the same answer, nothing added.
-    let again = store.reserve(day, &reservation("A", 600, Some("r1"))).unwrap();
+    let again = store
+        .reserve(day, &reservation("A", 600, Some("r1")))
+        .unwrap();
     assert!(again.answer.granted && again.replayed && again.answer.total == 600);
-    let over = store.reserve(day, &reservation("A", 401, Some("r2"))).unwrap();
+    let over = store
+        .reserve(day, &reservation("A", 401, Some("r2")))
+        .unwrap();
     assert!(!over.answer.granted && over.answer.total == 600);
     // A refused request is refused again, even once room is made.
     let fits = store.reserve(day, &reservation("A", 400, None)).unwrap();
@@ -36,7 +42,13 @@ fn the_embedded_store_grants_up_to_the_limit_and_replays_retries() {
         number: day.number + 1,
         ..day
     };
-    assert!(store.reserve(tomorrow, &reservation("A", 1_000, None)).unwrap().answer.granted);
+    assert!(
+        store
+            .reserve(tomorrow, &reservation("A", 1_000, None))
+            .unwrap()
+            .answer
+            .granted
+    );
     // Released once, however often it is asked.
     let granted = Granted {
         day,
@@ -48,7 +60,9 @@ fn the_embedded_store_grants_up_to_the_limit_and_replays_retries() {
     store.release(&granted).unwrap();
     assert_eq!(store.daily_total(day, "A").unwrap(), 400);
     // Released, the request is decided afresh.
-    let r = store.reserve(day, &reservation("A", 600, Some("r1"))).unwrap();
+    let r = store
+        .reserve(day, &reservation("A", 600, Some("r1")))
+        .unwrap();
     assert!(r.answer.granted && !r.replayed && r.answer.total == 1_000);
 }
 
@@ -59,17 +73,29 @@ fn the_embedded_store_keeps_totals_across_a_reopen_and_locks_its_directory() {
     let old = Day::at(20_000 * 86_400, 0);
     {
         let store = Embedded::open(dir.path()).unwrap();
-        store.reserve(day, &reservation("A", 700, Some("x"))).unwrap();
+        store
+            .reserve(day, &reservation("A", 700, Some("x")))
+            .unwrap();
         store.reserve(old, &reservation("A", 5, Some("x"))).unwrap();
         let second = Embedded::open(dir.path()).err().unwrap();
         assert!(second.0.contains("another teller process"), "{second}");
     }
     let store = Embedded::open(dir.path()).unwrap();
     assert_eq!(store.daily_total(day, "A").unwrap(), 700);
-    assert!(store.reserve(day, &reservation("A", 700, Some("x"))).unwrap().replayed);
+    assert!(
+        store
+            .reserve(day, &reservation("A", 700, Some("x")))
+            .unwrap()
+            .replayed
+    );
     // Days long over are dropped when the store opens.
     assert_eq!(store.daily_total(old, "A").unwrap(), 0);
-    assert!(!store.reserve(old, &reservation("A", 5, Some("x"))).unwrap().replayed);
+    assert!(
+        !store
+            .reserve(old, &reservation("A", 5, Some("x")))
+            .unwrap()
+            .replayed
+    );
 }
 
 #[test]

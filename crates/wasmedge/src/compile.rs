@@ -62,13 +62,13 @@ impl WasmEdgeEngine {
                             raw::Wasi::Shim,
                             Some(&host),
                         )
-                            .map(|_| module)
-                            .map_err(|e| {
-                                Error::internal(
-                                    ErrorCode::PolicyInvalid,
-                                    format!("cannot instantiate: {e}"),
-                                )
-                            })
+                        .map(|_| module)
+                        .map_err(|e| {
+                            Error::internal(
+                                ErrorCode::PolicyInvalid,
+                                format!("cannot instantiate: {e}"),
+                            )
+                        })
                     });
                 match (compiled, weak.upgrade()) {
                     (Ok(module), Some(slot)) => {

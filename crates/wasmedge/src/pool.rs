@@ -296,7 +296,10 @@ impl GuestInstance {
             // A host function failed (the state store, or the guest's
             // arguments to it): its own error says which.
             raw::host::HOST_FAILED => raw::host::take_failure().unwrap_or_else(|| {
-                Error::guest(ErrorCode::GuestTrap, format!("{what}: a host function failed"))
+                Error::guest(
+                    ErrorCode::GuestTrap,
+                    format!("{what}: a host function failed"),
+                )
             }),
             raw::PROC_EXIT => Error::guest(
                 ErrorCode::GuestTrap,

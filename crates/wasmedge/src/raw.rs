@@ -158,7 +158,10 @@ pub struct Instance {
     instance: *mut ffi::WasmEdge_ModuleInstanceContext,
     wasi: *mut ffi::WasmEdge_ModuleInstanceContext,
     /// The host functions the guest imports, and what they are made from.
-    host: Option<(*mut ffi::WasmEdge_ModuleInstanceContext, Arc<host::HostModule>)>,
+    host: Option<(
+        *mut ffi::WasmEdge_ModuleInstanceContext,
+        Arc<host::HostModule>,
+    )>,
     store: *mut ffi::WasmEdge_StoreContext,
     executor: *mut ffi::WasmEdge_ExecutorContext,
     /// Present when the module was compiled to measure cost.
@@ -249,7 +252,9 @@ impl Instance {
             if let Some(module) = host {
                 let instance = host::instantiate(module)?;
                 this.host = Some((instance, module.clone()));
-                check(ffi::WasmEdge_ExecutorRegisterImport(executor, store, instance))?;
+                check(ffi::WasmEdge_ExecutorRegisterImport(
+                    executor, store, instance,
+                ))?;
             }
             check(ffi::WasmEdge_ExecutorInstantiate(
                 executor,

@@ -79,7 +79,10 @@ fn call(
         .params(&import.func, params)
         .map_err(bad_output)?;
     let answer = handler(values)?;
-    match (Lowerer::new(contract, &mut NoAlloc).result(&import.func, &answer), return_ptr) {
+    match (
+        Lowerer::new(contract, &mut NoAlloc).result(&import.func, &answer),
+        return_ptr,
+    ) {
         (Ok(Lowered::Flat(flat)), None) => Ok(flat
             .into_iter()
             .map(|f| match f {
@@ -128,11 +131,10 @@ fn answer<T: serde::Serialize>(
     import: &ImportFunc,
     v: &T,
 ) -> Result<Value, Error> {
-    let ty = import
-        .func
-        .result
-        .as_ref()
-        .ok_or_else(|| Error::internal(ErrorCode::Internal, "a state function without result"))?;
+    let ty =
+        import.func.result.as_ref().ok_or_else(|| {
+            Error::internal(ErrorCode::Internal, "a state function without result")
+        })?;
     to_value(contract, ty, v).map_err(|e| Error::internal(ErrorCode::Internal, e.to_string()))
 }
 

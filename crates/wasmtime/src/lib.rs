@@ -12,8 +12,8 @@ use bindings as wit;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use teller_contract::{
-    AuditEvent, DailyReservation, Decision, Reservation, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord,
-    TransferRequest,
+    AuditEvent, DailyReservation, Decision, Error, ErrorCode, PolicyConfig, PolicyMetadata,
+    PolicyRef, Reservation, SealedRecord, TransferRequest,
 };
 use teller_engine::artifact::{Artifact, sha256_hex};
 use teller_engine::cache::ArtifactCache;
@@ -50,7 +50,9 @@ pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
     name: "wasmtime",
     about: "wasmtime, running the guests' components",
     start: |cache, workload, limits, state| {
-        Ok(Box::new(WasmtimeEngine::new(cache, workload, limits, state)?))
+        Ok(Box::new(WasmtimeEngine::new(
+            cache, workload, limits, state,
+        )?))
     },
     quiesce: || {},
 };
@@ -77,7 +79,9 @@ struct State {
 
 impl wit::state::Host for State {
     fn reserve(&mut self, request: DailyReservation) -> wasmtime::Result<Reservation> {
-        self.guest_state.reserve(&request).map_err(|e| self.state_failed(e))
+        self.guest_state
+            .reserve(&request)
+            .map_err(|e| self.state_failed(e))
     }
 
     fn daily_total(&mut self, key: String, day_offset_minutes: i32) -> wasmtime::Result<u64> {

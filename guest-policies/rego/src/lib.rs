@@ -17,6 +17,12 @@
 //!
 //! Both OPA syntaxes are read: Rego v1, and v0 as OPA 0.x wrote it (the
 //! bank's `bank.rego`).
+//!
+//! One function is teller's own: `teller.daily_total(key)` is the key's
+//! total for today (the day starting at the configuration's `day_offset`)
+//! from the host's state store, the total the built-in check's
+//! `daily_limit` keeps per `from_account`. A store that cannot answer ends
+//! the call and the host refuses the transfer.
 
 #[allow(unsafe_code)]
 mod bindings {
@@ -34,7 +40,7 @@ mod bindings {
 use bindings::bank::policy::types as wit;
 use bindings::exports::bank::policy::{metadata, source, transfer_check};
 use regorus::Value;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use teller_contract::{Decision, PolicyMetadata, Reason, TransferRequest, User, Verdict};
 
@@ -97,6 +103,35 @@ mod allocator {
 thread_local! {
     /// The loaded policy; a guest instance has one thread.
     static LOADED: RefCell<Option<RegoPolicy>> = const { RefCell::new(None) };
+    /// The check's `day_offset`, for `teller.daily_total`.
+    static DAY_OFFSET: Cell<i32> = const { Cell::new(0) };
+}
+
+/// `teller.daily_total(key)`.
+fn daily_total(args: Vec<Value>) -> anyhow::Result<Value> {
+    let [key] = args.as_slice() else {
+        anyhow::bail!("teller.daily_total takes one argument, the key");
+    };
+    let Ok(key) = key.as_string() else {
+        anyhow::bail!("teller.daily_total takes a string key");
+    };
+    read_total(key, DAY_OFFSET.get())
+        .map(Value::from)
+        .map_err(anyhow::Error::msg)
+}
+
+#[cfg(target_arch = "wasm32")]
+fn read_total(key: &str, day_offset_minutes: i32) -> Result<u64, String> {
+    Ok(bindings::bank::policy::state::daily_total(
+        key,
+        day_offset_minutes,
+    ))
+}
+
+/// Natively (tests, `teller test`'s oracle) there is no host store.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_total(_key: &str, _day_offset_minutes: i32) -> Result<u64, String> {
+    Err("teller.daily_total reads the host's state, inside the sandbox only".to_string())
 }
 
 impl metadata::Guest for RegoGuest {
@@ -125,9 +160,10 @@ impl source::Guest for RegoGuest {
     }
 
     fn check(
-        _config: wit::PolicyConfig,
+        config: wit::PolicyConfig,
         request: wit::TransferRequest,
     ) -> Result<wit::Decision, String> {
+        DAY_OFFSET.set(config.day_offset_minutes);
         decide(request).map(into_wit)
     }
 }
@@ -136,7 +172,8 @@ impl transfer_check::Guest for RegoGuest {
     /// For hosts that only know the `transfer-check` world: a policy that
     /// fails traps, with its message on stderr.
     #[allow(clippy::panic)]
-    fn check(_config: wit::PolicyConfig, request: wit::TransferRequest) -> wit::Decision {
+    fn check(config: wit::PolicyConfig, request: wit::TransferRequest) -> wit::Decision {
+        DAY_OFFSET.set(config.day_offset_minutes);
         match decide(request) {
             Ok(decision) => into_wit(decision),
             Err(e) => panic!("{e}"),
@@ -411,6 +448,9 @@ fn parse(name: &str, text: &str, v0: bool) -> Result<(regorus::Engine, String), 
     // Rego's own errors for undefined builtins and bad arguments, not a
     // silent undefined: a policy that fails must say so.
     engine.set_strict_builtin_errors(true);
+    engine
+        .add_extension("teller.daily_total".to_string(), 1, Box::new(daily_total))
+        .map_err(|e| format!("{name}: {e}"))?;
     let package = engine
         .add_policy(name.to_string(), text.to_string())
         .map_err(|e| e.to_string())?;

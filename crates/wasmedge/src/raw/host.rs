@@ -117,7 +117,9 @@ pub(super) fn instantiate(
                 r.as_ptr(),
                 r.len() as u32,
             );
-            let data = std::ptr::from_ref(func).cast_mut().cast::<std::ffi::c_void>();
+            let data = std::ptr::from_ref(func)
+                .cast_mut()
+                .cast::<std::ffi::c_void>();
             let f = ffi::WasmEdge_FunctionInstanceCreate(ty, Some(trampoline), data, 0);
             ffi::WasmEdge_FunctionTypeDelete(ty);
             if f.is_null() {
@@ -157,14 +159,15 @@ unsafe extern "C" fn trampoline(
             .collect();
         let mut caller = Caller { frame };
         // A panic must not unwind into WasmEdge's C++ frames.
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (func.call)(&mut caller, &args)))
-                .unwrap_or_else(|_| {
-                    Err(Error::internal(
-                        teller_contract::ErrorCode::Internal,
-                        format!("host function {} panicked", func.name),
-                    ))
-                });
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (func.call)(&mut caller, &args)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::internal(
+                teller_contract::ErrorCode::Internal,
+                format!("host function {} panicked", func.name),
+            ))
+        });
         match outcome {
             Ok(values) if values.len() == func.results.len() => {
                 for (i, v) in values.into_iter().enumerate() {
@@ -179,7 +182,10 @@ unsafe extern "C" fn trampoline(
             }
             Ok(_) => fail(Error::internal(
                 teller_contract::ErrorCode::Internal,
-                format!("host function {} returned the wrong number of values", func.name),
+                format!(
+                    "host function {} returned the wrong number of values",
+                    func.name
+                ),
             )),
             Err(e) => fail(e),
         }

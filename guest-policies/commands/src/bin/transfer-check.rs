@@ -21,7 +21,7 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode, Error> {
     let config = config()?;
     let request = teller_contract::decode_transfer(&read_stdin()?)?;
-    let decision = teller_transfer_check::decide(&config, &request);
+    let decision = teller_transfer_rule::decide(&config, &request);
     let reasons: Vec<_> = decision
         .reasons
         .iter()

@@ -55,6 +55,15 @@ impl transfer_check::Guest for Hostile {
                 }
             }
             "bad-utf8" => decision(bad_utf8()),
+            "state-key-out-of-bounds" => {
+                raw_reserve(0x7fff_fff0, 64, 0x20_0000);
+                decision("reserved with a key outside memory".to_string())
+            }
+            "state-return-out-of-bounds" => {
+                let key = b"ACC-1";
+                raw_reserve(key.as_ptr() as i32, key.len() as i32, 0x7fff_fff8);
+                decision("reserved into a return area outside memory".to_string())
+            }
             _ => decision("allowed by the hostile guest".to_string()),
         }
     }
@@ -91,3 +100,31 @@ fn bad_utf8() -> String {
     // this guest; it only crosses the ABI as (pointer, length).
     unsafe { String::from_utf8_unchecked(vec![b'o', b'k', 0xFF, 0xFE]) }
 }
+
+/// `bank:policy/state.reserve` called as a core function with pointers a
+/// hostile guest picks, past what wit-bindgen would ever pass: the host
+/// must check them as it checks a guest's results.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn raw_reserve(key_ptr: i32, key_len: i32, return_ptr: i32) {
+    #[link(wasm_import_module = "bank:policy/state@0.2.0")]
+    unsafe extern "C" {
+        #[link_name = "reserve"]
+        fn reserve(
+            key_ptr: i32,
+            key_len: i32,
+            amount: i64,
+            limit: i64,
+            day_offset_minutes: i32,
+            request_id_is_some: i32,
+            request_id_ptr: i32,
+            request_id_len: i32,
+            return_ptr: i32,
+        );
+    }
+    // SAFETY: deliberately violated; only the host reads these pointers.
+    unsafe { reserve(key_ptr, key_len, 1, 100, 0, 0, 0, 0, return_ptr) }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn raw_reserve(_key_ptr: i32, _key_len: i32, _return_ptr: i32) {}

@@ -125,3 +125,27 @@ fn audit_reports_group_commit_next_to_one_fsync_per_record() {
     // The scratch logs are cleaned up.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn state_reports_decisions_with_and_without_a_daily_limit() {
+    for engine in ENGINES {
+        let doc = bench(&["state", "--engine", engine, "--duration", "0.5"]);
+        assert_eq!(doc["engine"], *engine);
+        let names = names(&doc).join("|");
+        for want in [
+            "no daily limit",
+            "embedded store",
+            "daily limit, Redis",
+            "Redis round trip alone",
+        ] {
+            assert!(names.contains(want), "{want} missing from {names}");
+        }
+        assert_eq!(doc["ratios"].as_array().unwrap().len(), 3, "{doc}");
+        assert!(
+            doc["notes"][0]
+                .as_str()
+                .unwrap()
+                .contains("what state adds")
+        );
+    }
+}

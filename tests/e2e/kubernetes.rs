@@ -221,7 +221,14 @@ fn service_budget_autoscaler_and_network_policy_select_teller() {
         "{url}"
     );
     let deployment: Deployment = parse("deployment.yaml");
-    let env = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+    let env = deployment
+        .clone()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
         .env
         .clone()
         .unwrap();
@@ -238,6 +245,25 @@ fn service_budget_autoscaler_and_network_policy_select_teller() {
         ("teller-state", "url")
     );
     assert!(env.iter().any(|e| e.name == "TELLER_STATE_TIMEOUT_MS"));
+    // The drain delay outlasts the readiness probe's failures, and the
+    // grace period the delay plus teller's 10 s drain of in-flight work.
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let ready = container.readiness_probe.as_ref().unwrap();
+    let probe_ms = ready.period_seconds.unwrap() * ready.failure_threshold.unwrap() * 1000;
+    let delay: i32 = env
+        .iter()
+        .find(|e| e.name == "TELLER_DRAIN_DELAY_MS")
+        .and_then(|e| e.value.as_deref())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        delay > probe_ms,
+        "drain delay {delay} ms, probe {probe_ms} ms"
+    );
+    let grace = pod.termination_grace_period_seconds.unwrap() * 1000;
+    assert!(grace >= i64::from(delay) + 10_000, "grace {grace} ms");
     let ingress = spec.ingress.unwrap();
     assert_eq!(
         ingress[0].ports.as_ref().unwrap()[0].port,

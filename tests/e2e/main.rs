@@ -24,6 +24,7 @@ mod commands;
 mod containment;
 #[cfg(feature = "wasmedge")]
 mod differential;
+mod ha;
 mod kubernetes;
 mod logs;
 mod metrics;

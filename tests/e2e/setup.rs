@@ -183,7 +183,7 @@ fn a_machine_with_nothing_installed_gets_every_piece() {
         } else {
             "apt-get install -y -qq libwasmedge-dev wasmedge libclang-dev".to_string()
         },
-        "apt-get install -y -qq --no-install-recommends containerd protobuf-compiler libseccomp-dev pkg-config curl redis-server".to_string(),
+        "apt-get install -y -qq --no-install-recommends containerd protobuf-compiler libseccomp-dev pkg-config curl redis-server haproxy".to_string(),
     ] {
         assert!(
             installs.iter().any(|c| **c == expected),

@@ -210,6 +210,23 @@ fn two_servers_sharing_redis_never_allow_more_than_the_daily_limit() {
         redis.command("EVAL \"return #redis.call('KEYS', '*')\" 0"),
         ":2"
     );
+    // Both keys expire, a day after the day's end at the latest.
+    for key in ["total", "requests"] {
+        let script = if key == "total" {
+            "return redis.call('TTL', 'teller:daily:{' .. ARGV[1] .. ':ACC-7}')"
+        } else {
+            "return redis.call('TTL', 'teller:daily:{' .. ARGV[1] .. ':ACC-7}:requests')"
+        };
+        let day = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 8 * 3600)
+            / 86_400;
+        let ttl = redis.command(&format!("EVAL \"{script}\" 0 {day}"));
+        let ttl: u64 = ttl.trim_start_matches(':').parse().unwrap_or(0);
+        assert!(ttl > 86_400 && ttl <= 2 * 86_400, "{key}: TTL {ttl}");
+    }
     // One more, on either server: over the limit.
     assert_eq!(
         outcome(&servers[0].0, &transfer("ACC-7", 1, "late")).1,
@@ -563,5 +580,53 @@ fn guest_pointers_into_the_state_import_are_checked() {
             let r = server.post("/v1/transfer/check", &transfer("ACC-1", 1, "ok"));
             assert_eq!(r.status, 200, "{engine}: {}", r.body);
         }
+    }
+}
+
+#[test]
+fn reloads_neither_count_their_self_test_nor_turn_a_daily_limit_on_without_a_store() {
+    let reloads = |server: &Server, result: &str| -> f64 {
+        let prefix = format!("teller_policy_reloads_total{{result=\"{result}\"}} ");
+        server
+            .get("/metrics")
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let wait_for = |server: &Server, result: &str| {
+        let started = Instant::now();
+        while reloads(server, result) < 1.0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no {result} reload"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let example = crate::support::EXAMPLE.replace("\"r-1\"", "\"after-reload\"");
+    for engine in ENGINES {
+        // The reload's self-test decides the README example; with a daily
+        // limit of 300,000 a counted 250,000 would leave no room for it.
+        let dir = tempfile::tempdir().unwrap();
+        let config = limit_config(dir.path(), 300_000);
+        let state = format!("file:{}", dir.path().join("state").display());
+        let server = Server::start(engine, &["--config", &config, "--state", &state]);
+        server.signal("HUP");
+        wait_for(&server, "ok");
+        let r = server.post("/v1/transfer/check", &example);
+        assert_eq!(r.json()["verdict"], "allow", "{engine}: {}", r.body);
+
+        // Started without a store, a daily limit cannot be turned on by a
+        // reload: it would refuse every transfer.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("teller.toml");
+        std::fs::write(&config, "[transfer_check]\n").unwrap();
+        let server = Server::start(engine, &["--config", config.to_str().unwrap()]);
+        limit_config(dir.path(), 1_000);
+        server.signal("HUP");
+        wait_for(&server, "rejected");
+        let r = server.post("/v1/transfer/check", &example);
+        assert_eq!(r.json()["verdict"], "allow", "{engine}: {}", r.body);
     }
 }

@@ -88,6 +88,29 @@ enum BenchCommand {
         #[command(flatten)]
         bench: BenchArgs,
     },
+    /// Replicas of `teller serve` behind haproxy, sharing Redis, under load
+    /// at a fixed rate through a rolling restart, a kill -9, a reload on
+    /// every replica and a stopped replica; exits 1 if a target fails.
+    HaDrill {
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
+        replicas: u32,
+        /// Requests per second, scheduled.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Seconds of load before the first event and after each one.
+        #[arg(long, default_value_t = 3.0)]
+        settle: f64,
+        /// Seconds the slow replica stays stopped (SIGSTOP).
+        #[arg(long, default_value_t = 10.0)]
+        stop_seconds: f64,
+        /// The replicas' --drain-delay-ms.
+        #[arg(long, default_value_t = 1_000)]
+        drain_delay_ms: u64,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
     /// Load `teller serve` (started as a child process) over loopback,
     /// without and then with the audit log.
     Http {
@@ -136,6 +159,29 @@ struct BenchArgs {
 
 fn bench(command: BenchCommand) -> Result<u8, Error> {
     let (report, json) = match command {
+        BenchCommand::HaDrill {
+            replicas,
+            rate,
+            connections,
+            settle,
+            stop_seconds,
+            drain_delay_ms,
+            bench,
+        } => {
+            let drill = crate::Drill {
+                engine: engine_name(&bench.engine)?,
+                replicas: replicas as usize,
+                rate,
+                connections: connections.max(1),
+                settle,
+                stop_seconds,
+                drain_delay_ms,
+                cache_dir: bench.cache_dir.clone(),
+            };
+            let report = crate::ha_drill(&drill)?;
+            report.print(bench.json);
+            return Ok(if report.passed() { 0 } else { 1 });
+        }
         BenchCommand::ColdStart { runs, bench } => (
             crate::cold_start(
                 engine_name(&bench.engine)?,

@@ -6,10 +6,12 @@
 
 mod audit;
 pub mod cli;
+mod ha;
 mod http;
 mod state;
 
 pub use audit::audit;
+pub use ha::{Drill, DrillReport, ha_drill};
 pub use http::{Load, http};
 pub use state::state;
 

@@ -151,13 +151,13 @@ fn decisions(
 }
 
 /// A `redis-server` of the bench's own on a free loopback port.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     port: u16,
     child: Child,
 }
 
 impl PrivateRedis {
-    fn start() -> Result<PrivateRedis, Error> {
+    pub(crate) fn start() -> Result<PrivateRedis, Error> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| run_error("a free port", e))?
@@ -184,7 +184,7 @@ impl PrivateRedis {
         Ok(redis)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 }

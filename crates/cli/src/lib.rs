@@ -251,6 +251,13 @@ struct ServeArgs {
     #[arg(long, env = "TELLER_CLIENT_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     client_timeout_ms: u64,
+    /// After SIGTERM, how long to go on serving while /readyz answers 503,
+    /// so that a load balancer (or a Service's endpoints) stops sending
+    /// before teller stops accepting: at least the health check's period
+    /// times its failure threshold.
+    #[arg(long, env = "TELLER_DRAIN_DELAY_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    drain_delay_ms: u64,
     #[command(flatten)]
     run: RunArgs,
 }

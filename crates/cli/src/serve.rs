@@ -35,6 +35,16 @@ pub(crate) fn serve(args: ServeArgs) -> Result<u8, Error> {
         // Errors ignored: whoever started teller may have closed its
         // stdout, and that must not stop the server.
         let mut out = std::io::stdout().lock();
+        // Signal handlers exist before anyone is told where teller listens:
+        // a SIGHUP or SIGTERM that follows at once must not find the
+        // default action (which ends the process).
+        use tokio::signal::unix::{SignalKind, signal};
+        let hangup = signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!("cannot watch for SIGHUP ({e}); reloads follow file changes only"))
+            .ok();
+        let terminate = signal(SignalKind::terminate())
+            .map_err(|e| tracing::warn!("cannot watch for SIGTERM ({e}); only Ctrl-C stops teller"))
+            .ok();
         let _ = writeln!(
             out,
             "teller: listening on http://{addr} (engine {}, policy {} {} sha256:{}, audit log: {})",
@@ -68,9 +78,10 @@ pub(crate) fn serve(args: ServeArgs) -> Result<u8, Error> {
             max_concurrency: args.max_concurrency as usize,
             max_queue: args.max_queue as usize,
             client_timeout: std::time::Duration::from_millis(args.client_timeout_ms),
+            drain_delay: std::time::Duration::from_millis(args.drain_delay_ms),
         };
-        tokio::spawn(watch_policies(args.run.clone(), teller.clone(), engine));
-        teller_server::api::serve(listener, teller, limits, shutdown_signal())
+        tokio::spawn(watch_policies(args.run.clone(), teller.clone(), engine, hangup));
+        teller_server::api::serve(listener, teller, limits, shutdown_signal(terminate))
             .await
             .map_err(|e| Error::internal(ErrorCode::ServeFailed, e.to_string()))?;
         tracing::info!("stopped");
@@ -80,15 +91,12 @@ pub(crate) fn serve(args: ServeArgs) -> Result<u8, Error> {
 
 /// Reloads the policies on SIGHUP, and when the files they come from
 /// (policy directory, configuration, image) change, checked every second.
-async fn watch_policies(run: RunArgs, teller: Arc<Teller>, engine: Arc<dyn Engine>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("cannot watch for SIGHUP ({e}); reloads follow file changes only");
-            None
-        }
-    };
+async fn watch_policies(
+    run: RunArgs,
+    teller: Arc<Teller>,
+    engine: Arc<dyn Engine>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let run = Arc::new(run);
     let mut seen = fingerprint(&run);
@@ -148,16 +156,16 @@ fn fingerprint(run: &RunArgs) -> Vec<(PathBuf, u64, Option<std::time::SystemTime
         .collect()
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(terminate: Option<tokio::signal::unix::Signal>) {
     let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
+    match terminate {
+        Some(mut term) => {
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
             }
         }
-        Err(_) => {
+        None => {
             let _ = ctrl_c.await;
         }
     }

@@ -55,6 +55,10 @@ pub struct Limits {
     /// How long a client may take to send a request's headers (or to start
     /// its next one on a kept-alive connection), and then its body.
     pub client_timeout: Duration,
+    /// After a shutdown signal, how long to go on serving (new connections
+    /// too) while `/readyz` says draining, so that a load balancer's health
+    /// check takes the instance out of rotation before it stops accepting.
+    pub drain_delay: Duration,
 }
 
 impl Default for Limits {
@@ -63,6 +67,7 @@ impl Default for Limits {
             max_concurrency: 256,
             max_queue: 1024,
             client_timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -77,8 +82,9 @@ struct Shared {
     workers: Workers,
 }
 
-/// Serves `teller` on `listener` until `shutdown` completes, then stops
-/// accepting, reports not-ready and drains in-flight requests.
+/// Serves `teller` on `listener` until `shutdown` completes; then reports
+/// not-ready, goes on serving for the drain delay, stops accepting and
+/// drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     teller: Arc<Teller>,
@@ -95,6 +101,10 @@ pub async fn serve(
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
+    // Set to the end of the drain delay when the shutdown signal comes.
+    let drained = tokio::time::sleep(Duration::from_secs(365 * 86_400));
+    tokio::pin!(drained);
+    let mut draining = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -131,7 +141,19 @@ pub async fn serve(
                     let _ = conn.await;
                 });
             }
-            () = &mut shutdown => break,
+            () = &mut shutdown, if !draining => {
+                shared.ready.store(false, Ordering::SeqCst);
+                if limits.drain_delay.is_zero() {
+                    break;
+                }
+                tracing::info!(
+                    ms = limits.drain_delay.as_millis() as u64,
+                    "not ready: serving on while load balancers take this instance out"
+                );
+                draining = true;
+                drained.as_mut().reset(tokio::time::Instant::now() + limits.drain_delay);
+            }
+            () = &mut drained, if draining => break,
         }
     }
     shared.ready.store(false, Ordering::SeqCst);

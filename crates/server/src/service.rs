@@ -119,6 +119,7 @@ impl Teller {
         audit: Option<&AuditSettings>,
         state: GuestState,
     ) -> Result<(Self, Option<Recovery>), Error> {
+        needs_state(config, &state)?;
         let metrics = Arc::new(Metrics::new());
         let set = PolicySet::load(engine, policies)?;
         for member in set.members() {
@@ -217,10 +218,17 @@ impl Teller {
         let rejected = |what: &str, e: Error| {
             Error::bad_request(ErrorCode::ReloadRejected, format!("{what}: {}", e.message))
         };
+        needs_state(config, &self.state).map_err(|e| rejected("the new configuration", e))?;
         let set = PolicySet::load(engine, policies)
             .map_err(|e| rejected("the new policies do not load", e))?;
         let probe = decode_transfer(teller_contract::EXAMPLE_REQUEST.as_bytes())?;
-        set.decide(&config.policy_config(), &probe)
+        // The self-test must not count the example against a real account's
+        // daily total: it decides without the daily limit.
+        let probe_config = PolicyConfig {
+            daily_limit: None,
+            ..config.policy_config()
+        };
+        set.decide(&probe_config, &probe)
             .map_err(|e| rejected("the new policies failed their self-test", e))?;
         let sealer = match &self.audit {
             None => None,
@@ -506,6 +514,18 @@ impl Teller {
 }
 
 /// Sets whether `policy` is loaded in the metrics.
+/// A daily limit without a state store would refuse every transfer its
+/// other rules allow: refused up front instead.
+fn needs_state(config: &Config, state: &GuestState) -> Result<(), Error> {
+    if config.transfer_check.daily_limit.is_some() && state.store().is_none() {
+        return Err(Error::bad_request(
+            ErrorCode::StateInvalid,
+            "daily_limit is set but teller was started without a state store (--state)",
+        ));
+    }
+    Ok(())
+}
+
 fn set_loaded(metrics: &Metrics, engine: &'static str, policy: &PolicyRef, value: i64) {
     metrics
         .policy_loaded

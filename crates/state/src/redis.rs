@@ -90,14 +90,35 @@ impl Redis {
             redis::aio::ConnectionManager::new_lazy_with_config(client, config)
                 .map_err(|e| StateError(format!("--state {}: {e}", crate::redact(url))))?
         };
+        let (reserve, release, get) = (
+            redis::Script::new(RESERVE),
+            redis::Script::new(RELEASE),
+            redis::Script::new(GET),
+        );
+        // Connect and load the scripts now, in the background, so that the
+        // first decisions do not pay for it; a Redis that is down is only
+        // logged here (decisions fail closed until it is up).
+        {
+            let mut connection = connection.clone();
+            let scripts = [reserve.clone(), release.clone(), get.clone()];
+            let shown = crate::redact(url);
+            runtime.spawn(async move {
+                for script in scripts {
+                    if let Err(e) = script.load_async(&mut connection).await {
+                        tracing::warn!("Redis {shown} is not reachable yet: {e}");
+                        return;
+                    }
+                }
+            });
+        }
         Ok(Redis {
             shown: crate::redact(url),
             connection,
             runtime: Some(runtime),
             timeout,
-            reserve: redis::Script::new(RESERVE),
-            release: redis::Script::new(RELEASE),
-            get: redis::Script::new(GET),
+            reserve,
+            release,
+            get,
         })
     }
 

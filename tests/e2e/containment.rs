@@ -297,6 +297,7 @@ fn wasmedge_never_runs_native_code_that_came_with_a_module() {
 /// with one (decisions on the blocking pool).
 #[test]
 fn probes_answer_while_every_worker_runs_a_slow_guest() {
+    let _heavy = crate::support::heavy();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for engine in ENGINES {
         for audit in [false, true] {

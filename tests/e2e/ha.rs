@@ -35,10 +35,11 @@ fn after_sigterm_the_drain_delay_serves_on_while_readyz_says_draining() {
 /// printed, not judged here.
 #[test]
 fn a_short_drill_behind_haproxy_loses_no_acknowledged_decision() {
+    let _heavy = crate::support::heavy();
     for engine in ENGINES {
         let out = crate::support::teller_bench()
             .args(["ha-drill", "--engine", engine, "--json"])
-            .args(["--settle", "1", "--stop-seconds", "4", "--rate", "200"])
+            .args(["--settle", "1", "--stop-seconds", "4", "--rate", "150"])
             .arg("--cache-dir")
             .arg(crate::support::cache_dir())
             .output()
@@ -47,7 +48,7 @@ fn a_short_drill_behind_haproxy_loses_no_acknowledged_decision() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{engine}: not a report ({e}): {stderr}"));
         println!("{engine}: {report}");
-        assert!(report["sent"].as_u64().unwrap() > 1_000, "{report}");
+        assert!(report["sent"].as_u64().unwrap() > 800, "{report}");
         let events = report["events"].as_array().unwrap();
         assert_eq!(events.len(), 5, "{report}");
         for event in events {

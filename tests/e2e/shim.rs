@@ -88,6 +88,7 @@ fn run_command(
 
 #[test]
 fn ctr_runs_a_function_command_through_the_shim() {
+    let _heavy = crate::support::heavy();
     shim();
     let dir = tempfile::tempdir().unwrap();
     let containerd = Containerd::start();
@@ -242,6 +243,7 @@ fn first_answer(
 
 #[test]
 fn ctr_runs_the_service_image_through_the_shim() {
+    let _heavy = crate::support::heavy();
     shim();
     let dir = tempfile::tempdir().unwrap();
     let containerd = Containerd::start();

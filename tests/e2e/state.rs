@@ -630,3 +630,23 @@ fn reloads_neither_count_their_self_test_nor_turn_a_daily_limit_on_without_a_sto
         assert_eq!(r.json()["verdict"], "allow", "{engine}: {}", r.body);
     }
 }
+
+#[test]
+fn a_replica_is_not_ready_until_redis_has_answered() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = Server::start(ENGINES[0], &["--state", &url]);
+    let r = server.get("/readyz");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("state store"), "{}", r.body);
+    let _redis = Redis::start_on(port);
+    let started = Instant::now();
+    while server.get("/readyz").status != 200 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -91,6 +91,9 @@ pub fn ha_drill(drill: &Drill) -> Result<DrillReport, Error> {
     for r in &mut replicas {
         r.start(&args)?;
     }
+    for r in &replicas {
+        r.wait_ready()?;
+    }
     let front = free_port()?;
     let haproxy = Haproxy::start(dir.path(), front, &replicas)?;
     eprintln!(
@@ -124,6 +127,7 @@ pub fn ha_drill(drill: &Drill) -> Result<DrillReport, Error> {
             for r in replicas.iter_mut() {
                 r.stop()?;
                 r.start(&args)?;
+                r.wait_ready()?;
                 // As a rollout waits for readiness, and then for the
                 // balancer to see it (RISE checks).
                 std::thread::sleep(Duration::from_millis(CHECK_MS * (RISE + 1)));
@@ -136,7 +140,8 @@ pub fn ha_drill(drill: &Drill) -> Result<DrillReport, Error> {
                 .ok_or_else(|| run_error("the drill", "no replicas"))?;
             r.kill()?;
             std::thread::sleep(Duration::from_secs(2));
-            r.start(&args)
+            r.start(&args)?;
+            r.wait_ready()
         })?;
         event(
             "reload of a new configuration on every replica",
@@ -256,6 +261,21 @@ impl Replica {
         Ok(())
     }
 
+    /// Waits until the replica's own `/readyz` answers 200, as a rollout
+    /// waits for readiness.
+    fn wait_ready(&self) -> Result<(), Error> {
+        let started = Instant::now();
+        loop {
+            if ready(self.port) {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(run_error("a replica", "not ready within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn pid(&self) -> Result<String, Error> {
         self.child
             .as_ref()
@@ -301,6 +321,23 @@ impl Drop for Replica {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether `GET /readyz` on `port` answers 200.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let request =
+        format!("GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
 }
 
 /// Debian's haproxy in the foreground, routing to the replicas that pass
@@ -413,20 +450,15 @@ async fn connection(
         }
         let body = crate::EXAMPLE.replace("\"r-1\"", &format!("\"drill-{n}\""));
         n += connections as u64;
-        let first_try = match &mut sender {
-            Some(s) => send(s, port, body.clone()).await,
-            None => Err(()),
-        };
-        let outcome = match first_try {
-            Ok(o) => o,
-            Err(()) => {
-                // (Re)connect once and send; a failure is a connection error.
-                sender = connect(port).await;
-                match &mut sender {
-                    Some(s) => send(s, port, body).await.unwrap_or(Outcome::Connection),
-                    None => Outcome::Connection,
-                }
-            }
+        // A request is sent once: a broken connection is counted as a
+        // failure, never hidden by sending again; the next request connects
+        // anew.
+        if sender.is_none() {
+            sender = connect(port).await;
+        }
+        let outcome = match &mut sender {
+            Some(s) => send(s, port, body).await,
+            None => Outcome::Connection,
         };
         if outcome == Outcome::Connection {
             sender = None;
@@ -457,31 +489,36 @@ async fn send(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     port: u16,
     body: String,
-) -> Result<Outcome, ()> {
+) -> Outcome {
     if sender.ready().await.is_err() {
-        return Err(());
+        return Outcome::Connection;
     }
-    let request = Request::post("/v1/transfer/check")
+    let Ok(request) = Request::post("/v1/transfer/check")
         .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
-        .map_err(|_| ())?;
-    let response = sender.send_request(request).await.map_err(|_| ())?;
+    else {
+        return Outcome::Connection;
+    };
+    let Ok(response) = sender.send_request(request).await else {
+        return Outcome::Connection;
+    };
     let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|_| ())?
-        .to_bytes();
+    let Ok(body) = response.into_body().collect().await else {
+        return Outcome::Connection;
+    };
     if status != 200 {
-        return Ok(Outcome::Status(status));
+        return Outcome::Status(status);
     }
-    let doc: Json = serde_json::from_slice(&body).map_err(|_| ())?;
-    Ok(doc
-        .get("decision_id")
-        .and_then(Json::as_str)
-        .map_or(Outcome::Status(status), |id| Outcome::Ok(id.to_string())))
+    // A 200 without a decision id is a failure too.
+    serde_json::from_slice::<Json>(&body.to_bytes())
+        .ok()
+        .and_then(|doc| {
+            doc.get("decision_id")
+                .and_then(Json::as_str)
+                .map(str::to_string)
+        })
+        .map_or(Outcome::Status(status), Outcome::Ok)
 }
 
 /// What the audit logs say about the answers.

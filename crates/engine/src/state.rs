@@ -78,9 +78,18 @@ pub trait StateStore: Send + Sync {
     /// What `--state` named, for logs and metrics (`embedded`, `redis`).
     fn kind(&self) -> &'static str;
 
+    /// Whether the store has answered since start-up: until then `/readyz`
+    /// says starting, so a balancer routes nothing to a replica whose
+    /// first decisions would wait for a connection.
+    fn ready(&self) -> bool {
+        true
+    }
+
     /// Adds `r.amount` to `r.key`'s total for `day` if it stays within
-    /// `r.limit`, atomically; a request id seen before gets its first answer
-    /// again and adds nothing.
+    /// `r.limit`, atomically; a request id seen before with the same amount
+    /// and limit gets its first answer again and adds nothing, one seen with
+    /// another amount or limit is refused (an id is not a pass to replay a
+    /// grant for a different transfer).
     fn reserve(&self, day: Day, r: &DailyReservation) -> Result<Reserved, StateError>;
 
     /// Takes back a granted reservation and forgets its request id (so a

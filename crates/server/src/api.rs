@@ -5,7 +5,7 @@
 //! | `POST /v1/transfer/check` | 200 decision, 400/413 bad input          |
 //! | `POST /v1/audit/events`   | 201 `{seq, hash}` once the record is on disk |
 //! | `GET /healthz`            | 200 while the process serves             |
-//! | `GET /readyz`             | 200 while it takes traffic, 503 draining |
+//! | `GET /readyz`             | 200 while it takes traffic; 503 draining, or before the state store first answered |
 //! | `GET /metrics`            | Prometheus (OpenMetrics) text            |
 //!
 //! Every error is `{"error":{"code","message","field"}}`. Heads over
@@ -205,13 +205,18 @@ async fn handle(
             r
         }
         (&Method::GET, "/readyz") => {
-            if shared.ready.load(Ordering::SeqCst) {
-                json(StatusCode::OK, r#"{"status":"ready"}"#.into())
-            } else {
+            if !shared.ready.load(Ordering::SeqCst) {
                 json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     r#"{"status":"draining"}"#.into(),
                 )
+            } else if !shared.teller.state_ready() {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"status":"waiting for the state store"}"#.into(),
+                )
+            } else {
+                json(StatusCode::OK, r#"{"status":"ready"}"#.into())
             }
         }
         (&Method::POST, "/v1/transfer/check") => {

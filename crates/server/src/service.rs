@@ -228,8 +228,12 @@ impl Teller {
             daily_limit: None,
             ..config.policy_config()
         };
-        set.decide(&probe_config, &probe)
-            .map_err(|e| rejected("the new policies failed their self-test", e))?;
+        // A guest of its own may still reserve: whatever the test reserved
+        // is taken back.
+        let journal = Journal::begin();
+        let tested = set.decide(&probe_config, &probe);
+        self.release(journal.finish());
+        tested.map_err(|e| rejected("the new policies failed their self-test", e))?;
         let sealer = match &self.audit {
             None => None,
             Some(_) => {
@@ -265,6 +269,11 @@ impl Teller {
 
     pub fn audit_enabled(&self) -> bool {
         self.audit.is_some()
+    }
+
+    /// Whether the state store (if any) has answered since start-up.
+    pub fn state_ready(&self) -> bool {
+        self.state.store().is_none_or(|s| s.ready())
     }
 
     /// The OpenMetrics text of teller's metrics, gauges brought up to date.

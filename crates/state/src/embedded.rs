@@ -25,6 +25,39 @@ pub struct Embedded {
     write: Mutex<()>,
 }
 
+/// A request id's first answer, and what it was for.
+struct Remembered {
+    granted: bool,
+    total: u64,
+    amount: u64,
+    limit: u64,
+}
+
+impl Remembered {
+    fn write(&self) -> Vec<u8> {
+        let mut out = vec![u8::from(self.granted)];
+        for n in [self.total, self.amount, self.limit] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out
+    }
+
+    fn read(bytes: &[u8]) -> Option<Remembered> {
+        let (granted, rest) = bytes.split_first()?;
+        let n = |i: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(
+                rest.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        Some(Remembered {
+            granted: *granted == 1,
+            total: n(0)?,
+            amount: n(1)?,
+            limit: n(2)?,
+        })
+    }
+}
+
 /// How often the journal is synced to disk and old days are dropped.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
@@ -139,13 +172,24 @@ impl StateStore for Embedded {
         if let Some(request_key) = &request_key
             && let Some(seen) = self.requests.get(request_key).map_err(|e| self.io(e))?
         {
-            let (granted, total) = seen
-                .split_first()
-                .and_then(|(g, t)| Some((*g == 1, u64::from_be_bytes(t.try_into().ok()?))))
+            let seen = Remembered::read(&seen)
                 .ok_or_else(|| StateError("state store: a damaged request record".into()))?;
+            if seen.amount == r.amount && seen.limit == r.limit {
+                return Ok(Reserved {
+                    answer: Reservation {
+                        granted: seen.granted,
+                        total: seen.total,
+                    },
+                    replayed: true,
+                });
+            }
+            // The same id for another transfer: refused, never replayed.
             return Ok(Reserved {
-                answer: Reservation { granted, total },
-                replayed: true,
+                answer: Reservation {
+                    granted: false,
+                    total: self.total(&total_key)?,
+                },
+                replayed: false,
             });
         }
         let total = self.total(&total_key)?;
@@ -165,9 +209,13 @@ impl StateStore for Embedded {
             batch.insert(&self.totals, total_key, answer.total.to_be_bytes());
         }
         if let Some(request_key) = request_key {
-            let mut record = vec![u8::from(answer.granted)];
-            record.extend_from_slice(&answer.total.to_be_bytes());
-            batch.insert(&self.requests, request_key, record);
+            let record = Remembered {
+                granted: answer.granted,
+                total: answer.total,
+                amount: r.amount,
+                limit: r.limit,
+            };
+            batch.insert(&self.requests, request_key, record.write());
         }
         batch.commit().map_err(|e| self.io(e))?;
         Ok(Reserved {

@@ -13,13 +13,18 @@ use teller_engine::state::{Day, Granted, Reserved, StateError, StateStore};
 /// KEYS: the total, the request ids' hash. ARGV: amount, limit, request id
 /// (empty for none), seconds to keep. Returns {granted, total, replayed}.
 /// Amounts and limits are below 2^53, so Lua's doubles hold them exactly.
+/// A request id is remembered with its amount and limit: the same id with
+/// another amount or limit is refused, never given the first one's grant.
 const RESERVE: &str = r"
 local amount, limit, id, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 if id ~= '' then
   local seen = redis.call('HGET', KEYS[2], id)
   if seen then
-    local granted, total = string.match(seen, '^(%d):(%d+)$')
-    return {tonumber(granted), tonumber(total), 1}
+    local granted, total, was_amount, was_limit = string.match(seen, '^(%d):(%d+):(%d+):(%d+)$')
+    if was_amount == ARGV[1] and was_limit == ARGV[2] then
+      return {tonumber(granted), tonumber(total), 1}
+    end
+    return {0, tonumber(redis.call('GET', KEYS[1]) or '0'), 0}
   end
 end
 local total = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -30,7 +35,7 @@ if amount <= limit and total + amount <= limit then
   granted = 1
 end
 if id ~= '' then
-  redis.call('HSET', KEYS[2], id, granted .. ':' .. string.format('%d', total))
+  redis.call('HSET', KEYS[2], id, granted .. ':' .. string.format('%d', total) .. ':' .. ARGV[1] .. ':' .. ARGV[2])
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 return {granted, total, 0}
@@ -55,6 +60,8 @@ return 1
 const GET: &str = "return tonumber(redis.call('GET', KEYS[1]) or '0')";
 
 pub struct Redis {
+    /// Set once the scripts are loaded: Redis has answered.
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The address, without credentials, for messages.
     shown: String,
     connection: redis::aio::ConnectionManager,
@@ -95,23 +102,43 @@ impl Redis {
             redis::Script::new(RELEASE),
             redis::Script::new(GET),
         );
-        // Connect and load the scripts now, in the background, so that the
-        // first decisions do not pay for it; a Redis that is down is only
-        // logged here (decisions fail closed until it is up).
+        // Connect and load the scripts now, in the background, retrying
+        // until Redis answers, so that the first decisions do not pay for
+        // it; until then the replica is not ready (and a decision fails
+        // closed).
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
             let mut connection = connection.clone();
             let scripts = [reserve.clone(), release.clone(), get.clone()];
-            let shown = crate::redact(url);
+            let (shown, ready) = (crate::redact(url), ready.clone());
             runtime.spawn(async move {
-                for script in scripts {
-                    if let Err(e) = script.load_async(&mut connection).await {
-                        tracing::warn!("Redis {shown} is not reachable yet: {e}");
-                        return;
+                let mut warned = false;
+                loop {
+                    let mut loaded = Ok(());
+                    for script in &scripts {
+                        loaded = script.load_async(&mut connection).await.map(drop);
+                        if loaded.is_err() {
+                            break;
+                        }
                     }
+                    match loaded {
+                        Ok(()) => {
+                            ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!("Redis {shown} answers");
+                            return;
+                        }
+                        Err(e) if !warned => {
+                            warned = true;
+                            tracing::warn!("Redis {shown} is not reachable yet: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             });
         }
         Ok(Redis {
+            ready,
             shown: crate::redact(url),
             connection,
             runtime: Some(runtime),
@@ -168,6 +195,25 @@ impl Drop for Redis {
     }
 }
 
+impl Redis {
+    /// Runs `script` without waiting for it.
+    fn spawn(&self, script: &redis::Script, keys: [String; 2], args: Vec<String>) -> Option<()> {
+        let runtime = self.runtime.as_ref()?;
+        let (script, mut connection) = (script.clone(), self.connection.clone());
+        runtime.spawn(async move {
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            for arg in args {
+                invocation.arg(arg);
+            }
+            let _ = invocation.invoke_async::<u8>(&mut connection).await;
+        });
+        Some(())
+    }
+}
+
 /// The keys of one total: a hash tag keeps both in one Redis Cluster slot.
 fn keys(day: Day, key: &str) -> [String; 2] {
     let total = format!("teller:daily:{{{}:{key}}}", day.number);
@@ -180,8 +226,12 @@ impl StateStore for Redis {
         "redis"
     }
 
+    fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn reserve(&self, day: Day, r: &DailyReservation) -> Result<Reserved, StateError> {
-        let (granted, total, replayed): (u8, u64, u8) = self.run(
+        let reserved: Result<(u8, u64, u8), StateError> = self.run(
             &self.reserve,
             keys(day, &r.key),
             vec![
@@ -190,7 +240,24 @@ impl StateStore for Redis {
                 r.request_id.clone().unwrap_or_default(),
                 day.ttl_seconds().to_string(),
             ],
-        )?;
+        );
+        let (granted, total, replayed) = match reserved {
+            Ok(answer) => answer,
+            Err(e) => {
+                // Redis may still run the script after teller gave up: with
+                // a request id, take back whatever it grants (the release
+                // follows the reservation on the same connection, and undoes
+                // only a grant of that id).
+                if let Some(id) = &r.request_id {
+                    let _ = self.spawn(
+                        &self.release,
+                        keys(day, &r.key),
+                        vec![r.amount.to_string(), id.clone()],
+                    );
+                }
+                return Err(e);
+            }
+        };
         Ok(Reserved {
             answer: Reservation {
                 granted: granted == 1,

@@ -28,6 +28,14 @@ fn the_embedded_store_grants_up_to_the_limit_and_replays_retries() {
         .reserve(day, &reservation("A", 600, Some("r1")))
         .unwrap();
     assert!(again.answer.granted && again.replayed && again.answer.total == 600);
+    // The same id for another amount or limit is refused, not replayed.
+    let reused = store
+        .reserve(day, &reservation("A", 1, Some("r1")))
+        .unwrap();
+    assert!(!reused.answer.granted && !reused.replayed);
+    let mut other_limit = reservation("A", 600, Some("r1"));
+    other_limit.limit = 5_000;
+    assert!(!store.reserve(day, &other_limit).unwrap().answer.granted);
     let over = store
         .reserve(day, &reservation("A", 401, Some("r2")))
         .unwrap();

@@ -375,7 +375,11 @@ fn the_embedded_store_keeps_every_counted_transfer_through_kill_9() {
 
 #[test]
 fn a_set_that_denies_takes_back_what_the_built_in_check_reserved() {
-    for engine in ENGINES {
+    let redis = Redis::start();
+    for (engine, store) in ENGINES
+        .iter()
+        .flat_map(|e| [(*e, "embedded"), (*e, "redis")])
+    {
         let dir = tempfile::tempdir().unwrap();
         let config = limit_config(dir.path(), 1_000);
         let policies = dir.path().join("policies");
@@ -396,7 +400,14 @@ fn a_set_that_denies_takes_back_what_the_built_in_check_reserved() {
             "[[policy]]\nwasm = \"transfer-check\"\n[[policy]]\nrego = \"small.rego\"\n",
         )
         .unwrap();
-        let state = format!("file:{}", dir.path().join("state").display());
+        let state = match store {
+            "redis" => {
+                // A fresh database of the shared Redis per run.
+                let db = if engine == ENGINES[0] { 1 } else { 2 };
+                format!("{}/{db}", redis.url())
+            }
+            _ => format!("file:{}", dir.path().join("state").display()),
+        };
         let server = Server::start(
             engine,
             &[
@@ -419,14 +430,16 @@ fn a_set_that_denies_takes_back_what_the_built_in_check_reserved() {
                 "/v1/transfer/check",
                 &transfer("ACC-5", 499, &format!("s-{n}")),
             );
-            assert_eq!(r.json()["verdict"], *want, "{engine}: {}", r.body);
+            assert_eq!(r.json()["verdict"], *want, "{engine} {store}: {}", r.body);
             if *want == "deny" {
                 assert_eq!(r.json()["reasons"][0]["code"], "daily_limit_exceeded");
             }
         }
         let metrics = server.get("/metrics").body;
         assert!(
-            metrics.contains("teller_state_releases_total{store=\"embedded\"} 5"),
+            metrics.contains(&format!(
+                "teller_state_releases_total{{store=\"{store}\"}} 5"
+            )),
             "{metrics}"
         );
     }

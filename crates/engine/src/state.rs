@@ -93,7 +93,8 @@ pub trait StateStore: Send + Sync {
     fn reserve(&self, day: Day, r: &DailyReservation) -> Result<Reserved, StateError>;
 
     /// Takes back a granted reservation and forgets its request id (so a
-    /// retry is decided afresh).
+    /// retry is decided afresh), unless a retry has already been given the
+    /// grant: that retry may have been allowed, so the amount stays.
     fn release(&self, granted: &Granted) -> Result<(), StateError>;
 
     /// `key`'s total for `day`.

@@ -25,12 +25,15 @@ pub struct Embedded {
     write: Mutex<()>,
 }
 
-/// A request id's first answer, and what it was for.
+/// A request id's first answer, what it was for, and whether a retry has
+/// been given it since (then the grant is no longer one caller's to take
+/// back: the retry may have been allowed).
 struct Remembered {
     granted: bool,
     total: u64,
     amount: u64,
     limit: u64,
+    replayed: bool,
 }
 
 impl Remembered {
@@ -39,6 +42,7 @@ impl Remembered {
         for n in [self.total, self.amount, self.limit] {
             out.extend_from_slice(&n.to_be_bytes());
         }
+        out.push(u8::from(self.replayed));
         out
     }
 
@@ -54,6 +58,7 @@ impl Remembered {
             total: n(0)?,
             amount: n(1)?,
             limit: n(2)?,
+            replayed: rest.get(24) == Some(&1),
         })
     }
 }
@@ -175,6 +180,15 @@ impl StateStore for Embedded {
             let seen = Remembered::read(&seen)
                 .ok_or_else(|| StateError("state store: a damaged request record".into()))?;
             if seen.amount == r.amount && seen.limit == r.limit {
+                if seen.granted && !seen.replayed {
+                    let replayed = Remembered {
+                        replayed: true,
+                        ..seen
+                    };
+                    let mut batch = self.db.batch();
+                    batch.insert(&self.requests, request_key.clone(), replayed.write());
+                    batch.commit().map_err(|e| self.io(e))?;
+                }
                 return Ok(Reserved {
                     answer: Reservation {
                         granted: seen.granted,
@@ -214,6 +228,7 @@ impl StateStore for Embedded {
                 total: answer.total,
                 amount: r.amount,
                 limit: r.limit,
+                replayed: false,
             };
             batch.insert(&self.requests, request_key, record.write());
         }
@@ -230,9 +245,14 @@ impl StateStore for Embedded {
         let mut batch = self.db.batch();
         if let Some(id) = &g.request_id {
             let request_key = request_bytes(g.day, &g.key, id);
-            match self.requests.get(&request_key).map_err(|e| self.io(e))? {
-                Some(seen) if seen.first() == Some(&1) => batch.remove(&self.requests, request_key),
-                _ => return Ok(()), // never granted, or released already
+            let seen = self.requests.get(&request_key).map_err(|e| self.io(e))?;
+            match seen.as_deref().and_then(Remembered::read) {
+                Some(seen) if seen.granted && !seen.replayed => {
+                    batch.remove(&self.requests, request_key);
+                }
+                // Never granted, released already, or given to a retry that
+                // may have been allowed: the total stays.
+                _ => return Ok(()),
             }
         }
         let total = self.total(&total_key)?;

@@ -20,8 +20,11 @@ local amount, limit, id, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], AR
 if id ~= '' then
   local seen = redis.call('HGET', KEYS[2], id)
   if seen then
-    local granted, total, was_amount, was_limit = string.match(seen, '^(%d):(%d+):(%d+):(%d+)$')
+    local granted, total, was_amount, was_limit = string.match(seen, '^(%d):(%d+):(%d+):(%d+)')
     if was_amount == ARGV[1] and was_limit == ARGV[2] then
+      if granted == '1' and string.sub(seen, -2) ~= ':r' then
+        redis.call('HSET', KEYS[2], id, seen .. ':r')
+      end
       return {tonumber(granted), tonumber(total), 1}
     end
     return {0, tonumber(redis.call('GET', KEYS[1]) or '0'), 0}
@@ -42,12 +45,13 @@ return {granted, total, 0}
 ";
 
 /// KEYS: the total, the request ids' hash. ARGV: amount, request id.
-/// Takes back a granted reservation once.
+/// Takes back a granted reservation once, unless a retry has been given it
+/// (`:r`): that retry may have been allowed.
 const RELEASE: &str = r"
 local id = ARGV[2]
 if id ~= '' then
   local seen = redis.call('HGET', KEYS[2], id)
-  if not seen or string.sub(seen, 1, 1) ~= '1' then return 0 end
+  if not seen or string.sub(seen, 1, 1) ~= '1' or string.sub(seen, -2) == ':r' then return 0 end
   redis.call('HDEL', KEYS[2], id)
 end
 local total = tonumber(redis.call('GET', KEYS[1]) or '0')

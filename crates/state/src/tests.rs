@@ -45,7 +45,7 @@ fn the_embedded_store_grants_up_to_the_limit_and_replays_retries() {
     assert!(fits.answer.granted && fits.answer.total == 1_000);
     assert_eq!(store.daily_total(day, "A").unwrap(), 1_000);
     // Other keys and other days are apart.
-    assert_eq!(store.daily_total(day, "B").unwrap(), 0);
+    assert_eq!(store.daily_total(day, "C").unwrap(), 0);
     let tomorrow = Day {
         number: day.number + 1,
         ..day
@@ -57,21 +57,35 @@ fn the_embedded_store_grants_up_to_the_limit_and_replays_retries() {
             .answer
             .granted
     );
-    // Released once, however often it is asked.
-    let granted = Granted {
+    // A grant given to a retry is not taken back: the retry may have been
+    // allowed while its first try failed.
+    let r1 = Granted {
         day,
         key: "A".into(),
         amount: 600,
         request_id: Some("r1".into()),
     };
-    store.release(&granted).unwrap();
-    store.release(&granted).unwrap();
-    assert_eq!(store.daily_total(day, "A").unwrap(), 400);
+    store.release(&r1).unwrap();
+    assert_eq!(store.daily_total(day, "A").unwrap(), 1_000);
+    // One not retried is released once, however often it is asked.
+    let b = store
+        .reserve(day, &reservation("B", 300, Some("b1")))
+        .unwrap();
+    assert!(b.answer.granted);
+    let b1 = Granted {
+        day,
+        key: "B".into(),
+        amount: 300,
+        request_id: Some("b1".into()),
+    };
+    store.release(&b1).unwrap();
+    store.release(&b1).unwrap();
+    assert_eq!(store.daily_total(day, "B").unwrap(), 0);
     // Released, the request is decided afresh.
     let r = store
-        .reserve(day, &reservation("A", 600, Some("r1")))
+        .reserve(day, &reservation("B", 300, Some("b1")))
         .unwrap();
-    assert!(r.answer.granted && !r.replayed && r.answer.total == 1_000);
+    assert!(r.answer.granted && !r.replayed && r.answer.total == 300);
 }
 
 #[test]

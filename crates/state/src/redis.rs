@@ -168,15 +168,9 @@ impl Redis {
             return Err(StateError("the Redis client is shut down".into()));
         };
         runtime.spawn(async move {
-            let mut invocation = script.prepare_invoke();
-            for key in keys {
-                invocation.key(key);
-            }
-            for arg in args {
-                invocation.arg(arg);
-            }
             let answer =
-                tokio::time::timeout(timeout, invocation.invoke_async::<T>(&mut connection)).await;
+                tokio::time::timeout(timeout, invoke::<T>(&script, &mut connection, keys, args))
+                    .await;
             let _ = tx.send(answer);
         });
         match rx.recv_timeout(self.timeout + Duration::from_millis(5)) {
@@ -205,17 +199,27 @@ impl Redis {
         let runtime = self.runtime.as_ref()?;
         let (script, mut connection) = (script.clone(), self.connection.clone());
         runtime.spawn(async move {
-            let mut invocation = script.prepare_invoke();
-            for key in keys {
-                invocation.key(key);
-            }
-            for arg in args {
-                invocation.arg(arg);
-            }
-            let _ = invocation.invoke_async::<u8>(&mut connection).await;
+            let _ = invoke::<u8>(&script, &mut connection, keys, args).await;
         });
         Some(())
     }
+}
+
+/// One script call with its keys and arguments.
+async fn invoke<T: redis::FromRedisValue>(
+    script: &redis::Script,
+    connection: &mut redis::aio::ConnectionManager,
+    keys: [String; 2],
+    args: Vec<String>,
+) -> redis::RedisResult<T> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys {
+        invocation.key(key);
+    }
+    for arg in args {
+        invocation.arg(arg);
+    }
+    invocation.invoke_async(connection).await
 }
 
 /// The keys of one total: a hash tag keeps both in one Redis Cluster slot.

@@ -250,29 +250,13 @@ impl GuestInstance {
     }
 
     pub(crate) fn call_core(&mut self, name: &str, args: &[Flat]) -> Result<Vec<Flat>, Error> {
-        let params: Vec<Val> = args
-            .iter()
-            .map(|a| match *a {
-                Flat::I32(v) => Val::I32(v),
-                Flat::I64(v) => Val::I64(v),
-                Flat::F32(v) => Val::F32(v),
-                Flat::F64(v) => Val::F64(v),
-            })
-            .collect();
+        let params: Vec<Val> = args.iter().map(|a| Val::from(*a)).collect();
         let results = self.raw.call(name, &params).map_err(|e| {
             let error = self.classify(&e, name);
             self.failure = Some(error.clone());
             error
         })?;
-        Ok(results
-            .into_iter()
-            .map(|v| match v {
-                Val::I32(v) => Flat::I32(v),
-                Val::I64(v) => Flat::I64(v),
-                Val::F32(v) => Flat::F32(v),
-                Val::F64(v) => Flat::F64(v),
-            })
-            .collect())
+        Ok(results.into_iter().map(Flat::from).collect())
     }
 
     /// Sorts a failed core call into the guest error codes clients see.

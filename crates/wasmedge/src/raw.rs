@@ -132,6 +132,80 @@ pub enum Val {
     F64(f64),
 }
 
+impl From<teller_abi::Flat> for Val {
+    fn from(f: teller_abi::Flat) -> Val {
+        use teller_abi::Flat;
+        match f {
+            Flat::I32(v) => Val::I32(v),
+            Flat::I64(v) => Val::I64(v),
+            Flat::F32(v) => Val::F32(v),
+            Flat::F64(v) => Val::F64(v),
+        }
+    }
+}
+
+impl From<Val> for teller_abi::Flat {
+    fn from(v: Val) -> teller_abi::Flat {
+        use teller_abi::Flat;
+        match v {
+            Val::I32(v) => Flat::I32(v),
+            Val::I64(v) => Flat::I64(v),
+            Val::F32(v) => Flat::F32(v),
+            Val::F64(v) => Flat::F64(v),
+        }
+    }
+}
+
+impl Val {
+    /// As WasmEdge's C API takes it.
+    fn to_ffi(self) -> ffi::WasmEdge_Value {
+        // SAFETY: plain constructors.
+        unsafe {
+            match self {
+                Val::I32(v) => ffi::WasmEdge_ValueGenI32(v),
+                Val::I64(v) => ffi::WasmEdge_ValueGenI64(v),
+                Val::F32(v) => ffi::WasmEdge_ValueGenF32(v),
+                Val::F64(v) => ffi::WasmEdge_ValueGenF64(v),
+            }
+        }
+    }
+}
+
+/// All of `memory`, as a slice valid while no guest code runs (which could
+/// grow or move it).
+///
+/// # Safety
+/// `memory` must be a live memory instance, not grown while the slice lives.
+unsafe fn memory_slice<'a>(memory: *mut ffi::WasmEdge_MemoryInstanceContext) -> Option<&'a [u8]> {
+    // SAFETY: the pointer covers the memory's current size (the caller
+    // keeps it from changing).
+    unsafe {
+        let len = ffi::WasmEdge_MemoryInstanceGetPageSize(memory).checked_mul(65536)?;
+        let ptr = ffi::WasmEdge_MemoryInstanceGetPointerConst(memory, 0, len);
+        (!ptr.is_null()).then(|| std::slice::from_raw_parts(ptr, len as usize))
+    }
+}
+
+/// Writes `bytes` at `offset` of `memory`, bounds-checked by WasmEdge.
+///
+/// # Safety
+/// `memory` must be a live memory instance.
+unsafe fn write_memory_at(
+    memory: *mut ffi::WasmEdge_MemoryInstanceContext,
+    offset: u32,
+    bytes: &[u8],
+) -> Result<(), RawError> {
+    // SAFETY: `SetData` checks the range against the memory's size.
+    unsafe {
+        check(ffi::WasmEdge_MemoryInstanceSetData(
+            memory,
+            bytes.as_ptr(),
+            offset,
+            u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+        ))
+    }
+}
+
 /// Sets an instance's executor's stop flag, from any thread. A copy of a
 /// pointer: whoever holds one must know the instance is still alive (the
 /// watchdog knows because calls disarm it before they return).
@@ -352,15 +426,7 @@ impl Instance {
             let n = ffi::WasmEdge_FunctionTypeGetReturnsLength(ty);
             let mut types = vec![ffi::WasmEdge_ValType { Data: [0; 8] }; n as usize];
             ffi::WasmEdge_FunctionTypeGetReturns(ty, types.as_mut_ptr(), n);
-            let params: Vec<ffi::WasmEdge_Value> = args
-                .iter()
-                .map(|a| match *a {
-                    Val::I32(v) => ffi::WasmEdge_ValueGenI32(v),
-                    Val::I64(v) => ffi::WasmEdge_ValueGenI64(v),
-                    Val::F32(v) => ffi::WasmEdge_ValueGenF32(v),
-                    Val::F64(v) => ffi::WasmEdge_ValueGenF64(v),
-                })
-                .collect();
+            let params: Vec<ffi::WasmEdge_Value> = args.iter().map(|a| a.to_ffi()).collect();
             let mut returns = vec![ffi::WasmEdge_ValueGenI32(0); n as usize];
             check(ffi::WasmEdge_ExecutorInvoke(
                 self.executor,
@@ -410,14 +476,9 @@ impl Instance {
     /// All of the exported linear memory. No guest code can run (and grow
     /// or move it) while the slice borrows `self`.
     pub fn memory_bytes(&self) -> Option<&[u8]> {
-        let memory = self.memory()?;
-        // SAFETY: the pointer covers the memory's current size, which does
-        // not change while `self` is borrowed.
-        unsafe {
-            let len = ffi::WasmEdge_MemoryInstanceGetPageSize(memory).checked_mul(65536)?;
-            let ptr = ffi::WasmEdge_MemoryInstanceGetPointerConst(memory, 0, len);
-            (!ptr.is_null()).then(|| std::slice::from_raw_parts(ptr, len as usize))
-        }
+        // SAFETY: the memory belongs to the owned instance, and no guest code
+        // runs while the slice borrows `self`.
+        unsafe { memory_slice(self.memory()?) }
     }
 
     /// Writes `bytes` at `offset` of the exported memory, bounds-checked by
@@ -427,15 +488,8 @@ impl Instance {
             code: 0,
             message: "the guest exports no memory".into(),
         })?;
-        // SAFETY: `SetData` checks the range against the memory's size.
-        unsafe {
-            check(ffi::WasmEdge_MemoryInstanceSetData(
-                memory,
-                bytes.as_ptr(),
-                offset,
-                u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-            ))
-        }
+        // SAFETY: the memory belongs to the owned instance.
+        unsafe { write_memory_at(memory, offset, bytes) }
     }
 }
 

@@ -55,15 +55,7 @@ fn call(
     args: &[Val],
     handler: impl FnOnce(Vec<Value>) -> Result<Value, Error>,
 ) -> Result<Vec<Val>, Error> {
-    let flat: Vec<Flat> = args
-        .iter()
-        .map(|a| match *a {
-            Val::I32(v) => Flat::I32(v),
-            Val::I64(v) => Flat::I64(v),
-            Val::F32(v) => Flat::F32(v),
-            Val::F64(v) => Flat::F64(v),
-        })
-        .collect();
+    let flat: Vec<Flat> = args.iter().map(|a| Flat::from(*a)).collect();
     let (params, return_ptr) = if import.func.result_indirect {
         match flat.split_last() {
             Some((Flat::I32(ptr), rest)) => (rest, Some(*ptr as u32)),
@@ -83,15 +75,7 @@ fn call(
         Lowerer::new(contract, &mut NoAlloc).result(&import.func, &answer),
         return_ptr,
     ) {
-        (Ok(Lowered::Flat(flat)), None) => Ok(flat
-            .into_iter()
-            .map(|f| match f {
-                Flat::I32(v) => Val::I32(v),
-                Flat::I64(v) => Val::I64(v),
-                Flat::F32(v) => Val::F32(v),
-                Flat::F64(v) => Val::F64(v),
-            })
-            .collect()),
+        (Ok(Lowered::Flat(flat)), None) => Ok(flat.into_iter().map(Val::from).collect()),
         (Ok(Lowered::Memory { bytes, align }), Some(ptr)) => {
             if !(ptr as usize).is_multiple_of(align) {
                 return Err(bad_output(AbiError(format!(

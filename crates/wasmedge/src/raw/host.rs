@@ -4,7 +4,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{RawError, Val, check, name, null};
+use super::{RawError, Val, memory_slice, name, null, write_memory_at};
 use std::cell::RefCell;
 use teller_abi::FlatType;
 use teller_contract::Error;
@@ -43,13 +43,9 @@ impl Caller {
     /// All of the caller's linear memory. No guest code runs (and no
     /// memory grows) while a host function runs.
     pub fn memory(&self) -> Option<&[u8]> {
-        let memory = self.memory_instance()?;
-        // SAFETY: the pointer covers the memory's current size.
-        unsafe {
-            let len = ffi::WasmEdge_MemoryInstanceGetPageSize(memory).checked_mul(65536)?;
-            let ptr = ffi::WasmEdge_MemoryInstanceGetPointerConst(memory, 0, len);
-            (!ptr.is_null()).then(|| std::slice::from_raw_parts(ptr, len as usize))
-        }
+        // SAFETY: the caller's memory, which no guest code grows while its
+        // host function runs.
+        unsafe { memory_slice(self.memory_instance()?) }
     }
 
     /// Writes `bytes` at `offset`, bounds-checked by WasmEdge.
@@ -58,15 +54,8 @@ impl Caller {
             code: 0,
             message: "the guest has no memory".into(),
         })?;
-        // SAFETY: `SetData` checks the range against the memory's size.
-        unsafe {
-            check(ffi::WasmEdge_MemoryInstanceSetData(
-                memory,
-                bytes.as_ptr(),
-                offset,
-                u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-            ))
-        }
+        // SAFETY: the caller's memory, alive for the call.
+        unsafe { write_memory_at(memory, offset, bytes) }
     }
 }
 
@@ -171,12 +160,7 @@ unsafe extern "C" fn trampoline(
         match outcome {
             Ok(values) if values.len() == func.results.len() => {
                 for (i, v) in values.into_iter().enumerate() {
-                    *returns.add(i) = match v {
-                        Val::I32(v) => ffi::WasmEdge_ValueGenI32(v),
-                        Val::I64(v) => ffi::WasmEdge_ValueGenI64(v),
-                        Val::F32(v) => ffi::WasmEdge_ValueGenF32(v),
-                        Val::F64(v) => ffi::WasmEdge_ValueGenF64(v),
-                    };
+                    *returns.add(i) = v.to_ffi();
                 }
                 ffi::WasmEdge_Result { Code: 0 }
             }

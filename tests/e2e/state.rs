@@ -103,6 +103,30 @@ fn limit_config(dir: &Path, daily_limit: u64) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// A policy directory: the built-in transfer check and one Rego file, the
+/// Rego policy first when `rego_first`.
+fn policy_set(dir: &Path, rego_file: &str, rego: &str, rego_first: bool) -> std::path::PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join(rego_file), rego).unwrap();
+    crate::rego::install_guest(
+        &policies,
+        "transfer-check",
+        teller_policy_artifacts::TRANSFER_CHECK,
+    );
+    let (rego, wasm) = (
+        format!("[[policy]]\nrego = \"{rego_file}\"\n"),
+        "[[policy]]\nwasm = \"transfer-check\"\n".to_string(),
+    );
+    let manifest = if rego_first {
+        rego + &wasm
+    } else {
+        wasm + &rego
+    };
+    std::fs::write(policies.join("policies.toml"), manifest).unwrap();
+    policies
+}
+
 fn transfer(account: &str, amount: u64, request_id: &str) -> String {
     serde_json::json!({
         "action": "transfer",
@@ -382,24 +406,13 @@ fn a_set_that_denies_takes_back_what_the_built_in_check_reserved() {
     {
         let dir = tempfile::tempdir().unwrap();
         let config = limit_config(dir.path(), 1_000);
-        let policies = dir.path().join("policies");
-        std::fs::create_dir(&policies).unwrap();
-        std::fs::write(
-            policies.join("small.rego"),
+        let policies = policy_set(
+            dir.path(),
+            "small.rego",
             "package bank.small\nimport rego.v1\n\ndefault allow := false\n\
              allow if input.amount < 500\ndeny if input.amount >= 500\n",
-        )
-        .unwrap();
-        crate::rego::install_guest(
-            &policies,
-            "transfer-check",
-            teller_policy_artifacts::TRANSFER_CHECK,
+            false,
         );
-        std::fs::write(
-            policies.join("policies.toml"),
-            "[[policy]]\nwasm = \"transfer-check\"\n[[policy]]\nrego = \"small.rego\"\n",
-        )
-        .unwrap();
         let state = match store {
             "redis" => {
                 // A fresh database of the shared Redis per run.
@@ -507,21 +520,9 @@ fn a_rego_policy_reads_the_daily_total_on_every_engine() {
     for engine in ENGINES {
         let dir = tempfile::tempdir().unwrap();
         let config = limit_config(dir.path(), 10_000);
-        let policies = dir.path().join("policies");
-        std::fs::create_dir(&policies).unwrap();
-        std::fs::write(policies.join("velocity.rego"), VELOCITY).unwrap();
-        crate::rego::install_guest(
-            &policies,
-            "transfer-check",
-            teller_policy_artifacts::TRANSFER_CHECK,
-        );
         // The Rego policy reads the total before the built-in check adds
         // this transfer to it.
-        std::fs::write(
-            policies.join("policies.toml"),
-            "[[policy]]\nrego = \"velocity.rego\"\n[[policy]]\nwasm = \"transfer-check\"\n",
-        )
-        .unwrap();
+        let policies = policy_set(dir.path(), "velocity.rego", VELOCITY, true);
         let state = format!("file:{}", dir.path().join("state").display());
         let policy_dir = policies.to_str().unwrap();
         let server = Server::start(

@@ -31,8 +31,8 @@ fn after_sigterm_the_drain_delay_serves_on_while_readyz_says_draining() {
 
 /// A short `scripts/ha-drill` (what CI runs): three replicas behind a real
 /// haproxy under fixed-rate load lose no acknowledged decision and fail no
-/// request during a rolling restart or a reload. Failover times are
-/// printed, not judged here.
+/// request in steady load, a rolling restart or a reload. Failover times and
+/// latency are printed, not judged here.
 #[test]
 fn a_short_drill_behind_haproxy_loses_no_acknowledged_decision() {
     let _heavy = crate::support::heavy();
@@ -63,6 +63,16 @@ fn a_short_drill_behind_haproxy_loses_no_acknowledged_decision() {
         let audit = &report["audit"];
         assert_eq!(audit["answered_not_once"], 0, "{engine}: {report}");
         assert_eq!(audit["logs_verified"], 3, "{engine}: {report}");
-        assert_eq!(out.status.code(), Some(0), "{engine}: {report}");
+        // Every target that is a count holds; the timed ones (failover,
+        // P99) are printed for whoever reads the log, never judged here.
+        let targets = report["targets"].as_array().unwrap();
+        assert!(targets.len() >= 6, "{report}");
+        for t in targets {
+            if t["timed"] == false {
+                assert_eq!(t["held"], true, "{engine}: {}: {report}", t["target"]);
+            } else {
+                println!("{engine}: timed target {}: held {}", t["target"], t["held"]);
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ mod writer;
 
 pub use keys::{AuditKeys, Encrypter, KEY_ENV};
 pub use log::{AuditLog, Recovery};
-pub use writer::{AuditMetrics, AuditWriter, Commit, SealerSlot};
+pub use writer::{AuditMetrics, AuditWriter, Commit, Reply, SealerSlot};
 
 use serde::Deserialize;
 use std::fs::File;

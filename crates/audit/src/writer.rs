@@ -59,9 +59,12 @@ pub struct AuditWriter {
     metrics: AuditMetrics,
 }
 
+/// Told the outcome of one record once its group is durable (or failed).
+pub type Reply = Box<dyn FnOnce(Result<SealedRecord, Error>) + Send>;
+
 struct Job {
     event: AuditEvent,
-    reply: mpsc::SyncSender<Result<SealedRecord, Error>>,
+    reply: Reply,
 }
 
 /// Records one `fsync` covers at most.
@@ -113,7 +116,7 @@ impl AuditWriter {
                     let durable = results.iter().filter(|r| r.is_ok()).count();
                     counted.records.inc_by(durable as u64);
                     for (job, result) in group.into_iter().zip(results) {
-                        let _ = job.reply.send(result);
+                        (job.reply)(result);
                     }
                 }
             })
@@ -132,14 +135,25 @@ impl AuditWriter {
     }
 
     /// Records `event`; returns once its record is durable.
-    pub fn append(&self, mut event: AuditEvent) -> Result<SealedRecord, Error> {
+    pub fn append(&self, event: AuditEvent) -> Result<SealedRecord, Error> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(
+            event,
+            Box::new(move |result| {
+                let _ = reply.send(result);
+            }),
+        )?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    /// Queues `event` for the next group and returns at once; `reply` is
+    /// told when its record is durable. A server awaits that without
+    /// holding a thread through the `fsync`.
+    pub fn submit(&self, mut event: AuditEvent, reply: Reply) -> Result<(), Error> {
         if let Some(encrypter) = &self.encrypter {
             event.encrypted = None;
             event.encrypted = Some(encrypter.encrypt(&event)?);
         }
-        let stopped =
-            || Error::internal(ErrorCode::AuditLogUnusable, "the audit writer has stopped");
-        let (reply, answer) = mpsc::sync_channel(1);
         self.metrics.queue_depth.inc();
         self.jobs
             .as_ref()
@@ -148,9 +162,12 @@ impl AuditWriter {
             .map_err(|_| {
                 self.metrics.queue_depth.dec();
                 stopped()
-            })?;
-        answer.recv().map_err(|_| stopped())?
+            })
     }
+}
+
+fn stopped() -> Error {
+    Error::internal(ErrorCode::AuditLogUnusable, "the audit writer has stopped")
 }
 
 impl Drop for AuditWriter {

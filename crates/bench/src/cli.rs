@@ -97,6 +97,8 @@ enum BenchCommand {
         /// Requests per second, scheduled.
         #[arg(long, default_value_t = 500.0)]
         rate: f64,
+        /// Kept-alive connections opened before the load; a request due
+        /// while all are busy opens another, as a client's pool does.
         #[arg(long, default_value_t = 16)]
         connections: usize,
         /// Seconds of load before the first event and after each one.

@@ -13,7 +13,7 @@
 //! than [`Limits::client_timeout`] loses its connection (headers) or gets
 //! 408 (body).
 
-use crate::service::{Caller, Teller};
+use crate::service::{Caller, CheckResponse, Teller};
 use crate::workers::Workers;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -219,12 +219,10 @@ async fn handle(
                 json(StatusCode::OK, r#"{"status":"ready"}"#.into())
             }
         }
-        (&Method::POST, "/v1/transfer/check") => {
-            match run(shared, peer, req, |t, body, caller| t.check(body, caller)).await {
-                Ok(decision) => to_json(StatusCode::OK, &decision),
-                Err(e) => error(&e),
-            }
-        }
+        (&Method::POST, "/v1/transfer/check") => match check(shared, peer, req).await {
+            Ok(decision) => to_json(StatusCode::OK, &decision),
+            Err(e) => error(&e),
+        },
         (&Method::POST, "/v1/audit/events") => {
             match run(shared, peer, req, |t, body, caller| {
                 t.record_event(body, caller)
@@ -277,14 +275,53 @@ async fn handle(
     Ok(response)
 }
 
-/// Reads the body within [`MAX_BODY`] and runs `op` off the async workers,
-/// so that a guest running up to its deadline never delays `/healthz`.
-async fn run<T: Send + 'static>(
+/// Decides a transfer: the decision on a worker thread, then the wait for
+/// its audit record's group `fsync` here, holding no thread, so that a slow
+/// disk never leaves more threads running guests than there are cores.
+async fn check(
     shared: Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
-    op: fn(&Teller, &[u8], &Caller) -> Result<T, Error>,
-) -> Result<T, Error> {
+) -> Result<CheckResponse, Error> {
+    let (body, slot) = admitted(&shared, req).await?;
+    let caller = Caller {
+        client: peer.to_string(),
+    };
+    let span = tracing::Span::current();
+    let teller = shared.teller.clone();
+    let pending = shared
+        .workers
+        .run(move || {
+            let _in_span = span.enter();
+            teller.begin_check(&body, &caller)
+        })
+        .await??;
+    let answer = match pending.durable().await {
+        Ok(response) => Ok(response),
+        Err(unrecorded) => {
+            let (teller, span) = (shared.teller.clone(), tracing::Span::current());
+            let failure = shared
+                .workers
+                .run(move || {
+                    let _in_span = span.enter();
+                    teller.give_back(unrecorded)
+                })
+                .await;
+            Err(failure.unwrap_or_else(|e| e))
+        }
+    };
+    // The slot is held until the answer is known: admission bounds the
+    // requests waiting for the disk too.
+    drop(slot);
+    answer
+}
+
+/// The request's body, read within [`MAX_BODY`] and the client timeout,
+/// and a slot to work in.
+async fn admitted(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Error> {
     let body = tokio::time::timeout(shared.limits.client_timeout, read_body(req))
         .await
         .map_err(|_| {
@@ -297,7 +334,18 @@ async fn run<T: Send + 'static>(
                 ),
             )
         })??;
-    let slot = admit(&shared).await?;
+    Ok((body, admit(shared).await?))
+}
+
+/// Reads the body and runs `op` off the async workers, so that a guest
+/// running up to its deadline never delays `/healthz`.
+async fn run<T: Send + 'static>(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    op: fn(&Teller, &[u8], &Caller) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let (body, slot) = admitted(&shared, req).await?;
     let caller = Caller {
         client: peer.to_string(),
     };
@@ -314,9 +362,8 @@ async fn run<T: Send + 'static>(
         // CPU-bound: one worker per core.
         return shared.workers.run(work).await?;
     }
-    // Most of an audited request is waiting for its group's fsync, and a
-    // group only gathers while many wait: tokio's blocking pool, bounded by
-    // admission, not one thread per core.
+    // An audit event is mostly a wait for its group's fsync: tokio's
+    // blocking pool, bounded by admission, not one thread per core.
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::internal(ErrorCode::Internal, format!("request task failed: {e}")))?

@@ -45,6 +45,70 @@ pub struct Reloaded {
     pub new: PolicyRef,
 }
 
+/// A decision whose audit record is on its way to disk: its answer may
+/// be given only once the record is durable.
+pub struct PendingCheck {
+    response: CheckResponse,
+    record: Option<tokio::sync::oneshot::Receiver<Result<teller_contract::SealedRecord, Error>>>,
+    /// What an allowed decision reserved: given back if its record fails.
+    granted: Vec<Granted>,
+}
+
+/// An allowed decision whose record failed: hand it to
+/// [`Teller::give_back`].
+pub struct Unrecorded {
+    error: Error,
+    granted: Vec<Granted>,
+}
+
+impl PendingCheck {
+    /// The answer once the record is durable, awaited without holding a
+    /// thread through the `fsync`.
+    pub async fn durable(self) -> Result<CheckResponse, Unrecorded> {
+        let PendingCheck {
+            mut response,
+            record,
+            granted,
+        } = self;
+        let Some(record) = record else {
+            return Ok(response);
+        };
+        match record.await.unwrap_or_else(|_| Err(writer_stopped())) {
+            Ok(sealed) => {
+                response.audit = Some(sealed.into());
+                Ok(response)
+            }
+            Err(error) => Err(Unrecorded { error, granted }),
+        }
+    }
+
+    /// [`PendingCheck::durable`] for a caller outside an async runtime.
+    pub fn wait(self) -> Result<CheckResponse, Unrecorded> {
+        let PendingCheck {
+            mut response,
+            record,
+            granted,
+        } = self;
+        let Some(record) = record else {
+            return Ok(response);
+        };
+        match record
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(writer_stopped()))
+        {
+            Ok(sealed) => {
+                response.audit = Some(sealed.into());
+                Ok(response)
+            }
+            Err(error) => Err(Unrecorded { error, granted }),
+        }
+    }
+}
+
+fn writer_stopped() -> Error {
+    Error::internal(ErrorCode::AuditLogUnusable, "the audit writer has stopped")
+}
+
 /// Who sent a request.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
@@ -343,16 +407,40 @@ impl Teller {
     /// Decides one transfer document; with an audit log, answers only once
     /// the decision's record is on disk.
     pub fn check(&self, body: &[u8], caller: &Caller) -> Result<CheckResponse, Error> {
+        match self.begin_check(body, caller)?.wait() {
+            Ok(response) => Ok(response),
+            Err(unrecorded) => Err(self.give_back(unrecorded)),
+        }
+    }
+
+    /// Decides one transfer document and hands its record to the audit
+    /// writer: the CPU-bound part of [`Teller::check`], for a worker thread.
+    /// The answer is the [`PendingCheck`]'s, once the record is durable.
+    pub fn begin_check(&self, body: &[u8], caller: &Caller) -> Result<PendingCheck, Error> {
         let journal = Journal::begin();
         let checked = self.check_journaled(body, caller);
         let granted = journal.finish();
-        if !granted.is_empty() && !checked.as_ref().is_ok_and(|r| r.allow) {
-            self.release(granted);
+        match checked {
+            Ok(pending) if pending.response.allow => Ok(PendingCheck { granted, ..pending }),
+            other => {
+                if !granted.is_empty() {
+                    self.release(granted);
+                }
+                other
+            }
         }
-        checked
     }
 
-    fn check_journaled(&self, body: &[u8], caller: &Caller) -> Result<CheckResponse, Error> {
+    /// Takes back the reservations of an allowed decision whose record
+    /// failed, and returns the failure (blocking: the store may be remote).
+    pub fn give_back(&self, unrecorded: Unrecorded) -> Error {
+        if !unrecorded.granted.is_empty() {
+            self.release(unrecorded.granted);
+        }
+        self.counted(unrecorded.error)
+    }
+
+    fn check_journaled(&self, body: &[u8], caller: &Caller) -> Result<PendingCheck, Error> {
         let request = decode_transfer(body)?;
         let loaded = self.current();
         let decision_id = uuid::Uuid::now_v7().to_string();
@@ -388,20 +476,24 @@ impl Teller {
                 engine: self.engine,
             })
             .inc();
-        let audit = match &self.audit {
+        let record = match &self.audit {
             None => None,
             Some((audit, _)) => {
                 let event = self.decision_event(policy, &request, &decided, &decision_id, caller);
-                Some(
-                    audit
-                        .append(event)
-                        .map(AuditRef::from)
-                        .map_err(|e| self.counted(e))?,
-                )
+                let (reply, durable) = tokio::sync::oneshot::channel();
+                audit
+                    .submit(
+                        event,
+                        Box::new(move |result| {
+                            let _ = reply.send(result);
+                        }),
+                    )
+                    .map_err(|e| self.counted(e))?;
+                Some(durable)
             }
         };
         let SetDecision { decision, outcomes } = decided;
-        Ok(CheckResponse {
+        let response = CheckResponse {
             decision_id,
             allow: decision.allow,
             deny: decision.deny,
@@ -431,7 +523,12 @@ impl Teller {
                 })
                 .collect(),
             engine: self.engine,
-            audit,
+            audit: None,
+        };
+        Ok(PendingCheck {
+            response,
+            record,
+            granted: Vec::new(),
         })
     }
 

@@ -88,7 +88,12 @@ fn compile_fills_the_cache_and_damaged_entries_are_rebuilt() {
         let mut entries: Vec<_> = std::fs::read_dir(&cache)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(engine))
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_str().unwrap();
+                // WasmEdge also caches the module that keeps its fault
+                // handlers installed; the guests are what is checked here.
+                name.starts_with(engine) && !name.contains("fault-handlers")
+            })
             .collect();
         entries.sort();
         assert_eq!(entries.len(), 2, "{engine}: {entries:?}");

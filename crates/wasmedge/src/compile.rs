@@ -127,12 +127,12 @@ pub(crate) fn compile(config: &Config, name: &str, wasm: &[u8]) -> Result<Vec<u8
 }
 
 /// Background compilations of this process.
-static BACKGROUND: Background = Background::new();
+pub(crate) static BACKGROUND: Background = Background::new();
 
 /// Runs background work one at a time, and stops it for good before the
 /// process exits: exit runs WasmEdge's and LLVM's static destructors, which
 /// crash a compilation still going.
-struct Background {
+pub(crate) struct Background {
     running: Mutex<()>,
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -147,7 +147,7 @@ impl Background {
 
     /// Permission to work, held until the work is done; `None` once
     /// stopped.
-    fn start(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+    pub(crate) fn start(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
         let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
         (!self.stopping.load(std::sync::atomic::Ordering::SeqCst)).then_some(guard)
     }

@@ -17,6 +17,7 @@
 
 mod command;
 mod compile;
+mod handlers;
 mod pool;
 mod raw;
 mod state;
@@ -107,7 +108,7 @@ impl WasmEdgeEngine {
             Error::internal(ErrorCode::EngineInit, format!("the WIT contract: {e}"))
         })?;
         let contract = Arc::new(contract);
-        Ok(Self {
+        let engine = Self {
             config: Arc::new(config(false)?),
             interpreter: Arc::new(config(true)?),
             host: state::state_module(&contract, guest_state)?,
@@ -117,7 +118,9 @@ impl WasmEdgeEngine {
             limits,
             tiered: false,
             fresh: false,
-        })
+        };
+        handlers::arm(&engine);
+        Ok(engine)
     }
 
     /// For a server (`teller serve`, a pod): a guest whose compiled code

@@ -2,8 +2,8 @@
 //! tiered start (the interpreter first, compiled code swapped in once built
 //! in the background).
 
-use crate::WasmEdgeEngine;
 use crate::raw::{self, AstModule};
+use crate::{WasmEdgeEngine, stopflag};
 use std::sync::{Arc, Mutex};
 use teller_contract::{Error, ErrorCode};
 use teller_engine::artifact::sha256_hex;
@@ -17,14 +17,22 @@ impl WasmEdgeEngine {
         name: &str,
         wasm: &[u8],
     ) -> Result<(ModuleSlot, String), Error> {
+        // The policy is known by the sha256 of what it is; what runs has
+        // the deadline's checks added.
         let sha256 = sha256_hex(wasm);
         let key = self.key(&sha256);
+        let wasm = &stopflag::instrument(wasm).map_err(|e| {
+            Error::internal(ErrorCode::PolicyInvalid, format!("policy {name}: {e}"))
+        })?;
         if let Some(compiled) = self.cache.get(&key) {
             let module = Arc::new(load(&self.config, name, &compiled)?);
             return Ok((Arc::new(std::sync::RwLock::new(module)), sha256));
         }
         if !self.tiered {
-            let (module, sha256) = self.module(name, wasm)?;
+            let compiled = self
+                .cache
+                .get_or_build(&key, || compile(&self.config, name, wasm))?;
+            let module = Arc::new(load(&self.config, name, &compiled)?);
             return Ok((Arc::new(std::sync::RwLock::new(module)), sha256));
         }
         let slot: ModuleSlot = Arc::new(std::sync::RwLock::new(Arc::new(load(

@@ -21,21 +21,20 @@ mod handlers;
 mod pool;
 mod raw;
 mod state;
+mod stopflag;
 mod watchdog;
 
 pub use command::ValueGuest;
+use compile::ModuleSlot;
 pub use compile::quiesce;
-use compile::{ModuleSlot, compile, load};
 use pool::Pool;
-
-use raw::AstModule;
 use std::sync::{Arc, Mutex};
 use teller_abi::{AbiError, Contract, ExportFunc};
 use teller_contract::{
     AuditEvent, Decision, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord,
     TransferRequest,
 };
-use teller_engine::artifact::{Artifact, sha256_hex};
+use teller_engine::artifact::Artifact;
 use teller_engine::cache::ArtifactCache;
 use teller_engine::{
     AuditSealer, CallMode, Engine, GuestLimits, TransferCheck, Workload, policy_failed,
@@ -94,7 +93,12 @@ impl WasmEdgeEngine {
                     Error::internal(ErrorCode::EngineInit, "the memory cap is over 4 GiB")
                 })?;
             config.set_max_memory_pages(pages);
-            config.interruptible(true);
+            // The deadline's checks are teller's own (`stopflag`): an atomic
+            // load from a memory of their own, instead of WasmEdge's atomic
+            // exchange at every loop and call.
+            config.interruptible(false);
+            config.threads(true);
+            config.multi_memories(true);
             if limits.fuel.is_some() {
                 // Compiled into the AOT code, so part of the cache key too.
                 config.measure_cost(true);
@@ -150,8 +154,9 @@ impl WasmEdgeEngine {
     /// the compiler's output is in it.
     fn key(&self, sha256: &str) -> String {
         format!(
-            "wasmedge-{}-{sha256}-o3-interruptible{}",
+            "wasmedge-{}-{sha256}-o3-{}{}",
             self.version,
+            stopflag::VERSION,
             if self.limits.fuel.is_some() {
                 "-cost"
             } else {
@@ -160,9 +165,11 @@ impl WasmEdgeEngine {
         )
     }
 
-    /// AOT-compiles a core module, or takes it from the cache.
-    fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<AstModule>, String), Error> {
-        let sha256 = sha256_hex(wasm);
+    /// AOT-compiles a core module as it is, or takes it from the cache.
+    #[cfg(test)]
+    fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<raw::AstModule>, String), Error> {
+        use compile::{compile, load};
+        let sha256 = teller_engine::artifact::sha256_hex(wasm);
         let compiled = self
             .cache
             .get_or_build(&self.key(&sha256), || compile(&self.config, name, wasm))?;

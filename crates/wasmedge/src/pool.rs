@@ -224,6 +224,12 @@ impl GuestInstance {
         let result = self.invoke_within_limits(contract, func, args);
         if watchdog.disarm(armed) {
             self.stopped = true;
+            // Stopped by its flag, the guest traps (`unreachable`): it ran
+            // past its deadline.
+            if result.is_err() {
+                self.failure = None;
+                return Err(self.timed_out());
+            }
         }
         result.map_err(|e| self.failure.take().unwrap_or(e))
     }
@@ -260,16 +266,20 @@ impl GuestInstance {
         Ok(results.into_iter().map(Flat::from).collect())
     }
 
+    fn timed_out(&self) -> Error {
+        Error::guest(
+            ErrorCode::GuestTimeout,
+            format!(
+                "the guest ran past its {} ms deadline",
+                self.limits.deadline.as_millis()
+            ),
+        )
+    }
+
     /// Sorts a failed core call into the guest error codes clients see.
     pub(crate) fn classify(&self, e: &RawError, what: &str) -> Error {
         match e.code {
-            raw::INTERRUPTED => Error::guest(
-                ErrorCode::GuestTimeout,
-                format!(
-                    "the guest ran past its {} ms deadline",
-                    self.limits.deadline.as_millis()
-                ),
-            ),
+            raw::INTERRUPTED => self.timed_out(),
             raw::COST_LIMIT_EXCEEDED => Error::guest(
                 ErrorCode::GuestOutOfFuel,
                 format!(

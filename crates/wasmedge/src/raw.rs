@@ -210,18 +210,30 @@ unsafe fn write_memory_at(
 /// pointer: whoever holds one must know the instance is still alive (the
 /// watchdog knows because calls disarm it before they return).
 #[derive(Debug, Clone, Copy)]
-pub struct StopHandle(*mut ffi::WasmEdge_Async);
+pub struct StopHandle {
+    executor: *mut ffi::WasmEdge_Async,
+    /// The guest's stop flag ([`crate::stopflag`]), when it has one.
+    flag: *mut u32,
+}
 
 // SAFETY: `WasmEdge_AsyncCancel` only stores to an atomic flag and wakes
-// waiters.
+// waiters; the guest's flag is only ever stored to atomically.
 unsafe impl Send for StopHandle {}
 
 impl StopHandle {
-    /// Stops whatever the instance's executor is running, at its next loop
-    /// or block boundary (or its next call, if it is running nothing).
+    /// Stops whatever the instance runs: compiled code at its next function
+    /// or loop start (its flag), interpreted code at its next branch or call
+    /// (the executor's flag).
     pub fn stop(self) {
-        // SAFETY: the instance, and so the handle, is alive (see above).
-        unsafe { ffi::WasmEdge_AsyncCancel(self.0) }
+        // SAFETY: the instance, and so the handle and the flag's memory,
+        // is alive (see above); the flag is 4-aligned (a page's start).
+        unsafe {
+            if !self.flag.is_null() {
+                std::sync::atomic::AtomicU32::from_ptr(self.flag)
+                    .store(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            ffi::WasmEdge_AsyncCancel(self.executor)
+        }
     }
 }
 
@@ -304,13 +316,14 @@ impl Instance {
             let store = ffi::WasmEdge_StoreCreate();
             let stopper = Self::stopper(executor);
             let mut this = Instance {
-                stopper: StopHandle(
-                    stopper
+                stopper: StopHandle {
+                    executor: stopper
                         .as_ref()
                         .ok()
                         .copied()
                         .unwrap_or(std::ptr::null_mut()),
-                ),
+                    flag: std::ptr::null_mut(),
+                },
                 instance: std::ptr::null_mut(),
                 wasi,
                 host: None,
@@ -336,6 +349,13 @@ impl Instance {
                 store,
                 module.0,
             ))?;
+            let flag = ffi::WasmEdge_ModuleInstanceFindMemory(
+                this.instance,
+                name(crate::stopflag::EXPORT),
+            );
+            if !flag.is_null() {
+                this.stopper.flag = ffi::WasmEdge_MemoryInstanceGetPointer(flag, 0, 4).cast();
+            }
             Ok(this)
         }
     }
@@ -499,8 +519,8 @@ impl Drop for Instance {
     fn drop(&mut self) {
         // SAFETY: each pointer is owned and deleted once; null ones skipped.
         unsafe {
-            if !self.stopper.0.is_null() {
-                ffi::WasmEdge_AsyncDelete(self.stopper.0);
+            if !self.stopper.executor.is_null() {
+                ffi::WasmEdge_AsyncDelete(self.stopper.executor);
             }
             if !self.instance.is_null() {
                 ffi::WasmEdge_ModuleInstanceDelete(self.instance);

@@ -1,0 +1,225 @@
+//! The deadline's stop check, put into a guest's code before WasmEdge
+//! compiles it.
+//!
+//! WasmEdge's own "interruptible" code tests its executor's stop flag with
+//! an atomic exchange (a locked instruction) at every loop and call: on
+//! guests that loop over bytes (the audit sealer hashing and escaping a
+//! record, the Rego interpreter) that made calls three to four times slower
+//! than the same code compiled without it. Instead, teller compiles guests
+//! without it and adds its own test where a guest could run on: at the
+//! start of every function and of every loop, an atomic load (a plain
+//! `mov` on x86, which the compiler may not hoist out of a loop) of a flag
+//! in a one-page memory of its own, exported as [`EXPORT`]; a set flag
+//! traps (`unreachable`). The watchdog sets it at the deadline.
+
+use wasm_encoder::reencode::{Error as ReencodeError, Reencode, utils};
+use wasm_encoder::{
+    BlockType, CodeSection, ExportKind, Instruction, MemArg, MemArgTarget, MemoryType,
+};
+
+/// The memory holding the stop flag (at offset 0), as the guest exports it.
+pub(crate) const EXPORT: &str = "teller:stop";
+
+/// What changes in the compiled code when this file's output does: part
+/// of the cache key.
+pub(crate) const VERSION: &str = "stopflag1";
+
+/// `wasm` with the stop checks, a memory for the flag and its export.
+/// Custom sections are dropped: among them could be native code compiled
+/// elsewhere, which must never run.
+pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, String> {
+    let memories = memory_count(wasm)?;
+    let mut checks = StopChecks {
+        flag: memories,
+        memory_section_seen: false,
+    };
+    let mut module = wasm_encoder::Module::new();
+    let parser = wasmparser::Parser::new(0);
+    checks
+        .parse_core_module(&mut module, parser, wasm)
+        .map_err(|e| format!("cannot add the deadline's checks: {e}"))?;
+    Ok(module.finish())
+}
+
+/// How many memories the module has, imported and defined: the flag's
+/// memory comes after them.
+fn memory_count(wasm: &[u8]) -> Result<u32, String> {
+    let mut count = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| e.to_string())? {
+            wasmparser::Payload::ImportSection(imports) => {
+                for import in imports.into_imports() {
+                    if matches!(
+                        import.map_err(|e| e.to_string())?.ty,
+                        wasmparser::TypeRef::Memory(_)
+                    ) {
+                        count += 1;
+                    }
+                }
+            }
+            wasmparser::Payload::MemorySection(memories) => count += memories.count(),
+            _ => {}
+        }
+    }
+    Ok(count)
+}
+
+struct StopChecks {
+    /// The flag's memory index.
+    flag: u32,
+    memory_section_seen: bool,
+}
+
+impl StopChecks {
+    fn flag_memory() -> MemoryType {
+        MemoryType {
+            minimum: 1,
+            maximum: Some(1),
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        }
+    }
+
+    /// `if (i32.atomic.load $flag (i32.const 0)) unreachable end`.
+    fn check(&self, f: &mut wasm_encoder::Function) {
+        f.instruction(&Instruction::I32Const(0));
+        f.instruction(&Instruction::I32AtomicLoad(MemArg {
+            offset: 0,
+            align: 2,
+            target: MemArgTarget::Memory(self.flag),
+            ordering: None,
+        }));
+        f.instruction(&Instruction::If(BlockType::Empty));
+        f.instruction(&Instruction::Unreachable);
+        f.instruction(&Instruction::End);
+    }
+}
+
+impl Reencode for StopChecks {
+    type Error = std::convert::Infallible;
+
+    fn parse_memory_section(
+        &mut self,
+        memories: &mut wasm_encoder::MemorySection,
+        section: wasmparser::MemorySectionReader<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        utils::parse_memory_section(self, memories, section)?;
+        memories.memory(Self::flag_memory());
+        self.memory_section_seen = true;
+        Ok(())
+    }
+
+    fn intersperse_section_hook(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        after: Option<wasm_encoder::SectionId>,
+        before: Option<wasm_encoder::SectionId>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        // A module without memories of its own gets a memory section.
+        let memory = wasm_encoder::SectionId::Memory as u8;
+        if !self.memory_section_seen
+            && after.is_none_or(|a| (a as u8) < memory)
+            && before.is_some_and(|b| (b as u8) > memory)
+        {
+            let mut memories = wasm_encoder::MemorySection::new();
+            memories.memory(Self::flag_memory());
+            module.section(&memories);
+            self.memory_section_seen = true;
+        }
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut wasm_encoder::ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        utils::parse_export_section(self, exports, section)?;
+        exports.export(EXPORT, ExportKind::Memory, self.flag);
+        Ok(())
+    }
+
+    fn parse_function_body(
+        &mut self,
+        code: &mut CodeSection,
+        func: wasmparser::FunctionBody<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        let mut f = self.new_function_with_parsed_locals(&func)?;
+        self.check(&mut f);
+        let mut reader = func.get_operators_reader()?;
+        while !reader.eof() {
+            let op = reader.read()?;
+            let is_loop = matches!(op, wasmparser::Operator::Loop { .. });
+            f.instruction(&self.instruction(op)?);
+            if is_loop {
+                self.check(&mut f);
+            }
+        }
+        code.function(&f);
+        Ok(())
+    }
+
+    fn parse_custom_section(
+        &mut self,
+        _module: &mut wasm_encoder::Module,
+        _section: wasmparser::CustomSectionReader<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_function_and_loop_gets_a_check_and_the_flag_is_exported() {
+        // (memory 1) (func (export "f") (loop (br 0))) (func)
+        let wasm = wat_free_module();
+        let out = instrument(&wasm).unwrap();
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&out)
+            .unwrap();
+        let mut loads = 0;
+        let mut exported = false;
+        for payload in wasmparser::Parser::new(0).parse_all(&out) {
+            match payload.unwrap() {
+                wasmparser::Payload::CodeSectionEntry(body) => {
+                    for op in body.get_operators_reader().unwrap() {
+                        if let wasmparser::Operator::I32AtomicLoad { memarg } = op.unwrap() {
+                            assert_eq!(memarg.target, wasmparser::MemArgTarget::Memory(1));
+                            loads += 1;
+                        }
+                    }
+                }
+                wasmparser::Payload::ExportSection(exports) => {
+                    for e in exports {
+                        let e = e.unwrap();
+                        exported |= e.name == EXPORT
+                            && e.kind == wasmparser::ExternalKind::Memory
+                            && e.index == 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Two function entries and one loop.
+        assert_eq!(loads, 3);
+        assert!(exported);
+    }
+
+    /// `(memory 1) (func (export "f") (loop (br 0))) (func)`, by hand.
+    fn wat_free_module() -> Vec<u8> {
+        vec![
+            0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+            0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type 0: [] -> []
+            0x03, 0x03, 0x02, 0x00, 0x00, // funcs 0, 1: type 0
+            0x05, 0x03, 0x01, 0x00, 0x01, // memory: 1 page
+            0x07, 0x05, 0x01, 0x01, b'f', 0x00, 0x00, // export "f"
+            0x0a, 0x0c, 0x02, // code: 2 bodies
+            0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop br 0 end end
+            0x02, 0x00, 0x0b, // end
+        ]
+    }
+}

@@ -209,6 +209,63 @@ mod tests {
         assert!(exported);
     }
 
+    /// `(func (export "rec") (param i32) (if (local.get 0) (then (call 0
+    /// (local.get 0 - 1)) (call 0 (local.get 0 - 1)))))` and `(func (export
+    /// "spin") (loop (br 0)))`, by hand: no memory of its own.
+    const RUNAWAY: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x08, 0x02, 0x60, 0x01, 0x7f, 0x00, 0x60, 0x00, 0x00, // types
+        0x03, 0x03, 0x02, 0x00, 0x01, // funcs
+        0x07, 0x0e, 0x02, 0x03, b'r', b'e', b'c', 0x00, 0x00, 0x04, b's', b'p', b'i', b'n', 0x00,
+        0x01, // exports
+        0x0a, 0x1f, 0x02, // code: 2 bodies
+        0x15, 0x00, 0x20, 0x00, 0x04, 0x40, 0x20, 0x00, 0x41, 0x01, 0x6b, 0x10, 0x00, 0x20, 0x00,
+        0x41, 0x01, 0x6b, 0x10, 0x00, 0x0b, 0x0b, // rec
+        0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // spin
+    ];
+
+    /// Compiled code that never ends, by a loop or by recursion without
+    /// one (2^60 calls), stops when the flag is set, and says so as a trap.
+    #[test]
+    fn compiled_loops_and_calls_stop_at_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::new(
+            teller_engine::cache::ArtifactCache::at(dir.path()).unwrap(),
+            teller_engine::GuestLimits::default(),
+            teller_engine::state::GuestState::none(),
+        )
+        .unwrap();
+        let wasm = instrument(RUNAWAY).unwrap();
+        let compiled = crate::compile::compile(&engine.config, "runaway", &wasm).unwrap();
+        let module = crate::compile::load(&engine.config, "runaway", &compiled).unwrap();
+        for (func, args) in [("spin", vec![]), ("rec", vec![crate::raw::Val::I32(60)])] {
+            let mut instance = crate::raw::Instance::new(
+                &engine.config,
+                &module,
+                false,
+                crate::raw::Wasi::Shim,
+                None,
+            )
+            .unwrap();
+            let stop = instance.stop_handle();
+            let stopper = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                stop.stop();
+            });
+            let started = std::time::Instant::now();
+            let stopped = instance.call(func, &args).unwrap_err();
+            stopper.join().unwrap();
+            assert!(
+                stopped.message.contains("unreachable"),
+                "{func}: not stopped by the flag: {stopped}"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{func}: stopped late"
+            );
+        }
+    }
+
     /// `(memory 1) (func (export "f") (loop (br 0))) (func)`, by hand.
     fn wat_free_module() -> Vec<u8> {
         vec![

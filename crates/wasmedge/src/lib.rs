@@ -2,8 +2,9 @@
 //! and performs the canonical ABI itself ([`teller_abi`]), driven by the
 //! same WIT the wasmtime engine's bindings come from.
 //!
-//! Modules are AOT-compiled by WasmEdge's LLVM compiler (interruptible code,
-//! "universal wasm" output) into the artifact cache. A WasmEdge instance must
+//! Modules are AOT-compiled by WasmEdge's LLVM compiler ("universal wasm"
+//! output, with teller's deadline checks added first: [`stopflag`]) into the
+//! artifact cache. A WasmEdge instance must
 //! not run two calls at once, and instantiating one costs far more than a
 //! call, so each loaded guest keeps a pool of ready instances, one per
 //! concurrent caller: a caller takes one, calls, and gives it back. An
@@ -11,7 +12,7 @@
 //! instance is retired after [`MAX_CALLS_PER_INSTANCE`] calls.
 //!
 //! Limits: a watchdog thread stops a call at its deadline through the
-//! executor's stop flag ([`raw`]); the memory cap is WasmEdge's page limit;
+//! guest's stop flag and the executor's ([`raw::StopHandle`]); the memory cap is WasmEdge's page limit;
 //! the fuel budget is WasmEdge's cost limit, with the module compiled to
 //! measure cost.
 

@@ -3,12 +3,13 @@
 //! thread can stop (the deadline), and a cost limit reset before each call
 //! (the fuel budget).
 //!
-//! WasmEdge 0.14 has no call to stop a synchronous invoke, but every
-//! executor has one stop flag that interruptible AOT code checks at each
-//! loop and block, and `WasmEdge_AsyncCancel` sets it. So each instance
-//! keeps one finished async invocation (of a no-op host function, so no
-//! guest code runs for it) as its [`StopHandle`]. The flag stays set until a
-//! check consumes it, which is why a stopped instance is never reused.
+//! WasmEdge 0.14 has no call to stop a synchronous invoke. Compiled guests
+//! test a flag of their own ([`crate::stopflag`]); the interpreter tests the
+//! executor's stop flag at each branch and call, which
+//! `WasmEdge_AsyncCancel` sets. So each instance keeps one finished async
+//! invocation (of a no-op host function, so no guest code runs for it) and
+//! its flag's address as its [`StopHandle`]. The flags stay set, which is
+//! why a stopped instance is never reused.
 //! (wasmedge-sys's own `call_func_with_timeout` instead `siglongjmp`s out of
 //! WasmEdge's C++ frames, skipping their destructors and its fault guard.)
 
@@ -258,7 +259,7 @@ pub struct Instance {
 // time (`&mut self`), except the stop handle, which is built for sharing.
 unsafe impl Send for Instance {}
 
-/// The executor's stop flag is tested by interruptible code; a no-op host
+/// The executor's stop flag is tested by the interpreter; a no-op host
 /// function gives the instance its [`StopHandle`] without running guest code.
 unsafe extern "C" fn noop(
     _data: *mut std::ffi::c_void,

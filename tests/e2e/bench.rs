@@ -63,7 +63,7 @@ fn call_reports_fresh_warm_and_native() {
 }
 
 #[test]
-fn http_reports_with_and_without_the_audit_log() {
+fn http_reports_the_native_floor_then_teller_without_and_with_the_audit_log() {
     let engine = ENGINES[ENGINES.len() - 1];
     let doc = bench(&[
         "http",
@@ -74,7 +74,19 @@ fn http_reports_with_and_without_the_audit_log() {
         "--duration",
         "1",
     ]);
-    assert_eq!(names(&doc).len(), 2);
+    let names = names(&doc);
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names[0].starts_with("native floor"), "{names:?}");
+    for series in doc["series"].as_array().unwrap() {
+        assert!(series["per_second"].as_f64().unwrap() > 0.0, "{series}");
+    }
+    // Each teller series as a fraction of the floor: throughput and P99.
+    let ratios = doc["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 4, "{ratios:?}");
+    for r in ratios {
+        assert!(r["name"].as_str().unwrap().contains("native floor"), "{r}");
+        assert!(r["value"].as_f64().unwrap() > 0.0, "{r}");
+    }
     let notes = doc["notes"][0].as_str().unwrap();
     assert!(!notes.contains("wrote 0 records"), "{notes}");
     let doc = bench(&[

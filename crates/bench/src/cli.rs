@@ -58,6 +58,13 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> u8 {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The native floor `http` measures teller against: the built-in rule
+    /// behind the same hyper stack, no wasm. Started by `http` itself.
+    #[command(hide = true)]
+    FloorServe {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
     /// Exec of `teller check` to the decision printed, RUNS times after a
     /// warm-up, next to a process that does nothing (the floor).
     ColdStart {
@@ -161,6 +168,10 @@ struct BenchArgs {
 
 fn bench(command: BenchCommand) -> Result<u8, Error> {
     let (report, json) = match command {
+        BenchCommand::FloorServe { listen } => {
+            crate::floor::serve(&listen)?;
+            return Ok(0);
+        }
         BenchCommand::HaDrill {
             replicas,
             rate,

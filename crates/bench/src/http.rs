@@ -36,11 +36,18 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
     let dir = tempfile::tempdir().map_err(|e| run_error("temporary directory", e))?;
     let log = dir.path().join("audit");
     let mut series = Vec::new();
-    for (label, audit) in [
-        ("transfer checks, no audit log", None),
-        ("transfer checks, audit log on", Some(log.as_path())),
+    for (label, server) in [
+        (FLOOR, Target::Floor),
+        ("transfer checks, no audit log", Target::Teller(None)),
+        (
+            "transfer checks, audit log on",
+            Target::Teller(Some(log.as_path())),
+        ),
     ] {
-        let server = Server::start(engine, audit, cache_dir)?;
+        let server = match server {
+            Target::Floor => Server::floor()?,
+            Target::Teller(audit) => Server::start(engine, audit, cache_dir)?,
+        };
         eprintln!(
             "http: {label}: {} connections for {:.0} s against {}",
             load.connections, load.seconds, server.addr
@@ -48,6 +55,23 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
         let result = drive(server.addr, load, label);
         drop(server);
         series.push(result?);
+    }
+    // Each of teller's series as a fraction of the floor, measured in this
+    // run: throughput (closed loop) and P99.
+    let mut ratios = Vec::new();
+    if let Some((floor, teller)) = series.split_first() {
+        for s in teller {
+            if let (Some(mine), Some(base)) = (s.per_second, floor.per_second) {
+                ratios.push((
+                    format!("req/s {} / req/s native floor", s.name),
+                    mine / base.max(1.0),
+                ));
+            }
+            ratios.push((
+                format!("P99 {} / P99 native floor", s.name),
+                s.quantile_us(0.99) / floor.quantile_us(0.99).max(0.001),
+            ));
+        }
     }
     let records = teller_audit_log::verify(&log)?
         .map_err(|bad| run_error("the bench's audit log does not verify", bad))?
@@ -67,9 +91,18 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
         bench: "http",
         engine,
         series,
-        ratios: Vec::new(),
+        ratios,
         notes,
     })
+}
+
+/// The floor's series name.
+const FLOOR: &str = "native floor: same rule, same hyper stack, no wasm";
+
+/// What a series loads.
+enum Target<'a> {
+    Floor,
+    Teller(Option<&'a Path>),
 }
 
 /// `teller serve` in a child process on an ephemeral port.
@@ -86,18 +119,30 @@ impl Server {
     ) -> Result<Server, Error> {
         let exe = super::teller_binary()?;
         let mut cmd = Command::new(exe);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--engine", engine])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--engine", engine]);
         if let Some(log) = audit {
             cmd.arg("--audit-dir").arg(log);
         }
         if let Some(dir) = cache_dir {
             cmd.arg("--cache-dir").arg(dir);
         }
+        Self::spawn(cmd)
+    }
+
+    /// This harness's own native floor (`teller-bench floor-serve`), a
+    /// process of its own as `teller serve` is.
+    fn floor() -> Result<Server, Error> {
+        let exe = std::env::current_exe().map_err(|e| run_error("the bench's own binary", e))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["floor-serve", "--listen", "127.0.0.1:0"]);
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Result<Server, Error> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd
             .spawn()
-            .map_err(|e| run_error("cannot start teller serve", e))?;
+            .map_err(|e| run_error("cannot start the server", e))?;
         let mut line = String::new();
         if let Some(out) = child.stdout.take() {
             let _ = BufReader::new(out).read_line(&mut line);
@@ -111,7 +156,7 @@ impl Server {
             Some(addr) => Ok(Server { addr, child }),
             None => {
                 let _ = child.kill();
-                Err(run_error("teller serve did not start", line))
+                Err(run_error("the server did not start", line))
             }
         }
     }

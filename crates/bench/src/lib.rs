@@ -6,6 +6,7 @@
 
 mod audit;
 pub mod cli;
+mod floor;
 mod ha;
 mod http;
 mod state;

@@ -45,6 +45,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<u8, Error> {
         let terminate = signal(SignalKind::terminate())
             .map_err(|e| tracing::warn!("cannot watch for SIGTERM ({e}); only Ctrl-C stops teller"))
             .ok();
+        teller_engine::serving();
         let _ = writeln!(
             out,
             "teller: listening on http://{addr} (engine {}, policy {} {} sha256:{}, audit log: {})",

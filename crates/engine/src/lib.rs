@@ -208,6 +208,9 @@ pub struct EngineKind {
     pub start: StartEngine,
     /// Lets the engine's background work finish before the process exits.
     pub quiesce: fn(),
+    /// Told once a server has set up its signal handling and is about to
+    /// serve: work that only pays off over many calls starts here.
+    pub serving: fn(),
 }
 
 static REGISTERED: std::sync::OnceLock<&'static [EngineKind]> = std::sync::OnceLock::new();
@@ -248,6 +251,14 @@ pub fn by_name(
             )
         })?;
     (kind.start)(cache, workload, limits, state)
+}
+
+/// Tells every engine that this process now serves (see
+/// [`EngineKind::serving`]).
+pub fn serving() {
+    for kind in registered() {
+        (kind.serving)();
+    }
 }
 
 /// Lets every engine's background work finish before the process exits.

@@ -9,8 +9,8 @@
 //! for each string, `cabi_post_return`). The count of threads inside is
 //! process-wide, so one call that never returns keeps the handlers in
 //! place, as wasmtime keeps its own: a thread parked in a host function
-//! called from a compiled module of two instructions, from the first guest
-//! call on.
+//! called from a compiled module of two instructions, from when the
+//! process starts serving.
 
 use crate::raw;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,10 +43,7 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 /// Set once the thread is inside the compiled call.
 static PARKED: AtomicBool = AtomicBool::new(false);
 
-/// Notes how to park, once per process. Nothing runs yet: compiling here,
-/// before a server has set up its signal handling, would let LLVM install
-/// its own SIGTERM handler first, and a later SIGTERM would kill the
-/// process instead of draining it.
+/// Notes how to park, once per process. Nothing runs yet.
 pub(crate) fn arm(engine: &crate::WasmEdgeEngine) {
     let _ = PLAN.set(Plan {
         config: engine.config.clone(),
@@ -59,17 +56,19 @@ pub(crate) fn arm(engine: &crate::WasmEdgeEngine) {
     });
 }
 
-/// Called on every guest call: the first one parks the thread, in the
-/// background (taking the compiled module from the cache, or compiling
-/// it). A failure only costs speed: the handlers are then installed per
-/// call, as WasmEdge does by default.
-pub(crate) fn on_call() {
-    if STARTED.load(Ordering::Relaxed) || STARTED.swap(true, Ordering::Relaxed) {
-        return;
-    }
+/// Parks the thread, in the background, once the process serves (a
+/// one-off command gains nothing from it). It may compile, so it waits for
+/// the server's signal set-up: LLVM installs its own SIGTERM handler, and
+/// one installed first would end the process on SIGTERM instead of letting
+/// it drain. A failure only costs speed: the handlers are then installed
+/// per call, as WasmEdge does by default.
+pub(crate) fn start() {
     let Some(plan) = PLAN.get() else {
         return;
     };
+    if STARTED.swap(true, Ordering::Relaxed) {
+        return;
+    }
     let spawned = std::thread::Builder::new()
         .name("teller-wasmedge-handlers".into())
         .spawn(move || {
@@ -171,8 +170,8 @@ mod tests {
         let (module, _) = engine.module("out-of-bounds", OUT_OF_BOUNDS).unwrap();
         let mut instance =
             raw::Instance::new(&engine.config, &module, false, raw::Wasi::Shim, None).unwrap();
-        // The first guest call parks the thread, in the background.
-        on_call();
+        // A serving process parks the thread, in the background.
+        start();
         let started = std::time::Instant::now();
         while !PARKED.load(Ordering::Acquire) {
             assert!(

@@ -213,7 +213,6 @@ impl GuestInstance {
         args: &[Value],
         deadline: std::time::Duration,
     ) -> Result<Option<Value>, Error> {
-        crate::handlers::on_call();
         self.calls += 1;
         self.failure = None;
         if let Some(fuel) = self.limits.fuel {

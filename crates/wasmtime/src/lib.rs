@@ -55,6 +55,7 @@ pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
         )?))
     },
     quiesce: || {},
+    serving: || {},
 };
 
 pub struct WasmtimeEngine {

@@ -47,7 +47,9 @@ const RISE: u64 = 2;
 /// guest deadline, so only a replica that stopped answering reaches it. The
 /// request is then sent to another replica (a decision is idempotent by its
 /// `request_id`), and the replica is taken out at once (`observe layer7`,
-/// `on-error mark-down`) until its health checks pass again.
+/// `on-error mark-down`) until its health checks pass again. A 503 (the
+/// state store did not answer in time, or the replica is overloaded) is
+/// tried on another replica too: nothing was granted for it.
 const SERVER_TIMEOUT_MS: u64 = 250;
 
 /// One request as the client saw it.
@@ -366,7 +368,7 @@ impl Haproxy {
             .collect();
         let config = format!(
             "global\n  maxconn 4096\n\
-             defaults\n  mode http\n  timeout connect 500ms\n  timeout client 30s\n  timeout server {SERVER_TIMEOUT_MS}ms\n  timeout check {CHECK_MS}ms\n  retries 3\n  retry-on conn-failure empty-response response-timeout\n  option redispatch 1\n\
+             defaults\n  mode http\n  timeout connect 500ms\n  timeout client 30s\n  timeout server {SERVER_TIMEOUT_MS}ms\n  timeout check {CHECK_MS}ms\n  retries 3\n  retry-on conn-failure empty-response response-timeout 503\n  option redispatch 1\n\
              frontend teller\n  bind 127.0.0.1:{front}\n  default_backend replicas\n\
              backend replicas\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n  default-server inter {CHECK_MS}ms fall {FALL} rise {RISE} observe layer7 error-limit 1 on-error mark-down\n{servers}"
         );

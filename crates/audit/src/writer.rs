@@ -116,7 +116,12 @@ impl AuditWriter {
                     let durable = results.iter().filter(|r| r.is_ok()).count();
                     counted.records.inc_by(durable as u64);
                     for (job, result) in group.into_iter().zip(results) {
-                        (job.reply)(result);
+                        // A reply that panics must not take the writer
+                        // (and every later record) with it.
+                        let reply = job.reply;
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                            reply(result)
+                        }));
                     }
                 }
             })
@@ -146,9 +151,10 @@ impl AuditWriter {
         answer.recv().map_err(|_| stopped())?
     }
 
-    /// Queues `event` for the next group and returns at once; `reply` is
-    /// told when its record is durable. A server awaits that without
-    /// holding a thread through the `fsync`.
+    /// Queues `event` for the next group (waiting only while the queue of
+    /// 4,096 records is full) and returns; `reply` is told when its record
+    /// is durable. A server awaits that without holding a thread through
+    /// the `fsync`.
     pub fn submit(&self, mut event: AuditEvent, reply: Reply) -> Result<(), Error> {
         if let Some(encrypter) = &self.encrypter {
             event.encrypted = None;

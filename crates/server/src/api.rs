@@ -288,18 +288,41 @@ async fn check(
         client: peer.to_string(),
     };
     let span = tracing::Span::current();
+    // A task of its own, so that a client that goes away (hyper then drops
+    // this future) cannot cut it short: its admission slot stays taken
+    // until the decision is done, and what an allowed decision reserved is
+    // given back if its record fails.
+    let decided = tokio::spawn(async move {
+        let answer = decide_and_record(&shared, body, caller, span).await;
+        drop(slot);
+        answer
+    });
+    decided
+        .await
+        .map_err(|e| Error::internal(ErrorCode::Internal, format!("request task failed: {e}")))?
+}
+
+async fn decide_and_record(
+    shared: &Shared,
+    body: Bytes,
+    caller: Caller,
+    span: tracing::Span,
+) -> Result<CheckResponse, Error> {
     let teller = shared.teller.clone();
+    let in_span = span.clone();
     let pending = shared
         .workers
         .run(move || {
-            let _in_span = span.enter();
+            let _in_span = in_span.enter();
             teller.begin_check(&body, &caller)
         })
         .await??;
-    let answer = match pending.durable().await {
+    match pending.durable().await {
         Ok(response) => Ok(response),
         Err(unrecorded) => {
-            let (teller, span) = (shared.teller.clone(), tracing::Span::current());
+            let teller = shared.teller.clone();
+            // If the workers have stopped, the process is ending and the
+            // reservations stay counted: too high, never too low.
             let failure = shared
                 .workers
                 .run(move || {
@@ -309,11 +332,7 @@ async fn check(
                 .await;
             Err(failure.unwrap_or_else(|e| e))
         }
-    };
-    // The slot is held until the answer is known: admission bounds the
-    // requests waiting for the disk too.
-    drop(slot);
-    answer
+    }
 }
 
 /// The request's body, read within [`MAX_BODY`] and the client timeout,

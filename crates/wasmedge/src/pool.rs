@@ -139,6 +139,13 @@ impl Pool {
             Some(&self.host),
         )
         .map_err(|e| Error::guest(ErrorCode::GuestTrap, format!("cannot instantiate: {e}")))?;
+        // Without its flag, compiled code would run past every deadline.
+        if !raw.has_stop_flag() {
+            return Err(Error::internal(
+                ErrorCode::PolicyInvalid,
+                "the guest has no stop flag, so its deadline could not be kept",
+            ));
+        }
         let mut guest = GuestInstance {
             raw,
             module,
@@ -221,16 +228,21 @@ impl GuestInstance {
         let watchdog = Watchdog::get();
         let armed = watchdog.arm(deadline, self.raw.stop_handle());
         let result = self.invoke_within_limits(contract, func, args);
-        if watchdog.disarm(armed) {
+        let fired = watchdog.disarm(armed);
+        if fired {
             self.stopped = true;
-            // Stopped by its flag, the guest traps (`unreachable`): it ran
-            // past its deadline.
-            if result.is_err() {
-                self.failure = None;
-                return Err(self.timed_out());
-            }
         }
-        result.map_err(|e| self.failure.take().unwrap_or(e))
+        result.map_err(|e| {
+            let e = self.failure.take().unwrap_or(e);
+            // Stopped by its flag, the guest traps (`unreachable`), which may
+            // read as a memory trap: it ran past its deadline. A host
+            // function's failure or used-up fuel stays what it is.
+            if fired && matches!(e.code, ErrorCode::GuestTrap | ErrorCode::GuestMemoryLimit) {
+                self.timed_out(deadline)
+            } else {
+                e
+            }
+        })
     }
 
     pub(crate) fn invoke_within_limits(
@@ -265,12 +277,12 @@ impl GuestInstance {
         Ok(results.into_iter().map(Flat::from).collect())
     }
 
-    fn timed_out(&self) -> Error {
+    fn timed_out(&self, deadline: std::time::Duration) -> Error {
         Error::guest(
             ErrorCode::GuestTimeout,
             format!(
                 "the guest ran past its {} ms deadline",
-                self.limits.deadline.as_millis()
+                deadline.as_millis()
             ),
         )
     }
@@ -278,7 +290,7 @@ impl GuestInstance {
     /// Sorts a failed core call into the guest error codes clients see.
     pub(crate) fn classify(&self, e: &RawError, what: &str) -> Error {
         match e.code {
-            raw::INTERRUPTED => self.timed_out(),
+            raw::INTERRUPTED => self.timed_out(self.limits.deadline),
             raw::COST_LIMIT_EXCEEDED => Error::guest(
                 ErrorCode::GuestOutOfFuel,
                 format!(

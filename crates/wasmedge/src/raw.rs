@@ -409,6 +409,12 @@ impl Instance {
         self.stopper
     }
 
+    /// Whether compiled code can be stopped: the module carries teller's
+    /// stop flag ([`crate::stopflag`]).
+    pub fn has_stop_flag(&self) -> bool {
+        !self.stopper.flag.is_null()
+    }
+
     /// Resets the cost count and sets the budget for the next call.
     pub fn set_cost_limit(&mut self, limit: u64) {
         if self.stats.is_null() {

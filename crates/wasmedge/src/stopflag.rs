@@ -28,10 +28,28 @@ pub(crate) const VERSION: &str = "stopflag1";
 /// Custom sections are dropped: among them could be native code compiled
 /// elsewhere, which must never run.
 pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, String> {
+    // The guest as it came must be valid without the proposals the flag
+    // needs: a guest that could name a second memory or use atomics could
+    // clear its own flag (and each memory would get the whole memory cap).
+    let features = wasmparser::WasmFeatures::default()
+        & !(wasmparser::WasmFeatures::THREADS
+            | wasmparser::WasmFeatures::SHARED_EVERYTHING_THREADS
+            | wasmparser::WasmFeatures::MULTI_MEMORY);
+    wasmparser::Validator::new_with_features(features)
+        .validate_all(wasm)
+        .map_err(|e| format!("not a module teller runs: {e}"))?;
+    // Its one memory is what host functions and the canonical ABI see; the
+    // flag's comes after it.
     let memories = memory_count(wasm)?;
+    if memories != 1 {
+        return Err(format!(
+            "a guest must have exactly one memory, this one has {memories}"
+        ));
+    }
     let mut checks = StopChecks {
         flag: memories,
         memory_section_seen: false,
+        export_section_seen: false,
     };
     let mut module = wasm_encoder::Module::new();
     let parser = wasmparser::Parser::new(0);
@@ -68,6 +86,7 @@ struct StopChecks {
     /// The flag's memory index.
     flag: u32,
     memory_section_seen: bool,
+    export_section_seen: bool,
 }
 
 impl StopChecks {
@@ -116,16 +135,23 @@ impl Reencode for StopChecks {
         after: Option<wasm_encoder::SectionId>,
         before: Option<wasm_encoder::SectionId>,
     ) -> Result<(), ReencodeError<Self::Error>> {
-        // A module without memories of its own gets a memory section.
-        let memory = wasm_encoder::SectionId::Memory as u8;
-        if !self.memory_section_seen
-            && after.is_none_or(|a| (a as u8) < memory)
-            && before.is_some_and(|b| (b as u8) > memory)
-        {
+        // A module whose memory is imported gets a memory section, and one
+        // without exports an export section, each in its place.
+        let between = |id: wasm_encoder::SectionId| {
+            after.is_none_or(|a| (a as u8) < id as u8)
+                && before.is_some_and(|b| (b as u8) > id as u8)
+        };
+        if !self.memory_section_seen && between(wasm_encoder::SectionId::Memory) {
             let mut memories = wasm_encoder::MemorySection::new();
             memories.memory(Self::flag_memory());
             module.section(&memories);
             self.memory_section_seen = true;
+        }
+        if !self.export_section_seen && between(wasm_encoder::SectionId::Export) {
+            let mut exports = wasm_encoder::ExportSection::new();
+            exports.export(EXPORT, ExportKind::Memory, self.flag);
+            module.section(&exports);
+            self.export_section_seen = true;
         }
         Ok(())
     }
@@ -137,6 +163,7 @@ impl Reencode for StopChecks {
     ) -> Result<(), ReencodeError<Self::Error>> {
         utils::parse_export_section(self, exports, section)?;
         exports.export(EXPORT, ExportKind::Memory, self.flag);
+        self.export_section_seen = true;
         Ok(())
     }
 
@@ -211,11 +238,12 @@ mod tests {
 
     /// `(func (export "rec") (param i32) (if (local.get 0) (then (call 0
     /// (local.get 0 - 1)) (call 0 (local.get 0 - 1)))))` and `(func (export
-    /// "spin") (loop (br 0)))`, by hand: no memory of its own.
+    /// "spin") (loop (br 0)))` and `(memory 1)`, by hand.
     const RUNAWAY: &[u8] = &[
         0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
         0x01, 0x08, 0x02, 0x60, 0x01, 0x7f, 0x00, 0x60, 0x00, 0x00, // types
         0x03, 0x03, 0x02, 0x00, 0x01, // funcs
+        0x05, 0x03, 0x01, 0x00, 0x01, // memory: 1 page
         0x07, 0x0e, 0x02, 0x03, b'r', b'e', b'c', 0x00, 0x00, 0x04, b's', b'p', b'i', b'n', 0x00,
         0x01, // exports
         0x0a, 0x1f, 0x02, // code: 2 bodies
@@ -264,6 +292,35 @@ mod tests {
                 "{func}: stopped late"
             );
         }
+    }
+
+    /// A guest that could reach the flag's memory, or has none or two of
+    /// its own, is refused before anything is compiled.
+    #[test]
+    fn guests_that_could_touch_the_flag_are_refused() {
+        // (memory 1) plus a second memory: multi-memory.
+        let mut two = wat_free_module();
+        let memory = two
+            .windows(5)
+            .position(|w| w == [0x05, 0x03, 0x01, 0x00, 0x01])
+            .unwrap();
+        two.splice(
+            memory..memory + 5,
+            [0x05, 0x05, 0x02, 0x00, 0x01, 0x00, 0x01],
+        );
+        assert!(instrument(&two).unwrap_err().contains("not a module"));
+        // No memory at all.
+        let mut none = wat_free_module();
+        none.splice(memory..memory + 5, []);
+        assert!(
+            instrument(&none)
+                .unwrap_err()
+                .contains("exactly one memory")
+        );
+        // A shared memory (threads).
+        let mut shared = wat_free_module();
+        shared.splice(memory..memory + 5, [0x05, 0x04, 0x01, 0x03, 0x01, 0x01]);
+        assert!(instrument(&shared).unwrap_err().contains("not a module"));
     }
 
     /// `(memory 1) (func (export "f") (loop (br 0))) (func)`, by hand.

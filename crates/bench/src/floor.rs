@@ -84,14 +84,7 @@ async fn answer(config: &PolicyConfig, req: Request<Incoming>) -> Response<Full<
         allow: decision.allow,
         deny: decision.deny,
         verdict: decision.verdict.as_str(),
-        reasons: decision
-            .reasons
-            .into_iter()
-            .map(|r| ReasonBody {
-                code: r.code,
-                message: r.message,
-            })
-            .collect(),
+        reasons: decision.reasons.into_iter().map(ReasonBody::from).collect(),
         policies: vec![PolicyOutcomeBody {
             name: policy.name.clone(),
             version: policy.version.clone(),

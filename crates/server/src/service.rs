@@ -13,11 +13,14 @@ use std::sync::{Arc, RwLock};
 use teller_audit_log::{AuditLog, AuditSettings, AuditWriter, GENESIS, Recovery, SealerSlot};
 use teller_contract::ErrorCode;
 use teller_contract::request::{decode_transfer, json_error};
-use teller_contract::{Actor, AuditEvent, Origin, PolicyConfig, PolicyRef, TransferRequest};
+use teller_contract::{
+    Actor, AuditEvent, Origin, PolicyConfig, PolicyRef, Reason, SealedRecord, TransferRequest,
+};
 use teller_contract::{Error, Kind};
 use teller_engine::Engine;
 use teller_engine::artifact::PolicySource;
 use teller_engine::state::{Granted, GuestState, Journal};
+use tokio::sync::oneshot::error::RecvError;
 
 /// A ready teller: loaded guests, their configuration, the audit log.
 pub struct Teller {
@@ -49,7 +52,7 @@ pub struct Reloaded {
 /// be given only once the record is durable.
 pub struct PendingCheck {
     response: CheckResponse,
-    record: Option<tokio::sync::oneshot::Receiver<Result<teller_contract::SealedRecord, Error>>>,
+    record: Option<tokio::sync::oneshot::Receiver<Result<SealedRecord, Error>>>,
     /// What an allowed decision reserved: given back if its record fails.
     granted: Vec<Granted>,
 }
@@ -64,43 +67,36 @@ pub struct Unrecorded {
 impl PendingCheck {
     /// The answer once the record is durable, awaited without holding a
     /// thread through the `fsync`.
-    pub async fn durable(self) -> Result<CheckResponse, Unrecorded> {
-        let PendingCheck {
-            mut response,
-            record,
-            granted,
-        } = self;
-        let Some(record) = record else {
-            return Ok(response);
+    pub async fn durable(mut self) -> Result<CheckResponse, Unrecorded> {
+        let sealed = match self.record.take() {
+            Some(record) => Some(record.await),
+            None => None,
         };
-        match record.await.unwrap_or_else(|_| Err(writer_stopped())) {
-            Ok(sealed) => {
-                response.audit = Some(sealed.into());
-                Ok(response)
-            }
-            Err(error) => Err(Unrecorded { error, granted }),
-        }
+        self.answer(sealed)
     }
 
     /// [`PendingCheck::durable`] for a caller outside an async runtime.
-    pub fn wait(self) -> Result<CheckResponse, Unrecorded> {
-        let PendingCheck {
-            mut response,
-            record,
-            granted,
-        } = self;
-        let Some(record) = record else {
-            return Ok(response);
-        };
-        match record
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(writer_stopped()))
-        {
-            Ok(sealed) => {
+    pub fn wait(mut self) -> Result<CheckResponse, Unrecorded> {
+        let sealed = self.record.take().map(|record| record.blocking_recv());
+        self.answer(sealed)
+    }
+
+    /// The answer given what became of the record (`None`: no audit log).
+    fn answer(
+        self,
+        sealed: Option<Result<Result<SealedRecord, Error>, RecvError>>,
+    ) -> Result<CheckResponse, Unrecorded> {
+        let mut response = self.response;
+        match sealed.map(|s| s.unwrap_or_else(|_| Err(writer_stopped()))) {
+            None => Ok(response),
+            Some(Ok(sealed)) => {
                 response.audit = Some(sealed.into());
                 Ok(response)
             }
-            Err(error) => Err(Unrecorded { error, granted }),
+            Some(Err(error)) => Err(Unrecorded {
+                error,
+                granted: self.granted,
+            }),
         }
     }
 }
@@ -138,6 +134,15 @@ pub struct CheckResponse {
 pub struct ReasonBody {
     pub code: String,
     pub message: String,
+}
+
+impl From<Reason> for ReasonBody {
+    fn from(r: Reason) -> Self {
+        ReasonBody {
+            code: r.code,
+            message: r.message,
+        }
+    }
 }
 
 /// One policy's part in a decision.
@@ -498,14 +503,7 @@ impl Teller {
             allow: decision.allow,
             deny: decision.deny,
             verdict: decision.verdict.as_str(),
-            reasons: decision
-                .reasons
-                .into_iter()
-                .map(|r| ReasonBody {
-                    code: r.code,
-                    message: r.message,
-                })
-                .collect(),
+            reasons: decision.reasons.into_iter().map(ReasonBody::from).collect(),
             policy: PolicyRefBody {
                 name: policy.name.clone(),
                 version: policy.version.clone(),

@@ -7,6 +7,7 @@ use crate::{WasmEdgeEngine, stopflag};
 use std::sync::{Arc, Mutex};
 use teller_contract::{Error, ErrorCode};
 use teller_engine::artifact::sha256_hex;
+use teller_engine::cache::ArtifactCache;
 use wasmedge_sys::Config;
 
 impl WasmEdgeEngine {
@@ -21,18 +22,17 @@ impl WasmEdgeEngine {
         // the deadline's checks added.
         let sha256 = sha256_hex(wasm);
         let key = self.key(&sha256);
-        let wasm = &stopflag::instrument(wasm).map_err(|e| {
-            Error::internal(ErrorCode::PolicyInvalid, format!("policy {name}: {e}"))
-        })?;
         if let Some(compiled) = self.cache.get(&key) {
+            // Cached under these bytes' sha256: instrumented (and checked)
+            // when it was compiled.
             let module = Arc::new(load(&self.config, name, &compiled)?);
             return Ok((Arc::new(std::sync::RwLock::new(module)), sha256));
         }
+        let wasm = &stopflag::instrument(wasm).map_err(|e| {
+            Error::internal(ErrorCode::PolicyInvalid, format!("policy {name}: {e}"))
+        })?;
         if !self.tiered {
-            let compiled = self
-                .cache
-                .get_or_build(&key, || compile(&self.config, name, wasm))?;
-            let module = Arc::new(load(&self.config, name, &compiled)?);
+            let module = Arc::new(compiled(&self.config, &self.cache, &key, name, wasm)?);
             return Ok((Arc::new(std::sync::RwLock::new(module)), sha256));
         }
         let slot: ModuleSlot = Arc::new(std::sync::RwLock::new(Arc::new(load(
@@ -58,18 +58,9 @@ impl WasmEdgeEngine {
                     return; // replaced (a reload) while waiting its turn
                 }
                 let started = std::time::Instant::now();
-                let compiled = cache
-                    .get_or_build(&key, || compile(&config, &name, &wasm))
-                    .and_then(|code| load(&config, &name, &code))
-                    .and_then(|module| {
-                        // Only a module that instantiates replaces one that does.
-                        raw::Instance::new(
-                            &config,
-                            &module,
-                            measure_cost,
-                            raw::Wasi::Shim,
-                            Some(&host),
-                        )
+                let compiled = compiled(&config, &cache, &key, &name, &wasm).and_then(|module| {
+                    // Only a module that instantiates replaces one that does.
+                    raw::Instance::new(&config, &module, measure_cost, raw::Wasi::Shim, Some(&host))
                         .map(|_| module)
                         .map_err(|e| {
                             Error::internal(
@@ -77,7 +68,7 @@ impl WasmEdgeEngine {
                                 format!("cannot instantiate: {e}"),
                             )
                         })
-                    });
+                });
                 match (compiled, weak.upgrade()) {
                     (Ok(module), Some(slot)) => {
                         *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(module);
@@ -99,6 +90,18 @@ impl WasmEdgeEngine {
         }
         Ok((slot, sha256))
     }
+}
+
+/// `wasm` compiled, from the cache under `key` or built (and cached) now.
+pub(crate) fn compiled(
+    config: &Config,
+    cache: &ArtifactCache,
+    key: &str,
+    name: &str,
+    wasm: &[u8],
+) -> Result<AstModule, Error> {
+    let code = cache.get_or_build(key, || compile(config, name, wasm))?;
+    load(config, name, &code)
 }
 
 /// A module as WasmEdge runs it: AOT code when `bytes` carry it, else

@@ -89,10 +89,8 @@ fn park(plan: &Plan) -> Result<(), Error> {
     let Some(running) = crate::compile::BACKGROUND.start() else {
         return Ok(());
     };
-    let compiled = plan.cache.get_or_build(&plan.key, || {
-        crate::compile::compile(&plan.config, "fault-handlers", HOLD)
-    })?;
-    let module = crate::compile::load(&plan.config, "fault-handlers", &compiled)?;
+    let module =
+        crate::compile::compiled(&plan.config, &plan.cache, &plan.key, "fault-handlers", HOLD)?;
     let park = Arc::new(raw::host::HostModule {
         name: "teller:handlers".into(),
         funcs: vec![raw::host::HostFunc {

@@ -170,12 +170,10 @@ impl WasmEdgeEngine {
     /// AOT-compiles a core module as it is, or takes it from the cache.
     #[cfg(test)]
     fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<raw::AstModule>, String), Error> {
-        use compile::{compile, load};
         let sha256 = teller_engine::artifact::sha256_hex(wasm);
-        let compiled = self
-            .cache
-            .get_or_build(&self.key(&sha256), || compile(&self.config, name, wasm))?;
-        Ok((Arc::new(load(&self.config, name, &compiled)?), sha256))
+        let key = self.key(&sha256);
+        let module = compile::compiled(&self.config, &self.cache, &key, name, wasm)?;
+        Ok((Arc::new(module), sha256))
     }
 
     fn pool(&self, artifact: &Artifact) -> Result<(Pool, String), Error> {

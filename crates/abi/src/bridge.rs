@@ -60,29 +60,43 @@ fn unit() -> Value {
     Value::Tuple(Vec::new())
 }
 
+/// The types of a list's elements, a tuple's items or a record's fields,
+/// borrowed from the WIT.
+#[derive(Clone, Copy)]
 pub(crate) enum Types<'a> {
     Repeat(&'a Type),
-    Fixed(Vec<&'a Type>),
+    Tuple(&'a [Type]),
+    Fields(&'a [wit_parser::Field]),
 }
 
 impl<'a> Types<'a> {
     pub(crate) fn get(&self, i: usize) -> Result<&'a Type, AbiError> {
+        let (ty, len) = match self {
+            Types::Repeat(t) => return Ok(t),
+            Types::Tuple(types) => (types.get(i), types.len()),
+            Types::Fields(fields) => (fields.get(i).map(|f| &f.ty), fields.len()),
+        };
+        ty.ok_or_else(|| AbiError(format!("more than {len} fields or items")))
+    }
+
+    /// How many there must be (a list: any number).
+    fn fixed(&self) -> Option<usize> {
         match self {
-            Types::Repeat(t) => Ok(t),
-            Types::Fixed(v) => v
-                .get(i)
-                .copied()
-                .ok_or_else(|| AbiError(format!("more than {} fields or items", v.len()))),
+            Types::Repeat(_) => None,
+            Types::Tuple(types) => Some(types.len()),
+            Types::Fields(fields) => Some(fields.len()),
         }
     }
 
     pub(crate) fn check_len(&self, n: usize) -> Result<(), AbiError> {
-        match self {
-            Types::Fixed(v) if v.len() != n => Err(AbiError(format!(
-                "{n} fields or items given for {}",
-                v.len()
-            ))),
+        match self.fixed() {
+            Some(len) if len != n => Err(AbiError(format!("{n} fields or items given for {len}"))),
             _ => Ok(()),
         }
+    }
+
+    /// Room for the values: exact for tuples and records.
+    pub(crate) fn capacity(&self) -> usize {
+        self.fixed().unwrap_or(0)
     }
 }

@@ -317,7 +317,7 @@ impl Contract {
                 _ => {
                     let cases = self.cases(def)?;
                     out.push(FlatType::I32);
-                    let joined = self.joined_payload(&cases)?;
+                    let joined = self.joined_payload(cases)?;
                     out.extend(joined);
                 }
             },
@@ -325,20 +325,19 @@ impl Contract {
         Ok(())
     }
 
-    /// The payload types of a variant-like type (variant, option, result),
-    /// in case order.
-    pub fn cases<'a>(&'a self, def: &'a TypeDefKind) -> Result<Vec<Option<&'a Type>>, AbiError> {
+    /// The cases of a variant-like type (variant, option, result).
+    pub fn cases<'a>(&'a self, def: &'a TypeDefKind) -> Result<Cases<'a>, AbiError> {
         Ok(match def {
-            TypeDefKind::Variant(v) => v.cases.iter().map(|c| c.ty.as_ref()).collect(),
-            TypeDefKind::Option(t) => vec![None, Some(t)],
-            TypeDefKind::Result(r) => vec![r.ok.as_ref(), r.err.as_ref()],
+            TypeDefKind::Variant(v) => Cases::Variant(&v.cases),
+            TypeDefKind::Option(t) => Cases::Option(t),
+            TypeDefKind::Result(r) => Cases::Result(r),
             other => return err(format!("{} is not supported", other.as_str())),
         })
     }
 
     /// Where a variant's payload starts: after the discriminant, aligned
     /// for the most demanding case (spec: `elem_size_variant`).
-    pub(crate) fn payload_offset(&self, cases: &[Option<&Type>]) -> usize {
+    pub(crate) fn payload_offset(&self, cases: Cases<'_>) -> usize {
         let max_align = cases
             .iter()
             .flatten()
@@ -350,10 +349,7 @@ impl Contract {
 
     /// The flat payload of a variant: each case flattened, position by
     /// position joined (spec: `flatten_variant`).
-    pub(crate) fn joined_payload(
-        &self,
-        cases: &[Option<&Type>],
-    ) -> Result<Vec<FlatType>, AbiError> {
+    pub(crate) fn joined_payload(&self, cases: Cases<'_>) -> Result<Vec<FlatType>, AbiError> {
         let mut joined: Vec<FlatType> = Vec::new();
         for ty in cases.iter().flatten() {
             let mut flat = Vec::new();
@@ -366,6 +362,47 @@ impl Contract {
             }
         }
         Ok(joined)
+    }
+}
+
+/// The cases of a variant-like type, each with its payload type, borrowed
+/// from the WIT.
+#[derive(Clone, Copy)]
+pub enum Cases<'a> {
+    Variant(&'a [wit_parser::Case]),
+    /// `none`, then `some` with this payload.
+    Option(&'a Type),
+    /// `ok`, then `err`.
+    Result(&'a wit_parser::Result_),
+}
+
+impl<'a> Cases<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Cases::Variant(cases) => cases.len(),
+            Cases::Option(_) | Cases::Result(_) => 2,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Case `i`'s payload type: `None` past the last case, `Some(None)` for
+    /// a case without one.
+    pub fn get(&self, i: usize) -> Option<Option<&'a Type>> {
+        match (self, i) {
+            (Cases::Variant(cases), i) => cases.get(i).map(|c| c.ty.as_ref()),
+            (Cases::Option(_), 0) => Some(None),
+            (Cases::Option(t), 1) => Some(Some(*t)),
+            (Cases::Result(r), 0) => Some(r.ok.as_ref()),
+            (Cases::Result(r), 1) => Some(r.err.as_ref()),
+            _ => None,
+        }
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Option<&'a Type>> {
+        (0..self.len()).filter_map(move |i| self.get(i))
     }
 }
 

@@ -191,8 +191,8 @@ impl<'a> Lifter<'a> {
                     let cases = self.contract.cases(other)?;
                     let case = self.uint_at(ptr, tag_size(discriminant(cases.len())))?;
                     let payload_ty = check_case(case, cases.len()).map(|i| cases.get(i))?;
-                    let offset = ptr.saturating_add(self.contract.payload_offset(&cases));
-                    let payload = match payload_ty.copied().flatten() {
+                    let offset = ptr.saturating_add(self.contract.payload_offset(cases));
+                    let payload = match payload_ty.flatten() {
                         Some(t) => Some(Box::new(self.load(t, offset)?)),
                         None => None,
                     };
@@ -307,12 +307,12 @@ impl<'a> Lifter<'a> {
                     let cases = self.contract.cases(other)?;
                     let case = flat.i32()? as u32;
                     let payload_ty = check_case(case, cases.len()).map(|i| cases.get(i))?;
-                    let joined = self.contract.joined_payload(&cases)?;
+                    let joined = self.contract.joined_payload(cases)?;
                     let mut have = Vec::with_capacity(joined.len());
                     for ft in &joined {
                         have.push(flat.next(*ft)?);
                     }
-                    let payload = match payload_ty.copied().flatten() {
+                    let payload = match payload_ty.flatten() {
                         Some(t) => {
                             let mut want = Vec::new();
                             self.contract.flatten(t, &mut want)?;

@@ -186,12 +186,11 @@ impl<'a, A: GuestAlloc> Lowerer<'a, A> {
                 store_u32(buf, offset + 4, len)
             }
             (Kind::Def(TypeDefKind::Record(r)), Value::Record(fields)) => {
-                let types: Vec<&Type> = r.fields.iter().map(|f| &f.ty).collect();
-                self.store_fields(fields, &types, buf, offset)
+                let types = r.fields.iter().map(|f| &f.ty);
+                self.store_fields(fields, types, buf, offset)
             }
             (Kind::Def(TypeDefKind::Tuple(t)), Value::Tuple(items)) => {
-                let types: Vec<&Type> = t.types.iter().collect();
-                self.store_fields(items, &types, buf, offset)
+                self.store_fields(items, t.types.iter(), buf, offset)
             }
             (Kind::Def(TypeDefKind::Flags(f)), Value::Flags(bits)) => {
                 let bytes = bits.to_le_bytes();
@@ -205,12 +204,12 @@ impl<'a, A: GuestAlloc> Lowerer<'a, A> {
             (Kind::Def(def), v) if is_variant_like(def) => {
                 let cases = self.contract.cases(def)?;
                 let (case, payload) = split_case(def, v)?;
-                let payload_ty = cases.get(check_case(case, cases.len())?).copied().flatten();
+                let payload_ty = cases.get(check_case(case, cases.len())?).flatten();
                 let size = tag_size(discriminant(cases.len()));
                 put(case.to_le_bytes().get(..size).unwrap_or_default())?;
                 match (payload_ty, payload) {
                     (Some(t), Some(p)) => {
-                        let at = offset + self.contract.payload_offset(&cases);
+                        let at = offset + self.contract.payload_offset(cases);
                         self.store(p, t, buf, at)
                     }
                     (None, None) => Ok(()),
@@ -221,10 +220,10 @@ impl<'a, A: GuestAlloc> Lowerer<'a, A> {
         }
     }
 
-    fn store_fields(
+    fn store_fields<'t>(
         &mut self,
         values: &[Value],
-        types: &[&Type],
+        types: impl ExactSizeIterator<Item = &'t Type>,
         buf: &mut [u8],
         base: usize,
     ) -> Result<(), AbiError> {
@@ -295,8 +294,8 @@ impl<'a, A: GuestAlloc> Lowerer<'a, A> {
             (Kind::Def(def), v) if is_variant_like(def) => {
                 let cases = self.contract.cases(def)?;
                 let (case, payload) = split_case(def, v)?;
-                let payload_ty = cases.get(check_case(case, cases.len())?).copied().flatten();
-                let joined = self.contract.joined_payload(&cases)?;
+                let payload_ty = cases.get(check_case(case, cases.len())?).flatten();
+                let joined = self.contract.joined_payload(cases)?;
                 out.push(Flat::I32(case as i32));
                 let mut own = Vec::new();
                 match (payload_ty, payload) {

@@ -51,6 +51,7 @@ impl WasmEdgeEngine {
             calls: 1,
             stopped: false,
             failure: None,
+            pending_post: None,
         };
         if let Some(fuel) = self.limits.fuel {
             guest.raw.set_cost_limit(fuel);

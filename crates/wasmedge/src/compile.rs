@@ -3,7 +3,7 @@
 //! in the background).
 
 use crate::raw::{self, AstModule};
-use crate::{WasmEdgeEngine, stopflag};
+use crate::{WasmEdgeEngine, instrument};
 use std::sync::{Arc, Mutex};
 use teller_contract::{Error, ErrorCode};
 use teller_engine::artifact::sha256_hex;
@@ -28,7 +28,7 @@ impl WasmEdgeEngine {
             let module = Arc::new(load(&self.config, name, &compiled)?);
             return Ok((Arc::new(std::sync::RwLock::new(module)), sha256));
         }
-        let wasm = &stopflag::instrument(wasm).map_err(|e| {
+        let wasm = &instrument::instrument(wasm).map_err(|e| {
             Error::internal(ErrorCode::PolicyInvalid, format!("policy {name}: {e}"))
         })?;
         if !self.tiered {

@@ -3,7 +3,7 @@
 //! same WIT the wasmtime engine's bindings come from.
 //!
 //! Modules are AOT-compiled by WasmEdge's LLVM compiler ("universal wasm"
-//! output, with teller's deadline checks added first: [`stopflag`]) into the
+//! output, with teller's deadline checks added first: [`instrument`]) into the
 //! artifact cache. A WasmEdge instance must
 //! not run two calls at once, and instantiating one costs far more than a
 //! call, so each loaded guest keeps a pool of ready instances, one per
@@ -19,10 +19,10 @@
 mod command;
 mod compile;
 mod handlers;
+mod instrument;
 mod pool;
 mod raw;
 mod state;
-mod stopflag;
 mod watchdog;
 
 pub use command::ValueGuest;
@@ -95,7 +95,7 @@ impl WasmEdgeEngine {
                     Error::internal(ErrorCode::EngineInit, "the memory cap is over 4 GiB")
                 })?;
             config.set_max_memory_pages(pages);
-            // The deadline's checks are teller's own (`stopflag`): an atomic
+            // The deadline's checks are teller's own (`instrument`): an atomic
             // load from a memory of their own, instead of WasmEdge's atomic
             // exchange at every loop and call.
             config.interruptible(false);
@@ -158,7 +158,7 @@ impl WasmEdgeEngine {
         format!(
             "wasmedge-{}-{sha256}-o3-{}{}",
             self.version,
-            stopflag::VERSION,
+            instrument::VERSION,
             if self.limits.fuel.is_some() {
                 "-cost"
             } else {

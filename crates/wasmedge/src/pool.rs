@@ -153,6 +153,7 @@ impl Pool {
             calls: 0,
             stopped: false,
             failure: None,
+            pending_post: None,
         };
         if let Some((load, args)) = &self.init {
             let value = guest.invoke_within(
@@ -197,6 +198,9 @@ pub(crate) struct GuestInstance {
     /// Why the last core call failed, kept while the canonical-ABI code
     /// (which only sees `AbiError`s) unwinds.
     pub(crate) failure: Option<Error>,
+    /// The last call's post-return function and its argument, to run first
+    /// in the next call's first entry ([`crate::instrument::after`]).
+    pub(crate) pending_post: Option<(String, i32)>,
 }
 
 impl GuestInstance {
@@ -251,9 +255,40 @@ impl GuestInstance {
         func: &ExportFunc,
         args: &[Value],
     ) -> Result<Option<Value>, Error> {
-        let flat = Lowerer::new(contract, self)
-            .params(func, args)
-            .map_err(bad_output)?;
+        let pending = self.pending_post.take();
+        let flat = if self.raw.has_batch_alloc() {
+            // Lowering twice: once to learn its allocations, which one entry
+            // into the guest then makes (after the last call's post-return),
+            // and once to write into them.
+            let mut plan = Plan::default();
+            Lowerer::new(contract, &mut plan)
+                .params(func, args)
+                .map_err(bad_output)?;
+            let mut ptrs = Vec::with_capacity(plan.requests.len());
+            let post = pending.as_ref().map(|(post, arg)| (post.as_str(), *arg));
+            let batch = self.raw.alloc_batch(post, &plan.requests, &mut ptrs);
+            batch.map_err(|e| {
+                let error = self.classify(&e, crate::instrument::ALLOC_EXPORT);
+                self.failure = Some(error.clone());
+                error
+            })?;
+            let memory = self.raw.memory_bytes_mut().ok_or_else(|| {
+                Error::guest(ErrorCode::GuestBadOutput, "the guest exports no memory")
+            })?;
+            let mut replay = Replay {
+                memory,
+                requests: &plan.requests,
+                ptrs: &ptrs,
+                next: 0,
+            };
+            Lowerer::new(contract, &mut replay)
+                .params(func, args)
+                .map_err(bad_output)?
+        } else {
+            Lowerer::new(contract, self)
+                .params(func, args)
+                .map_err(bad_output)?
+        };
         let results = self.call_core(&func.name, &flat)?;
         let value = {
             let memory = self.memory()?;
@@ -262,7 +297,14 @@ impl GuestInstance {
                 .map_err(bad_output)?
         };
         if func.result.is_some() && self.raw.has_func(&func.post_return) {
-            self.call_core(&func.post_return, &results)?;
+            match results.as_slice() {
+                [Flat::I32(arg)] if self.raw.can_defer(&func.post_return) => {
+                    self.pending_post = Some((func.post_return.clone(), *arg));
+                }
+                _ => {
+                    self.call_core(&func.post_return, &results)?;
+                }
+            }
         }
         Ok(value)
     }
@@ -366,5 +408,82 @@ impl GuestAlloc for GuestInstance {
         self.raw
             .write_memory(ptr, bytes)
             .map_err(|e| AbiError(format!("writing {} bytes at {ptr:#x}: {e}", bytes.len())))
+    }
+}
+
+/// The first pass of a batched lowering: the allocations it asks for, in
+/// order, and nothing written.
+#[derive(Default)]
+struct Plan {
+    /// `(align, size)` of each `cabi_realloc(0, 0, align, size)`.
+    requests: Vec<(u32, u32)>,
+}
+
+impl GuestAlloc for Plan {
+    fn realloc(
+        &mut self,
+        old_ptr: u32,
+        old_size: u32,
+        align: u32,
+        new_size: u32,
+    ) -> Result<u32, AbiError> {
+        if (old_ptr, old_size) != (0, 0) {
+            return Err(AbiError("lowering only allocates anew".into()));
+        }
+        self.requests.push((align, new_size));
+        // Aligned to anything; never written to.
+        Ok(0)
+    }
+
+    fn write(&mut self, _: u32, _: &[u8]) -> Result<(), AbiError> {
+        Ok(())
+    }
+}
+
+/// The second pass: the same allocations, answered with what the guest's
+/// `cabi_realloc` returned in the batch, and the writes made.
+struct Replay<'a> {
+    /// The guest's memory (no guest code runs until the call).
+    memory: &'a mut [u8],
+    requests: &'a [(u32, u32)],
+    ptrs: &'a [u32],
+    next: usize,
+}
+
+impl GuestAlloc for Replay<'_> {
+    fn realloc(
+        &mut self,
+        old_ptr: u32,
+        old_size: u32,
+        align: u32,
+        new_size: u32,
+    ) -> Result<u32, AbiError> {
+        let planned = self.requests.get(self.next).copied();
+        let ptr = self.ptrs.get(self.next).copied();
+        self.next += 1;
+        match (planned, ptr) {
+            (Some(planned), Some(ptr))
+                if (old_ptr, old_size, planned) == (0, 0, (align, new_size)) =>
+            {
+                Ok(ptr)
+            }
+            _ => Err(AbiError(
+                "the lowering asked for other allocations than it planned".into(),
+            )),
+        }
+    }
+
+    fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<(), AbiError> {
+        let start = ptr as usize;
+        self.memory
+            .get_mut(start..start.saturating_add(bytes.len()))
+            .ok_or_else(|| {
+                AbiError(format!(
+                    "writing {} bytes at {ptr:#x}: out of the guest's memory",
+                    bytes.len()
+                ))
+            })?
+            .copy_from_slice(bytes);
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //! (the fuel budget).
 //!
 //! WasmEdge 0.14 has no call to stop a synchronous invoke. Compiled guests
-//! test a flag of their own ([`crate::stopflag`]); the interpreter tests the
+//! test a flag of their own ([`crate::instrument`]); the interpreter tests the
 //! executor's stop flag at each branch and call, which
 //! `WasmEdge_AsyncCancel` sets. So each instance keeps one finished async
 //! invocation (of a no-op host function, so no guest code runs for it) and
@@ -213,7 +213,7 @@ unsafe fn write_memory_at(
 #[derive(Debug, Clone, Copy)]
 pub struct StopHandle {
     executor: *mut ffi::WasmEdge_Async,
-    /// The guest's stop flag ([`crate::stopflag`]), when it has one.
+    /// The guest's stop flag ([`crate::instrument`]), when it has one.
     flag: *mut u32,
 }
 
@@ -253,6 +253,15 @@ pub struct Instance {
     executor: *mut ffi::WasmEdge_ExecutorContext,
     /// Present when the module was compiled to measure cost.
     stats: *mut ffi::WasmEdge_StatisticsContext,
+    /// The guest's batch allocator ([`crate::instrument`]), when it has one.
+    alloc: *mut ffi::WasmEdge_FunctionInstanceContext,
+    /// The start of the flag's page, where the batch allocator's pairs go.
+    stage: *mut u8,
+    /// The exported `memory`, looked up once.
+    memory: *mut ffi::WasmEdge_MemoryInstanceContext,
+    /// Exported functions already looked up (a lookup takes a lock and
+    /// walks a map of names).
+    funcs: Vec<(Box<str>, *mut ffi::WasmEdge_FunctionInstanceContext)>,
 }
 
 // SAFETY: all of it is owned by this value and used by one thread at a
@@ -269,6 +278,9 @@ unsafe extern "C" fn noop(
 ) -> ffi::WasmEdge_Result {
     ffi::WasmEdge_Result { Code: 0 }
 }
+
+/// The batch allocator's name, for errors.
+const ALLOC_NAME: &str = crate::instrument::ALLOC_EXPORT;
 
 /// What a guest's `wasi_snapshot_preview1` imports are bound to.
 pub enum Wasi<'a> {
@@ -331,6 +343,10 @@ impl Instance {
                 store,
                 executor,
                 stats,
+                alloc: std::ptr::null_mut(),
+                stage: std::ptr::null_mut(),
+                memory: std::ptr::null_mut(),
+                funcs: Vec::new(),
             };
             if executor.is_null() || store.is_null() || wasi.is_null() {
                 return Err(null("an executor, store or WASI module"));
@@ -352,11 +368,19 @@ impl Instance {
             ))?;
             let flag = ffi::WasmEdge_ModuleInstanceFindMemory(
                 this.instance,
-                name(crate::stopflag::EXPORT),
+                name(crate::instrument::EXPORT),
             );
             if !flag.is_null() {
-                this.stopper.flag = ffi::WasmEdge_MemoryInstanceGetPointer(flag, 0, 4).cast();
+                this.stage = ffi::WasmEdge_MemoryInstanceGetPointer(flag, 0, 65536);
+                this.stopper.flag = this.stage.cast();
             }
+            if !this.stage.is_null() {
+                this.alloc = ffi::WasmEdge_ModuleInstanceFindFunction(
+                    this.instance,
+                    name(crate::instrument::ALLOC_EXPORT),
+                );
+            }
+            this.memory = ffi::WasmEdge_ModuleInstanceFindMemory(this.instance, name("memory"));
             Ok(this)
         }
     }
@@ -410,7 +434,7 @@ impl Instance {
     }
 
     /// Whether compiled code can be stopped: the module carries teller's
-    /// stop flag ([`crate::stopflag`]).
+    /// stop flag ([`crate::instrument`]).
     pub fn has_stop_flag(&self) -> bool {
         !self.stopper.flag.is_null()
     }
@@ -428,13 +452,117 @@ impl Instance {
     }
 
     /// Whether the instance exports a function called `func`.
-    pub fn has_func(&self, func: &str) -> bool {
+    pub fn has_func(&mut self, func: &str) -> bool {
+        !self.func(func).is_null()
+    }
+
+    /// The exported function `func` (null if there is none), looked up
+    /// once per instance.
+    fn func(&mut self, func: &str) -> *mut ffi::WasmEdge_FunctionInstanceContext {
+        if let Some((_, f)) = self.funcs.iter().find(|(n, _)| **n == *func) {
+            return *f;
+        }
         // SAFETY: a lookup in the owned, instantiated module.
-        unsafe { !ffi::WasmEdge_ModuleInstanceFindFunction(self.instance, name(func)).is_null() }
+        let f = unsafe { ffi::WasmEdge_ModuleInstanceFindFunction(self.instance, name(func)) };
+        self.funcs.push((func.into(), f));
+        f
+    }
+
+    /// Whether the guest has teller's batch allocator.
+    pub fn has_batch_alloc(&self) -> bool {
+        !self.alloc.is_null()
+    }
+
+    /// Whether the guest's batch allocator can first run the post-return
+    /// function `post` (one taking an `i32`).
+    pub fn can_defer(&mut self, post: &str) -> bool {
+        !self.alloc.is_null() && !self.func(&crate::instrument::after(post)).is_null()
+    }
+
+    /// `cabi_realloc(0, 0, align, size)` for each `(align, size)` of
+    /// `requests`, in order, in one entry into the guest per
+    /// [`STAGE_PAIRS`](crate::instrument::STAGE_PAIRS); the pointers go to
+    /// `out`. `post`, a post-return function and its argument, runs first,
+    /// in the same entry (see [`Instance::can_defer`]).
+    pub fn alloc_batch(
+        &mut self,
+        mut post: Option<(&str, i32)>,
+        requests: &[(u32, u32)],
+        out: &mut Vec<u32>,
+    ) -> Result<(), RawError> {
+        use crate::instrument::{STAGE, STAGE_PAIRS};
+        if self.alloc.is_null() {
+            return Err(RawError {
+                code: 0,
+                message: format!("the guest has no {}", crate::instrument::ALLOC_EXPORT),
+            });
+        }
+        if requests.is_empty() && post.is_none() {
+            return Ok(());
+        }
+        // One entry per page of pairs, and one for a post-return alone.
+        let mut rest = requests;
+        loop {
+            let batch = rest.chunks(STAGE_PAIRS).next().unwrap_or_default();
+            rest = rest.get(batch.len()..).unwrap_or_default();
+            let pairs = STAGE as usize..STAGE as usize + batch.len() * 8;
+            let mut bytes = Vec::with_capacity(pairs.len());
+            for &(align, size) in batch {
+                bytes.extend_from_slice(&align.to_le_bytes());
+                bytes.extend_from_slice(&size.to_le_bytes());
+            }
+            // SAFETY: the page is 64 KiB and `pairs` ends inside it
+            // (STAGE_PAIRS); nothing else writes there (the watchdog writes
+            // only the flag, before STAGE), and no guest code runs now.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    self.stage.add(pairs.start),
+                    bytes.len(),
+                );
+            }
+            let count = Val::I32(batch.len() as i32);
+            match post.take() {
+                None => self.call_func(self.alloc, ALLOC_NAME, &[count])?,
+                Some((post, arg)) => {
+                    let after = crate::instrument::after(post);
+                    let f = self.func(&after);
+                    self.call_func(f, &after, &[count, Val::I32(arg)])?
+                }
+            };
+            // SAFETY: as above; the guest has returned.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.stage.add(pairs.start),
+                    bytes.as_mut_ptr(),
+                    bytes.len(),
+                );
+            }
+            out.extend(
+                bytes
+                    .chunks_exact(8)
+                    .filter_map(|pair| pair.first_chunk::<4>())
+                    .map(|ptr| u32::from_le_bytes(*ptr)),
+            );
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     /// Calls the exported function `func`.
     pub fn call(&mut self, func: &str, args: &[Val]) -> Result<Vec<Val>, RawError> {
+        let f = self.func(func);
+        self.call_func(f, func, args)
+    }
+
+    /// Calls `f`, a function of this instance (or null: `func` is missing).
+    fn call_func(
+        &mut self,
+        f: *mut ffi::WasmEdge_FunctionInstanceContext,
+        func: &str,
+        args: &[Val],
+    ) -> Result<Vec<Val>, RawError> {
         let missing = || RawError {
             code: 0,
             message: format!("the guest has no export {func}"),
@@ -442,7 +570,6 @@ impl Instance {
         // SAFETY: the function belongs to the owned instance; the argument
         // and result buffers are sized from its type.
         unsafe {
-            let f = ffi::WasmEdge_ModuleInstanceFindFunction(self.instance, name(func));
             if f.is_null() {
                 return Err(missing());
             }
@@ -487,10 +614,7 @@ impl Instance {
     }
 
     fn memory(&self) -> Option<*mut ffi::WasmEdge_MemoryInstanceContext> {
-        // SAFETY: a lookup in the owned, instantiated module.
-        let memory =
-            unsafe { ffi::WasmEdge_ModuleInstanceFindMemory(self.instance, name("memory")) };
-        (!memory.is_null()).then_some(memory)
+        (!self.memory.is_null()).then_some(self.memory)
     }
 
     /// The exported memory's size in 64 KiB pages.
@@ -506,6 +630,18 @@ impl Instance {
         // SAFETY: the memory belongs to the owned instance, and no guest code
         // runs while the slice borrows `self`.
         unsafe { memory_slice(self.memory()?) }
+    }
+
+    /// All of the exported linear memory, to write to. No guest code can run
+    /// while the slice borrows `self`.
+    pub fn memory_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        // SAFETY: as for `memory_bytes`; the borrow is exclusive.
+        unsafe {
+            let memory = self.memory()?;
+            let len = ffi::WasmEdge_MemoryInstanceGetPageSize(memory).checked_mul(65536)?;
+            let ptr = ffi::WasmEdge_MemoryInstanceGetPointer(memory, 0, len);
+            (!ptr.is_null()).then(|| std::slice::from_raw_parts_mut(ptr, len as usize))
+        }
     }
 
     /// Writes `bytes` at `offset` of the exported memory, bounds-checked by

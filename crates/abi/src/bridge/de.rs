@@ -31,10 +31,8 @@ impl<'a> Typed<'a> {
     fn element_types(&self) -> Result<Types<'a>, AbiError> {
         Ok(match self.kind()? {
             Kind::Def(TypeDefKind::List(elem)) => Types::Repeat(elem),
-            Kind::Def(TypeDefKind::Tuple(t)) => Types::Fixed(t.types.iter().collect()),
-            Kind::Def(TypeDefKind::Record(r)) => {
-                Types::Fixed(r.fields.iter().map(|f| &f.ty).collect())
-            }
+            Kind::Def(TypeDefKind::Tuple(t)) => Types::Tuple(&t.types),
+            Kind::Def(TypeDefKind::Record(r)) => Types::Fields(&r.fields),
             _ => return Err(AbiError(format!("{:?} has no elements", self.ty))),
         })
     }
@@ -46,7 +44,6 @@ impl<'a> Typed<'a> {
         let cases = self.contract.cases(def)?;
         cases
             .get(case as usize)
-            .copied()
             .ok_or_else(|| AbiError(format!("case {case} out of range")))
     }
 }

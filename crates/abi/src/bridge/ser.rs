@@ -53,7 +53,7 @@ impl<'a> Ser<'a> {
             };
         }
         let cases = self.contract.cases(def)?;
-        let payload_ty = *cases
+        let payload_ty = cases
             .get(index as usize)
             .ok_or_else(|| AbiError(format!("case {index} is out of range for {:?}", self.ty)))?;
         let payload = match (payload_ty, payload) {
@@ -78,19 +78,16 @@ impl<'a> Ser<'a> {
     fn seq(self, kind: &'static str) -> Result<SeqSer<'a>, AbiError> {
         let (types, wrap): (Types<'a>, fn(Vec<Value>) -> Value) = match (kind, self.kind()?) {
             ("seq", Kind::Def(TypeDefKind::List(elem))) => (Types::Repeat(elem), Value::List),
-            ("tuple", Kind::Def(TypeDefKind::Tuple(t))) => {
-                (Types::Fixed(t.types.iter().collect()), Value::Tuple)
+            ("tuple", Kind::Def(TypeDefKind::Tuple(t))) => (Types::Tuple(&t.types), Value::Tuple),
+            ("struct", Kind::Def(TypeDefKind::Record(r))) => {
+                (Types::Fields(&r.fields), Value::Record)
             }
-            ("struct", Kind::Def(TypeDefKind::Record(r))) => (
-                Types::Fixed(r.fields.iter().map(|f| &f.ty).collect()),
-                Value::Record,
-            ),
             _ => return mismatch(kind, self.ty),
         };
         Ok(SeqSer {
             contract: self.contract,
             types,
-            items: Vec::new(),
+            items: Vec::with_capacity(types.capacity()),
             wrap,
             record: None,
         })

@@ -1,0 +1,684 @@
+//! What teller adds to a guest before WasmEdge compiles it: the deadline's
+//! stop checks, and one function that makes a call's allocations in one
+//! entry.
+//!
+//! **Stop checks.** WasmEdge's own "interruptible" code tests its
+//! executor's stop flag with an atomic exchange (a locked instruction) at
+//! every loop and call: on guests that loop over bytes (the audit sealer
+//! hashing and escaping a record, the Rego interpreter) that made calls
+//! three to four times slower than the same code compiled without it.
+//! Instead, teller compiles guests without it and adds its own test where a
+//! guest could run on: at the start of every function and of every loop, an
+//! atomic load (a plain `mov` on x86, which the compiler may not hoist out
+//! of a loop) of a flag in a one-page memory of its own, exported as
+//! [`EXPORT`]; a set flag traps (`unreachable`). The watchdog sets it at the
+//! deadline.
+//!
+//! **Batch allocator.** Lowering a call's arguments calls the guest's
+//! `cabi_realloc` once per string and list, and every entry into a WasmEdge
+//! guest costs about a microsecond: a transfer check made a dozen of them, an
+//! audit seal about thirty. A guest that exports `cabi_realloc` gets
+//! [`ALLOC_EXPORT`], which reads `(align, size)` pairs the host put in the
+//! flag's page from [`STAGE`] on, calls `cabi_realloc(0, 0, align, size)`
+//! for each in order, and writes each result over its pair. The guest sees
+//! the same calls with the same arguments in the same order as before; only
+//! the host's side changes (see `pool::Plan`).
+//!
+//! The post-return function of one call (`cabi_post_*`, which frees its
+//! results) must run before the guest's next call. For each that takes one
+//! `i32`, [`after`] names a function that runs it and then the batch
+//! allocator: the host lifts a call's results, and the post-return runs in
+//! the next call's first entry instead of an entry of its own. The guest
+//! sees the same sequence of calls.
+
+use wasm_encoder::reencode::{Error as ReencodeError, Reencode, utils};
+use wasm_encoder::{
+    BlockType, CodeSection, ExportKind, Instruction, MemArg, MemArgTarget, MemoryType, ValType,
+};
+
+/// The memory holding the stop flag (at offset 0), as the guest exports it.
+pub(crate) const EXPORT: &str = "teller:stop";
+
+/// The batch allocator: `(func (param $count i32))`.
+pub(crate) const ALLOC_EXPORT: &str = "teller:alloc";
+
+/// The function that runs post-return function `post` (with its `i32`),
+/// then the batch allocator: `(func (param $count i32) (param $arg i32))`.
+pub(crate) fn after(post: &str) -> String {
+    format!("teller:alloc-after:{post}")
+}
+
+/// Where in the flag's page the batch allocator's pairs start.
+pub(crate) const STAGE: u32 = 8;
+
+/// How many `(align, size)` pairs fit in one batch.
+pub(crate) const STAGE_PAIRS: usize = (65536 - STAGE as usize) / 8;
+
+/// What changes in the compiled code when this file's output does: part
+/// of the cache key.
+pub(crate) const VERSION: &str = "instrument2";
+
+/// `wasm` with the stop checks, a memory for the flag and its export.
+/// Custom sections are dropped: among them could be native code compiled
+/// elsewhere, which must never run.
+pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, String> {
+    // The guest as it came must be valid without the proposals the flag
+    // needs: a guest that could name a second memory or use atomics could
+    // clear its own flag (and each memory would get the whole memory cap).
+    let features = wasmparser::WasmFeatures::default()
+        & !(wasmparser::WasmFeatures::THREADS
+            | wasmparser::WasmFeatures::SHARED_EVERYTHING_THREADS
+            | wasmparser::WasmFeatures::MULTI_MEMORY);
+    wasmparser::Validator::new_with_features(features)
+        .validate_all(wasm)
+        .map_err(|e| format!("not a module teller runs: {e}"))?;
+    // Its one memory is what host functions and the canonical ABI see; the
+    // flag's comes after it.
+    let memories = memory_count(wasm)?;
+    if memories != 1 {
+        return Err(format!(
+            "a guest must have exactly one memory, this one has {memories}"
+        ));
+    }
+    let mut checks = StopChecks {
+        flag: memories,
+        memory_section_seen: false,
+        export_section_seen: false,
+        alloc: BatchAlloc::find(wasm).map_err(|e| format!("not a module teller runs: {e}"))?,
+    };
+    let mut module = wasm_encoder::Module::new();
+    let parser = wasmparser::Parser::new(0);
+    checks
+        .parse_core_module(&mut module, parser, wasm)
+        .map_err(|e| format!("cannot add the deadline's checks: {e}"))?;
+    Ok(module.finish())
+}
+
+/// How many memories the module has, imported and defined: the flag's
+/// memory comes after them.
+fn memory_count(wasm: &[u8]) -> Result<u32, String> {
+    let mut count = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| e.to_string())? {
+            wasmparser::Payload::ImportSection(imports) => {
+                for import in imports.into_imports() {
+                    if matches!(
+                        import.map_err(|e| e.to_string())?.ty,
+                        wasmparser::TypeRef::Memory(_)
+                    ) {
+                        count += 1;
+                    }
+                }
+            }
+            wasmparser::Payload::MemorySection(memories) => count += memories.count(),
+            _ => {}
+        }
+    }
+    Ok(count)
+}
+
+/// Where the batch allocator goes in a module that can have one.
+#[derive(Debug, Clone, PartialEq)]
+struct BatchAlloc {
+    /// The guest's `cabi_realloc`.
+    realloc: u32,
+    /// The allocator's type and function index, each after the module's own;
+    /// the [`after`] functions' type is the next, and they follow it.
+    ty: u32,
+    func: u32,
+    /// The guest's post-return functions that take one `i32`: export name
+    /// and function index.
+    posts: Vec<(String, u32)>,
+}
+
+impl BatchAlloc {
+    /// The module's `cabi_realloc`, when it exports one of the canonical
+    /// ABI's type defined in a module with types, functions and exports of
+    /// its own (so the allocator has sections to go into).
+    fn find(wasm: &[u8]) -> Result<Option<BatchAlloc>, wasmparser::BinaryReaderError> {
+        let realloc_type =
+            wasmparser::FuncType::new([wasmparser::ValType::I32; 4], [wasmparser::ValType::I32]);
+        let post_type = wasmparser::FuncType::new([wasmparser::ValType::I32], []);
+        let mut types = Vec::new();
+        let mut funcs = Vec::new();
+        let mut imported = 0u32;
+        let mut exported = None;
+        let mut posts = Vec::new();
+        let mut has_code = false;
+        for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+            match payload? {
+                wasmparser::Payload::TypeSection(section) => {
+                    for ty in section.into_iter_err_on_gc_types() {
+                        match ty {
+                            Ok(ty) => types.push(ty),
+                            // A GC type: no batch allocator, not an error.
+                            Err(_) => return Ok(None),
+                        }
+                    }
+                }
+                wasmparser::Payload::ImportSection(imports) => {
+                    for import in imports.into_imports() {
+                        if let wasmparser::TypeRef::Func(_) = import?.ty {
+                            imported += 1;
+                        }
+                    }
+                }
+                wasmparser::Payload::FunctionSection(section) => {
+                    for ty in section {
+                        funcs.push(ty?);
+                    }
+                }
+                wasmparser::Payload::ExportSection(exports) => {
+                    for export in exports {
+                        let export = export?;
+                        if export.kind != wasmparser::ExternalKind::Func {
+                            continue;
+                        }
+                        if export.name == "cabi_realloc" {
+                            exported = Some(export.index);
+                        } else if export.name.starts_with("cabi_post_") {
+                            posts.push((export.name.to_string(), export.index));
+                        }
+                    }
+                }
+                wasmparser::Payload::CodeSectionStart { .. } => has_code = true,
+                _ => {}
+            }
+        }
+        // Only defined functions: an imported one's type is not looked up.
+        let type_of = |func: u32| {
+            func.checked_sub(imported)
+                .and_then(|i| funcs.get(i as usize))
+                .and_then(|&ty| types.get(ty as usize))
+        };
+        let Some(realloc) = exported else {
+            return Ok(None);
+        };
+        if type_of(realloc) != Some(&realloc_type) || !has_code {
+            return Ok(None);
+        }
+        posts.retain(|&(_, func)| type_of(func) == Some(&post_type));
+        Ok(Some(BatchAlloc {
+            realloc,
+            ty: types.len() as u32,
+            func: imported + funcs.len() as u32,
+            posts,
+        }))
+    }
+}
+
+struct StopChecks {
+    /// The flag's memory index.
+    flag: u32,
+    memory_section_seen: bool,
+    export_section_seen: bool,
+    /// Added when the guest has a `cabi_realloc` it can call.
+    alloc: Option<BatchAlloc>,
+}
+
+impl StopChecks {
+    fn flag_memory() -> MemoryType {
+        MemoryType {
+            minimum: 1,
+            maximum: Some(1),
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        }
+    }
+
+    /// `if (i32.atomic.load $flag (i32.const 0)) unreachable end`.
+    fn check(&self, f: &mut wasm_encoder::Function) {
+        f.instruction(&Instruction::I32Const(0));
+        f.instruction(&Instruction::I32AtomicLoad(MemArg {
+            offset: 0,
+            align: 2,
+            target: MemArgTarget::Memory(self.flag),
+            ordering: None,
+        }));
+        f.instruction(&Instruction::If(BlockType::Empty));
+        f.instruction(&Instruction::Unreachable);
+        f.instruction(&Instruction::End);
+    }
+
+    /// A 4-aligned access to the flag's page at `offset` past the address.
+    fn stage(&self, offset: u64) -> MemArg {
+        MemArg {
+            offset,
+            align: 2,
+            target: MemArgTarget::Memory(self.flag),
+            ordering: None,
+        }
+    }
+
+    /// `(func (param $count i32))`: for each of `$count` pairs from
+    /// [`STAGE`] on, `cabi_realloc(0, 0, align, size)`, its result written
+    /// over the pair's `align`. The host bounds `$count` by [`STAGE_PAIRS`];
+    /// past the page, a load traps.
+    fn batch_alloc(&self, realloc: u32) -> wasm_encoder::Function {
+        use Instruction as I;
+        let (count, done, pair) = (0, 1, 2);
+        let mut f = wasm_encoder::Function::new([(2, ValType::I32)]);
+        f.instruction(&I::I32Const(STAGE as i32));
+        f.instruction(&I::LocalSet(pair));
+        f.instruction(&I::Block(BlockType::Empty));
+        f.instruction(&I::Loop(BlockType::Empty));
+        self.check(&mut f);
+        f.instruction(&I::LocalGet(done));
+        f.instruction(&I::LocalGet(count));
+        f.instruction(&I::I32GeU);
+        f.instruction(&I::BrIf(1));
+        // The store's address, then cabi_realloc(0, 0, align, size).
+        f.instruction(&I::LocalGet(pair));
+        f.instruction(&I::I32Const(0));
+        f.instruction(&I::I32Const(0));
+        f.instruction(&I::LocalGet(pair));
+        f.instruction(&I::I32Load(self.stage(0)));
+        f.instruction(&I::LocalGet(pair));
+        f.instruction(&I::I32Load(self.stage(4)));
+        f.instruction(&I::Call(realloc));
+        f.instruction(&I::I32Store(self.stage(0)));
+        f.instruction(&I::LocalGet(pair));
+        f.instruction(&I::I32Const(8));
+        f.instruction(&I::I32Add);
+        f.instruction(&I::LocalSet(pair));
+        f.instruction(&I::LocalGet(done));
+        f.instruction(&I::I32Const(1));
+        f.instruction(&I::I32Add);
+        f.instruction(&I::LocalSet(done));
+        f.instruction(&I::Br(0));
+        f.instruction(&I::End);
+        f.instruction(&I::End);
+        f.instruction(&I::End);
+        f
+    }
+}
+
+impl Reencode for StopChecks {
+    type Error = std::convert::Infallible;
+
+    fn parse_memory_section(
+        &mut self,
+        memories: &mut wasm_encoder::MemorySection,
+        section: wasmparser::MemorySectionReader<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        utils::parse_memory_section(self, memories, section)?;
+        memories.memory(Self::flag_memory());
+        self.memory_section_seen = true;
+        Ok(())
+    }
+
+    fn intersperse_section_hook(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        after: Option<wasm_encoder::SectionId>,
+        before: Option<wasm_encoder::SectionId>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        // A module whose memory is imported gets a memory section, and one
+        // without exports an export section, each in its place.
+        let between = |id: wasm_encoder::SectionId| {
+            after.is_none_or(|a| (a as u8) < id as u8)
+                && before.is_some_and(|b| (b as u8) > id as u8)
+        };
+        if !self.memory_section_seen && between(wasm_encoder::SectionId::Memory) {
+            let mut memories = wasm_encoder::MemorySection::new();
+            memories.memory(Self::flag_memory());
+            module.section(&memories);
+            self.memory_section_seen = true;
+        }
+        if !self.export_section_seen && between(wasm_encoder::SectionId::Export) {
+            let mut exports = wasm_encoder::ExportSection::new();
+            exports.export(EXPORT, ExportKind::Memory, self.flag);
+            module.section(&exports);
+            self.export_section_seen = true;
+        }
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut wasm_encoder::ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        utils::parse_export_section(self, exports, section)?;
+        exports.export(EXPORT, ExportKind::Memory, self.flag);
+        if let Some(alloc) = &self.alloc {
+            exports.export(ALLOC_EXPORT, ExportKind::Func, alloc.func);
+            for (i, (post, _)) in alloc.posts.iter().enumerate() {
+                exports.export(&after(post), ExportKind::Func, alloc.func + 1 + i as u32);
+            }
+        }
+        self.export_section_seen = true;
+        Ok(())
+    }
+
+    fn parse_type_section(
+        &mut self,
+        types: &mut wasm_encoder::TypeSection,
+        section: wasmparser::TypeSectionReader<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        utils::parse_type_section(self, types, section)?;
+        if self.alloc.is_some() {
+            types.ty().function([ValType::I32], []);
+            types.ty().function([ValType::I32, ValType::I32], []);
+        }
+        Ok(())
+    }
+
+    fn parse_function_section(
+        &mut self,
+        functions: &mut wasm_encoder::FunctionSection,
+        section: wasmparser::FunctionSectionReader<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        utils::parse_function_section(self, functions, section)?;
+        if let Some(alloc) = &self.alloc {
+            functions.function(alloc.ty);
+            for _ in &alloc.posts {
+                functions.function(alloc.ty + 1);
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_code_section(
+        &mut self,
+        code: &mut CodeSection,
+        section: wasmparser::CodeSectionReader<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        utils::parse_code_section(self, code, section)?;
+        if let Some(alloc) = &self.alloc {
+            code.function(&self.batch_alloc(alloc.realloc));
+            for &(_, post) in &alloc.posts {
+                // `(call $post (local.get $arg)) (call $alloc (local.get $count))`
+                let mut f = wasm_encoder::Function::new([]);
+                f.instruction(&Instruction::LocalGet(1));
+                f.instruction(&Instruction::Call(post));
+                f.instruction(&Instruction::LocalGet(0));
+                f.instruction(&Instruction::Call(alloc.func));
+                f.instruction(&Instruction::End);
+                code.function(&f);
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_function_body(
+        &mut self,
+        code: &mut CodeSection,
+        func: wasmparser::FunctionBody<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        let mut f = self.new_function_with_parsed_locals(&func)?;
+        self.check(&mut f);
+        let mut reader = func.get_operators_reader()?;
+        while !reader.eof() {
+            let op = reader.read()?;
+            let is_loop = matches!(op, wasmparser::Operator::Loop { .. });
+            f.instruction(&self.instruction(op)?);
+            if is_loop {
+                self.check(&mut f);
+            }
+        }
+        code.function(&f);
+        Ok(())
+    }
+
+    fn parse_custom_section(
+        &mut self,
+        _module: &mut wasm_encoder::Module,
+        _section: wasmparser::CustomSectionReader<'_>,
+    ) -> Result<(), ReencodeError<Self::Error>> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_function_and_loop_gets_a_check_and_the_flag_is_exported() {
+        // (memory 1) (func (export "f") (loop (br 0))) (func)
+        let wasm = wat_free_module();
+        let out = instrument(&wasm).unwrap();
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&out)
+            .unwrap();
+        let mut loads = 0;
+        let mut exported = false;
+        for payload in wasmparser::Parser::new(0).parse_all(&out) {
+            match payload.unwrap() {
+                wasmparser::Payload::CodeSectionEntry(body) => {
+                    for op in body.get_operators_reader().unwrap() {
+                        if let wasmparser::Operator::I32AtomicLoad { memarg } = op.unwrap() {
+                            assert_eq!(memarg.target, wasmparser::MemArgTarget::Memory(1));
+                            loads += 1;
+                        }
+                    }
+                }
+                wasmparser::Payload::ExportSection(exports) => {
+                    for e in exports {
+                        let e = e.unwrap();
+                        exported |= e.name == EXPORT
+                            && e.kind == wasmparser::ExternalKind::Memory
+                            && e.index == 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Two function entries and one loop.
+        assert_eq!(loads, 3);
+        assert!(exported);
+    }
+
+    /// `(func (export "rec") (param i32) (if (local.get 0) (then (call 0
+    /// (local.get 0 - 1)) (call 0 (local.get 0 - 1)))))` and `(func (export
+    /// "spin") (loop (br 0)))` and `(memory 1)`, by hand.
+    const RUNAWAY: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x08, 0x02, 0x60, 0x01, 0x7f, 0x00, 0x60, 0x00, 0x00, // types
+        0x03, 0x03, 0x02, 0x00, 0x01, // funcs
+        0x05, 0x03, 0x01, 0x00, 0x01, // memory: 1 page
+        0x07, 0x0e, 0x02, 0x03, b'r', b'e', b'c', 0x00, 0x00, 0x04, b's', b'p', b'i', b'n', 0x00,
+        0x01, // exports
+        0x0a, 0x1f, 0x02, // code: 2 bodies
+        0x15, 0x00, 0x20, 0x00, 0x04, 0x40, 0x20, 0x00, 0x41, 0x01, 0x6b, 0x10, 0x00, 0x20, 0x00,
+        0x41, 0x01, 0x6b, 0x10, 0x00, 0x0b, 0x0b, // rec
+        0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // spin
+    ];
+
+    /// Compiled code that never ends, by a loop or by recursion without
+    /// one (2^60 calls), stops when the flag is set, and says so as a trap.
+    #[test]
+    fn compiled_loops_and_calls_stop_at_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::new(
+            teller_engine::cache::ArtifactCache::at(dir.path()).unwrap(),
+            teller_engine::GuestLimits::default(),
+            teller_engine::state::GuestState::none(),
+        )
+        .unwrap();
+        let wasm = instrument(RUNAWAY).unwrap();
+        let compiled = crate::compile::compile(&engine.config, "runaway", &wasm).unwrap();
+        let module = crate::compile::load(&engine.config, "runaway", &compiled).unwrap();
+        for (func, args) in [("spin", vec![]), ("rec", vec![crate::raw::Val::I32(60)])] {
+            let mut instance = crate::raw::Instance::new(
+                &engine.config,
+                &module,
+                false,
+                crate::raw::Wasi::Shim,
+                None,
+            )
+            .unwrap();
+            let stop = instance.stop_handle();
+            let stopper = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                stop.stop();
+            });
+            let started = std::time::Instant::now();
+            let stopped = instance.call(func, &args).unwrap_err();
+            stopper.join().unwrap();
+            assert!(
+                stopped.message.contains("unreachable"),
+                "{func}: not stopped by the flag: {stopped}"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{func}: stopped late"
+            );
+        }
+    }
+
+    /// A guest that could reach the flag's memory, or has none or two of
+    /// its own, is refused before anything is compiled.
+    #[test]
+    fn guests_that_could_touch_the_flag_are_refused() {
+        // (memory 1) plus a second memory: multi-memory.
+        let mut two = wat_free_module();
+        let memory = two
+            .windows(5)
+            .position(|w| w == [0x05, 0x03, 0x01, 0x00, 0x01])
+            .unwrap();
+        two.splice(
+            memory..memory + 5,
+            [0x05, 0x05, 0x02, 0x00, 0x01, 0x00, 0x01],
+        );
+        assert!(instrument(&two).unwrap_err().contains("not a module"));
+        // No memory at all.
+        let mut none = wat_free_module();
+        none.splice(memory..memory + 5, []);
+        assert!(
+            instrument(&none)
+                .unwrap_err()
+                .contains("exactly one memory")
+        );
+        // A shared memory (threads).
+        let mut shared = wat_free_module();
+        shared.splice(memory..memory + 5, [0x05, 0x04, 0x01, 0x03, 0x01, 0x01]);
+        assert!(instrument(&shared).unwrap_err().contains("not a module"));
+    }
+
+    /// A guest whose `cabi_realloc` bumps a pointer and logs each call (and
+    /// each post-return) at 16 bytes a call from address 0.
+    const LOGGING: &str = r#"(module
+      (memory (export "memory") 4)
+      (global $next (mut i32) (i32.const 0x10000))
+      (global $log (mut i32) (i32.const 0))
+      (func $note (param i32 i32 i32 i32)
+        (i32.store offset=0 (global.get $log) (local.get 0))
+        (i32.store offset=4 (global.get $log) (local.get 1))
+        (i32.store offset=8 (global.get $log) (local.get 2))
+        (i32.store offset=12 (global.get $log) (local.get 3))
+        (global.set $log (i32.add (global.get $log) (i32.const 16))))
+      (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+        (local $ptr i32)
+        (call $note (local.get 0) (local.get 1) (local.get 2) (local.get 3))
+        (local.set $ptr (i32.and
+          (i32.add (global.get $next) (i32.sub (local.get 2) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get 2))))
+        (global.set $next (i32.add (local.get $ptr) (local.get 3)))
+        (local.get $ptr))
+      (func (export "cabi_post_f") (param i32)
+        (call $note (i32.const -1) (local.get 0) (i32.const 0) (i32.const 0)))
+      (func (export "calls") (result i32) (i32.div_u (global.get $log) (i32.const 16))))"#;
+
+    /// The batch allocator makes the same `cabi_realloc` calls, in order,
+    /// as the host would one by one, after a deferred post-return, and
+    /// returns what each returned; a batch larger than the page goes in
+    /// more than one entry.
+    #[test]
+    fn the_batch_allocator_makes_the_same_calls_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::new(
+            teller_engine::cache::ArtifactCache::at(dir.path()).unwrap(),
+            teller_engine::GuestLimits::default(),
+            teller_engine::state::GuestState::none(),
+        )
+        .unwrap();
+        let wasm = instrument(&wat::parse_str(LOGGING).unwrap()).unwrap();
+        let compiled = crate::compile::compile(&engine.config, "logging", &wasm).unwrap();
+        let module = crate::compile::load(&engine.config, "logging", &compiled).unwrap();
+        let mut instance =
+            crate::raw::Instance::new(&engine.config, &module, false, crate::raw::Wasi::Shim, None)
+                .unwrap();
+        assert!(instance.has_batch_alloc());
+        assert!(instance.can_defer("cabi_post_f"));
+        assert!(!instance.can_defer("cabi_post_g"));
+
+        let requests: Vec<(u32, u32)> = (0..STAGE_PAIRS as u32 + 10)
+            .map(|i| (1 << (i % 4), i % 7))
+            .collect();
+        let mut ptrs = Vec::new();
+        instance
+            .alloc_batch(Some(("cabi_post_f", 7)), &requests, &mut ptrs)
+            .unwrap();
+        assert_eq!(ptrs.len(), requests.len());
+        // The bump allocator's answers, computed here.
+        let mut next = 0x10000u32;
+        for (&(align, size), &ptr) in requests.iter().zip(&ptrs) {
+            let expected = next.div_ceil(align) * align;
+            assert_eq!(ptr, expected);
+            next = expected + size;
+        }
+        // The log: the post-return first, then every call as asked.
+        let calls = instance.call("calls", &[]).unwrap();
+        assert_eq!(calls, [crate::raw::Val::I32(requests.len() as i32 + 1)]);
+        let memory = instance.memory_bytes().unwrap();
+        let word = |i: usize| u32::from_le_bytes(memory[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!([word(0), word(1)], [u32::MAX, 7]);
+        for (i, &(align, size)) in requests.iter().enumerate() {
+            let at = (i + 1) * 4;
+            assert_eq!(
+                [word(at), word(at + 1), word(at + 2), word(at + 3)],
+                [0, 0, align, size],
+                "call {i}"
+            );
+        }
+        // A post-return alone is one entry of its own.
+        ptrs.clear();
+        instance
+            .alloc_batch(Some(("cabi_post_f", 9)), &[], &mut ptrs)
+            .unwrap();
+        assert!(ptrs.is_empty());
+        let calls = instance.call("calls", &[]).unwrap();
+        assert_eq!(calls, [crate::raw::Val::I32(requests.len() as i32 + 2)]);
+    }
+
+    /// A `cabi_realloc` of another type gets no batch allocator.
+    #[test]
+    fn a_guest_without_a_canonical_realloc_gets_no_batch_allocator() {
+        let wasm = wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "cabi_realloc") (param i32) (result i32) (local.get 0)))"#,
+        )
+        .unwrap();
+        let out = instrument(&wasm).unwrap();
+        let exports: Vec<String> = wasmparser::Parser::new(0)
+            .parse_all(&out)
+            .filter_map(|p| match p.unwrap() {
+                wasmparser::Payload::ExportSection(e) => Some(
+                    e.into_iter()
+                        .map(|e| e.unwrap().name.to_string())
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(exports, ["memory", "cabi_realloc", EXPORT]);
+    }
+
+    /// `(memory 1) (func (export "f") (loop (br 0))) (func)`, by hand.
+    fn wat_free_module() -> Vec<u8> {
+        vec![
+            0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+            0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type 0: [] -> []
+            0x03, 0x03, 0x02, 0x00, 0x00, // funcs 0, 1: type 0
+            0x05, 0x03, 0x01, 0x00, 0x01, // memory: 1 page
+            0x07, 0x05, 0x01, 0x01, b'f', 0x00, 0x00, // export "f"
+            0x0a, 0x0c, 0x02, // code: 2 bodies
+            0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop br 0 end end
+            0x02, 0x00, 0x0b, // end
+        ]
+    }
+}

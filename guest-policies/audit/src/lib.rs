@@ -212,6 +212,13 @@ fn field(out: &mut String, name: &str, value: &str) {
 /// Appends a JSON string with the one escaping rule of the canonical form.
 fn string(out: &mut String, value: &str) {
     out.push('"');
+    // Most values need no escape: copied whole.
+    let plain = |b: &u8| *b >= 0x20 && *b != 0x7f && *b != b'"' && *b != b'\\';
+    if value.as_bytes().iter().all(plain) {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     for c in value.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -229,10 +236,14 @@ fn string(out: &mut String, value: &str) {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        for nibble in [b >> 4, b & 0xf] {
+            s.push(char::from(
+                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
     }
     s
 }

@@ -53,5 +53,63 @@ impl Sandbox for TellerSandbox {
 fn main() {
     // The shim's containers run on WasmEdge only: it links no other engine.
     teller_engine::register(&[teller_wasmedge::ENGINE]);
+    // containerd runs this binary as `start` and `delete` (short, no
+    // WasmEdge) and as the daemon that creates containers. A container's
+    // process runs inside its own root file system, where the node's
+    // WasmEdge is out of sight, so the daemon opens it for them to inherit.
+    let args: Vec<String> = std::env::args().collect();
+    if is_daemon(&args)
+        && let Err(e) = teller_wasmedge::load()
+    {
+        eprintln!("containerd-shim-wasmedge-v1: {e}");
+    }
     TellerShim::run(None);
+}
+
+/// Whether containerd started this process as the shim's daemon: no action
+/// after its Go-style flags, and not `-v` or `-info`.
+fn is_daemon(args: &[String]) -> bool {
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        let Some(flag) = arg.strip_prefix('-') else {
+            return false;
+        };
+        match flag.trim_start_matches('-') {
+            "v" | "info" => return false,
+            "debug" => {}
+            with_value if with_value.contains('=') => {}
+            _ => {
+                rest.next();
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_daemon;
+
+    #[test]
+    fn only_the_daemon_opens_wasmedge() {
+        let args = |a: &[&str]| -> Vec<String> {
+            std::iter::once("shim")
+                .chain(a.iter().copied())
+                .map(String::from)
+                .collect()
+        };
+        let flags = [
+            "-namespace",
+            "default",
+            "-id",
+            "start",
+            "-address",
+            "/run/c.sock",
+        ];
+        assert!(is_daemon(&args(&flags)));
+        assert!(is_daemon(&args(&[&flags[..], &["-debug"]].concat())));
+        assert!(!is_daemon(&args(&[&flags[..], &["start"]].concat())));
+        assert!(!is_daemon(&args(&[&flags[..], &["delete"]].concat())));
+        assert!(!is_daemon(&args(&["-v"])));
+    }
 }

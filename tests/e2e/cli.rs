@@ -141,3 +141,24 @@ fn compile_fills_the_cache_and_damaged_entries_are_rebuilt() {
         );
     }
 }
+
+/// A WasmEdge build opens libwasmedge (and the LLVM it carries) only when
+/// it makes a WasmEdge engine: a wasmtime server never maps it, a WasmEdge
+/// server does, and both decide.
+#[cfg(feature = "wasmedge")]
+#[test]
+fn only_a_wasmedge_engine_loads_libwasmedge() {
+    use crate::support::{EXAMPLE, Server};
+    let mapped = |server: &Server| {
+        std::fs::read_to_string(format!("/proc/{}/maps", server.pid()))
+            .unwrap()
+            .contains("libwasmedge")
+    };
+    for (engine, loads) in [("wasmtime", false), ("wasmedge", true)] {
+        let server = Server::start(engine, &[]);
+        let answer = server.post("/v1/transfer/check", EXAMPLE);
+        assert_eq!(answer.status, 200, "{engine}: {}", answer.body);
+        assert_eq!(mapped(&server), loads, "{engine}");
+        server.stop();
+    }
+}

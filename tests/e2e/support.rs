@@ -128,6 +128,10 @@ impl Server {
         Server { addr, child }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn post(&self, path: &str, body: &str) -> Response {
         request(self.addr, "POST", path, body.as_bytes())
     }

@@ -1,5 +1,6 @@
 // Makes the binaries run against the WasmEdge
-// that scripts/wasmedge-setup provided. On Debian 12 that is a private
+// that scripts/wasmedge-setup provided, which they open at first use
+// (crates/wasmedge/src/ffi.rs) from the path given here. On Debian 12 that is a private
 // prefix of Debian 13 libraries with its own C library: binaries are linked
 // to use the prefix's dynamic loader and search the prefix first
 // (DT_RPATH, which also covers libwasmedge's own dependencies), so the
@@ -35,5 +36,11 @@ fn link_wasmedge() -> Result<(), String> {
         println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags");
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+    let soname = dir.join("libwasmedge.so.0");
+    let library = if soname.exists() { soname } else { real.clone() };
+    println!(
+        "cargo:rustc-env=TELLER_WASMEDGE_LIBRARY={}",
+        library.display()
+    );
     Ok(())
 }

@@ -2,13 +2,13 @@
 //! tiered start (the interpreter first, compiled code swapped in once built
 //! in the background).
 
+use crate::raw::Config;
 use crate::raw::{self, AstModule};
 use crate::{WasmEdgeEngine, instrument};
 use std::sync::{Arc, Mutex};
 use teller_contract::{Error, ErrorCode};
 use teller_engine::artifact::sha256_hex;
 use teller_engine::cache::ArtifactCache;
-use wasmedge_sys::Config;
 
 impl WasmEdgeEngine {
     /// The module's slot: its compiled code if cached (or not tiered),
@@ -131,8 +131,8 @@ pub(crate) fn compile(config: &Config, name: &str, wasm: &[u8]) -> Result<Vec<u8
     let _one_at_a_time = COMPILER
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    wasmedge_sys::Compiler::create(Some(config))
-        .and_then(|c| c.compile_from_bytes(wasm, &out))
+    config
+        .compile(wasm, &out)
         .map_err(|e| failed(e.to_string()))?;
     std::fs::read(&out).map_err(|e| failed(e.to_string()))
 }

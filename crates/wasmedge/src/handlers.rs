@@ -13,11 +13,11 @@
 //! process starts serving.
 
 use crate::raw;
+use crate::raw::Config;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use teller_contract::{Error, ErrorCode};
 use teller_engine::cache::ArtifactCache;
-use wasmedge_sys::Config;
 
 /// `(import "teller:handlers" "park" (func)) (func (export "hold") call 0)`.
 const HOLD: &[u8] = &[

@@ -18,6 +18,7 @@
 
 mod command;
 mod compile;
+mod ffi;
 mod handlers;
 mod instrument;
 mod pool;
@@ -29,6 +30,7 @@ pub use command::ValueGuest;
 use compile::ModuleSlot;
 pub use compile::quiesce;
 use pool::Pool;
+use raw::Config;
 use std::sync::{Arc, Mutex};
 use teller_abi::{AbiError, Contract, ExportFunc};
 use teller_contract::{
@@ -41,9 +43,6 @@ use teller_engine::{
     AuditSealer, CallMode, Engine, GuestLimits, TransferCheck, Workload, policy_failed,
     rego_load_error, rego_load_failed, rego_policy_ref,
 };
-use wasmedge_sdk::error::WasmEdgeError;
-use wasmedge_sdk::{CompilerOptimizationLevel, CompilerOutputFormat};
-use wasmedge_sys::Config;
 
 /// The WasmEdge engine as a binary registers it.
 pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
@@ -61,6 +60,13 @@ pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
 };
 
 pub use teller_engine::MAX_CALLS_PER_INSTANCE;
+
+/// Opens libwasmedge now rather than when the first engine is made: for a
+/// process whose children run WasmEdge where its path is out of sight (the
+/// shim's containers, inside their own root file system).
+pub fn load() -> Result<(), String> {
+    ffi::load()
+}
 
 pub struct WasmEdgeEngine {
     config: Arc<Config>,
@@ -86,8 +92,8 @@ impl WasmEdgeEngine {
         limits: GuestLimits,
         guest_state: teller_engine::state::GuestState,
     ) -> Result<Self, Error> {
-        // WasmEdge logs every trap to stderr; teller reports them itself.
-        wasmedge_sdk::LogManager::log_off();
+        ffi::load().map_err(|e| Error::internal(ErrorCode::EngineInit, e))?;
+        raw::log_off();
         let config = |interpreter: bool| -> Result<Config, Error> {
             let mut config = Config::create().map_err(|e| init_error(&e))?;
             let pages =
@@ -99,14 +105,13 @@ impl WasmEdgeEngine {
             // load from a memory of their own, instead of WasmEdge's atomic
             // exchange at every loop and call.
             config.interruptible(false);
-            config.threads(true);
-            config.multi_memories(true);
+            config.add_proposal(ffi::WasmEdge_Proposal_Threads);
+            config.add_proposal(ffi::WasmEdge_Proposal_MultiMemories);
             if limits.fuel.is_some() {
                 // Compiled into the AOT code, so part of the cache key too.
                 config.measure_cost(true);
             }
-            config.set_aot_optimization_level(CompilerOptimizationLevel::O3);
-            config.set_aot_compiler_output_format(CompilerOutputFormat::Wasm);
+            config.compile_optimized_into_wasm();
             config.interpreter_mode(interpreter);
             Ok(config)
         };
@@ -120,7 +125,7 @@ impl WasmEdgeEngine {
             host: state::state_module(&contract, guest_state)?,
             contract,
             cache,
-            version: wasmedge_sys::utils::version_string(),
+            version: raw::version(),
             limits,
             tiered: false,
             fresh: false,
@@ -383,6 +388,6 @@ pub(crate) fn bad_output(e: AbiError) -> Error {
     )
 }
 
-fn init_error(e: &WasmEdgeError) -> Error {
+fn init_error(e: &raw::RawError) -> Error {
     Error::internal(ErrorCode::EngineInit, format!("cannot start WasmEdge: {e}"))
 }

@@ -1,6 +1,7 @@
 //! A pool of ready instances of one module, and one instance's
 //! canonical-ABI call within its deadline, memory cap and fuel budget.
 
+use crate::raw::Config;
 use crate::raw::{self, AstModule, RawError, Val};
 use crate::watchdog::Watchdog;
 use crate::{MAX_CALLS_PER_INSTANCE, ModuleSlot, bad_output};
@@ -13,7 +14,6 @@ use teller_abi::lower::{GuestAlloc, Lowerer};
 use teller_abi::{AbiError, Contract, ExportFunc, Flat, Value};
 use teller_contract::{Error, ErrorCode};
 use teller_engine::GuestLimits;
-use wasmedge_sys::Config;
 
 /// Ready instances of one module.
 pub(crate) struct Pool {

@@ -18,11 +18,11 @@
 pub mod host;
 mod wasi;
 
+use crate::ffi;
 use std::ffi::CStr;
 use std::sync::Arc;
 pub use wasi::PROC_EXIT;
 use wasi::{wasi_command, wasi_shim};
-use wasmedge_sys::{Config, ffi};
 
 /// A WasmEdge error: its code and message.
 #[derive(Debug, Clone)]
@@ -74,6 +74,119 @@ fn name(s: &str) -> ffi::WasmEdge_String {
     // SAFETY: `StringWrap` borrows the bytes without copying; every use
     // below finishes before `s` goes away.
     unsafe { ffi::WasmEdge_StringWrap(s.as_ptr().cast(), s.len() as u32) }
+}
+
+/// A WasmEdge configuration: proposals, the memory cap, compiler settings.
+/// Loaders, executors and compilers made from it only read it.
+pub struct Config(*mut ffi::WasmEdge_ConfigureContext);
+
+// SAFETY: WasmEdge reads a configuration when objects are made from it;
+// teller changes it only before sharing it (`&mut self` setters).
+unsafe impl Send for Config {}
+unsafe impl Sync for Config {}
+
+impl Config {
+    pub fn create() -> Result<Self, RawError> {
+        // SAFETY: a plain constructor; the value owns the result.
+        let config = unsafe { ffi::WasmEdge_ConfigureCreate() };
+        if config.is_null() {
+            return Err(null("a configuration"));
+        }
+        Ok(Config(config))
+    }
+
+    pub fn as_ptr(&self) -> *const ffi::WasmEdge_ConfigureContext {
+        self.0
+    }
+
+    pub fn set_max_memory_pages(&mut self, pages: u32) {
+        // SAFETY: an owned configuration, not shared yet (`&mut self`).
+        unsafe { ffi::WasmEdge_ConfigureSetMaxMemoryPage(self.0, pages) }
+    }
+
+    /// Compiled code tests WasmEdge's own stop flag at loops and calls.
+    pub fn interruptible(&mut self, on: bool) {
+        // SAFETY: as above.
+        unsafe { ffi::WasmEdge_ConfigureCompilerSetInterruptible(self.0, on) }
+    }
+
+    pub fn add_proposal(&mut self, proposal: ffi::WasmEdge_Proposal) {
+        // SAFETY: as above.
+        unsafe { ffi::WasmEdge_ConfigureAddProposal(self.0, proposal) }
+    }
+
+    /// Compiled code counts its cost against the statistics' limit.
+    pub fn measure_cost(&mut self, on: bool) {
+        // SAFETY: as above.
+        unsafe { ffi::WasmEdge_ConfigureStatisticsSetCostMeasuring(self.0, on) }
+    }
+
+    /// LLVM at O3, native code kept in a custom section of the module.
+    pub fn compile_optimized_into_wasm(&mut self) {
+        // SAFETY: as above.
+        unsafe {
+            ffi::WasmEdge_ConfigureCompilerSetOptimizationLevel(
+                self.0,
+                ffi::WasmEdge_CompilerOptimizationLevel_O3,
+            );
+            ffi::WasmEdge_ConfigureCompilerSetOutputFormat(
+                self.0,
+                ffi::WasmEdge_CompilerOutputFormat_Wasm,
+            );
+        }
+    }
+
+    /// Run everything on the interpreter, ignoring compiled code.
+    pub fn interpreter_mode(&mut self, on: bool) {
+        // SAFETY: as above.
+        unsafe { ffi::WasmEdge_ConfigureSetForceInterpreter(self.0, on) }
+    }
+
+    /// Compiles `wasm` to a module with native code, written to `out`.
+    pub fn compile(&self, wasm: &[u8], out: &std::path::Path) -> Result<(), RawError> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(out.as_os_str().as_bytes()).map_err(|_| RawError {
+            code: 0,
+            message: format!("{} has a NUL byte", out.display()),
+        })?;
+        // SAFETY: the compiler lives only inside this block; the buffer and
+        // path outlive the call.
+        unsafe {
+            let compiler = ffi::WasmEdge_CompilerCreate(self.0);
+            if compiler.is_null() {
+                return Err(null("a compiler"));
+            }
+            let compiled = check(ffi::WasmEdge_CompilerCompileFromBuffer(
+                compiler,
+                wasm.as_ptr(),
+                wasm.len() as u64,
+                path.as_ptr(),
+            ));
+            ffi::WasmEdge_CompilerDelete(compiler);
+            compiled
+        }
+    }
+}
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        // SAFETY: owned; whatever was made from it holds its own copy.
+        unsafe { ffi::WasmEdge_ConfigureDelete(self.0) }
+    }
+}
+
+/// WasmEdge's version, such as `0.14.1`.
+pub fn version() -> String {
+    // SAFETY: a static NUL-terminated string.
+    unsafe { CStr::from_ptr(ffi::WasmEdge_VersionGet()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// WasmEdge logs every trap to stderr; teller reports them itself.
+pub fn log_off() {
+    // SAFETY: sets a global log level.
+    unsafe { ffi::WasmEdge_LogOff() }
 }
 
 /// A loaded and validated module (AOT code included), shared by instances.

@@ -5,10 +5,10 @@
 #![allow(unsafe_code)]
 
 use super::{RawError, Val, memory_slice, name, null, write_memory_at};
+use crate::ffi;
 use std::cell::RefCell;
 use teller_abi::FlatType;
 use teller_contract::Error;
-use wasmedge_sys::ffi;
 
 /// A host function: the guest's core arguments in, core results out.
 pub type HostFn = dyn Fn(&mut Caller, &[Val]) -> Result<Vec<Val>, Error> + Send + Sync;

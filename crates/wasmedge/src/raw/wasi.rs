@@ -4,7 +4,7 @@
 #![allow(unsafe_code)]
 
 use super::{RawError, name, null};
-use wasmedge_sys::ffi;
+use crate::ffi;
 
 /// WasmEdge's WASI for a command: `args` (the first is the program's name)
 /// and `envs`, the process's stdio, no preopened directories.

@@ -41,11 +41,41 @@ fn cold_start_reports_teller_next_to_the_floor() {
         assert_eq!(doc["engine"], *engine);
         let names = names(&doc);
         assert!(
-            names[0].contains("teller check") && names[2].contains("/bin/true"),
+            names[0].contains("teller check")
+                && names[1].contains("teller --version")
+                && names[2].contains("only opens")
+                && names[3].contains("/bin/true"),
             "{names:?}"
         );
+        assert_eq!(doc["ratios"].as_array().unwrap().len(), 3);
         assert!(doc["ratios"][0]["value"].as_f64().unwrap() > 0.0);
+        assert!(
+            doc.to_string().contains("no build without WasmEdge"),
+            "{doc}"
+        );
     }
+    // Given a build without WasmEdge (here the same binary: only the
+    // report's shape is checked), its --version is measured and compared.
+    let teller = std::path::PathBuf::from(env!("CARGO_BIN_EXE_teller"));
+    let doc = bench(&[
+        "cold-start",
+        "--engine",
+        ENGINES[0],
+        "--runs",
+        "5",
+        "--plain-teller",
+        teller.to_str().unwrap(),
+    ]);
+    let names = names(&doc);
+    assert!(names[2].contains("built without WasmEdge"), "{names:?}");
+    let ratios = doc["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 4);
+    assert!(
+        ratios[3]["name"]
+            .as_str()
+            .unwrap()
+            .contains("without WasmEdge")
+    );
 }
 
 #[test]

@@ -65,11 +65,23 @@ enum BenchCommand {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
     },
+    /// Opens the engine's native library and exits: the process `cold-start`
+    /// measures `teller check` against.
+    #[command(hide = true)]
+    LoadEngine {
+        #[arg(long, value_parser = engine_parser())]
+        engine: String,
+    },
     /// Exec of `teller check` to the decision printed, RUNS times after a
-    /// warm-up, next to a process that does nothing (the floor).
+    /// warm-up, next to a process that only opens the engine's library and
+    /// one that does nothing (the floor).
     ColdStart {
         #[arg(long, default_value_t = 200)]
         runs: u64,
+        /// A `teller` built without the `wasmedge` feature: its `--version`
+        /// is measured next to this build's.
+        #[arg(long, env = "TELLER_PLAIN_BIN")]
+        plain_teller: Option<PathBuf>,
         #[command(flatten)]
         bench: BenchArgs,
     },
@@ -195,11 +207,26 @@ fn bench(command: BenchCommand) -> Result<u8, Error> {
             report.print(bench.json);
             return Ok(if report.passed() { 0 } else { 1 });
         }
-        BenchCommand::ColdStart { runs, bench } => (
+        BenchCommand::LoadEngine { engine } => {
+            let kind = teller_engine::registered()
+                .iter()
+                .find(|e| e.name == engine)
+                .ok_or_else(|| {
+                    Error::bad_request(ErrorCode::EngineInit, format!("no engine {engine:?}"))
+                })?;
+            (kind.load)().map_err(|e| Error::internal(ErrorCode::EngineInit, e))?;
+            return Ok(0);
+        }
+        BenchCommand::ColdStart {
+            runs,
+            plain_teller,
+            bench,
+        } => (
             crate::cold_start(
                 engine_name(&bench.engine)?,
                 runs,
                 bench.cache_dir.as_deref(),
+                plain_teller.as_deref(),
             )?,
             bench.json,
         ),

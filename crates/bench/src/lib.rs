@@ -230,6 +230,7 @@ pub fn cold_start(
     engine: &'static str,
     runs: u64,
     cache_dir: Option<&Path>,
+    plain_teller: Option<&Path>,
 ) -> Result<Report, Error> {
     let exe = teller_binary()?;
     let exe = exe.to_string_lossy().to_string();
@@ -251,28 +252,71 @@ pub fn cold_start(
         b"",
         runs,
     )?;
+    let bench = std::env::current_exe().map_err(|e| {
+        Error::internal(ErrorCode::Internal, format!("the bench's own binary: {e}"))
+    })?;
+    let bench = bench.to_string_lossy().to_string();
+    let library = time_process(
+        &format!("a process that only opens {engine}'s library"),
+        &[&bench, "load-engine", "--engine", engine],
+        b"",
+        runs,
+    )?;
     let floor = time_process(
         "/bin/true (a process doing nothing)",
         &["/bin/true"],
         b"",
         runs,
     )?;
-    let ratio = teller.quantile_us(0.5) / floor.quantile_us(0.5).max(0.001);
-    let over_libs = teller.quantile_us(0.5) / version.quantile_us(0.5).max(0.001);
+    let p50 = |s: &Series| s.quantile_us(0.5).max(0.001);
+    let mut ratios = vec![
+        (
+            "P50 teller check / P50 /bin/true".to_string(),
+            p50(&teller) / p50(&floor),
+        ),
+        (
+            "P50 teller check / P50 teller --version".to_string(),
+            p50(&teller) / p50(&version),
+        ),
+        (
+            format!("P50 teller check / P50 a process that only opens {engine}'s library"),
+            p50(&teller) / p50(&library),
+        ),
+    ];
+    let mut notes = vec![format!(
+        "{runs} runs each after a warm-up; the cache of compiled guests was filled by the warm-up"
+    )];
+    let mut series = vec![teller];
+    match plain_teller {
+        Some(plain) => {
+            let plain = plain.to_string_lossy().to_string();
+            let without = time_process(
+                "teller --version, built without WasmEdge",
+                &[&plain, "--version"],
+                b"",
+                runs,
+            )?;
+            ratios.push((
+                "P50 teller --version / P50 the same built without WasmEdge".to_string(),
+                p50(&version) / p50(&without),
+            ));
+            series.extend([version, without]);
+        }
+        None => {
+            notes.push(
+                "no build without WasmEdge was given (--plain-teller), so its --version was not measured"
+                    .to_string(),
+            );
+            series.push(version);
+        }
+    }
+    series.extend([library, floor]);
     Ok(Report {
         bench: "cold-start",
         engine,
-        ratios: vec![
-            ("P50 teller check / P50 /bin/true".to_string(), ratio),
-            (
-                "P50 teller check / P50 teller --version".to_string(),
-                over_libs,
-            ),
-        ],
-        notes: vec![format!(
-            "{runs} runs each after a warm-up; the cache of compiled guests was filled by the warm-up"
-        )],
-        series: vec![teller, version, floor],
+        ratios,
+        notes,
+        series,
     })
 }
 

@@ -211,6 +211,9 @@ pub struct EngineKind {
     /// Told once a server has set up its signal handling and is about to
     /// serve: work that only pays off over many calls starts here.
     pub serving: fn(),
+    /// Opens the engine's native library, if it has one, without making an
+    /// engine: what the cold-start benchmark measures teller against.
+    pub load: fn() -> Result<(), String>,
 }
 
 static REGISTERED: std::sync::OnceLock<&'static [EngineKind]> = std::sync::OnceLock::new();

@@ -57,6 +57,7 @@ pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
     },
     quiesce,
     serving: handlers::start,
+    load,
 };
 
 pub use teller_engine::MAX_CALLS_PER_INSTANCE;

@@ -75,7 +75,10 @@ fn is_daemon(args: &[String]) -> bool {
             return false;
         };
         match flag.trim_start_matches('-') {
+            // `--` ends the flags: an action may follow.
+            "" => return rest.next().is_none(),
             "v" | "info" => return false,
+            v if v.starts_with("v=") || v.starts_with("info=") => return false,
             "debug" => {}
             with_value if with_value.contains('=') => {}
             _ => {
@@ -111,5 +114,8 @@ mod tests {
         assert!(!is_daemon(&args(&[&flags[..], &["start"]].concat())));
         assert!(!is_daemon(&args(&[&flags[..], &["delete"]].concat())));
         assert!(!is_daemon(&args(&["-v"])));
+        assert!(!is_daemon(&args(&["-info=true"])));
+        assert!(!is_daemon(&args(&["-id", "x", "--", "delete"])));
+        assert!(is_daemon(&args(&["-id", "x", "--"])));
     }
 }

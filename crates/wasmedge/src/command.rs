@@ -52,6 +52,7 @@ impl WasmEdgeEngine {
             stopped: false,
             failure: None,
             pending_post: None,
+            cleanup_failed: false,
         };
         if let Some(fuel) = self.limits.fuel {
             guest.raw.set_cost_limit(fuel);

@@ -74,6 +74,11 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("not a module teller runs: {e}"))?;
     // Its one memory is what host functions and the canonical ABI see; the
     // flag's comes after it.
+    if let Some(name) = teller_export(wasm)? {
+        return Err(format!(
+            "a guest may not export {name:?}: names starting with \"teller:\" are teller's own"
+        ));
+    }
     let memories = memory_count(wasm)?;
     if memories != 1 {
         return Err(format!(
@@ -92,6 +97,21 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, String> {
         .parse_core_module(&mut module, parser, wasm)
         .map_err(|e| format!("cannot add the deadline's checks: {e}"))?;
     Ok(module.finish())
+}
+
+/// The first export whose name is in teller's namespace, if any.
+fn teller_export(wasm: &[u8]) -> Result<Option<String>, String> {
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::Payload::ExportSection(exports) = payload.map_err(|e| e.to_string())? {
+            for export in exports {
+                let export = export.map_err(|e| e.to_string())?;
+                if export.name.starts_with("teller:") {
+                    return Ok(Some(export.name.to_string()));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// How many memories the module has, imported and defined: the flag's
@@ -642,6 +662,18 @@ mod tests {
         assert!(ptrs.is_empty());
         let calls = instance.call("calls", &[]).unwrap();
         assert_eq!(calls, [crate::raw::Val::I32(requests.len() as i32 + 2)]);
+    }
+
+    /// A guest may not bring its own `teller:` exports (the host would take
+    /// them for its batch allocator or flag).
+    #[test]
+    fn a_guest_exporting_teller_names_is_refused() {
+        let wasm = wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "teller:alloc") (param i32)))"#,
+        )
+        .unwrap();
+        assert!(instrument(&wasm).unwrap_err().contains("teller:alloc"));
     }
 
     /// A `cabi_realloc` of another type gets no batch allocator.

@@ -64,7 +64,20 @@ impl Pool {
             Some(guest) => guest,
             None => self.instantiate()?,
         };
-        let value = guest.invoke(&self.contract, func, args)?;
+        let value = match guest.invoke(&self.contract, func, args) {
+            // The last call's post-return, run in this call's first entry,
+            // failed: that call's answer stands (its results had been read),
+            // and this one starts over, once, on a new instance.
+            Err(e) if guest.cleanup_failed => {
+                tracing::warn!(
+                    "a guest's post-return failed, so its instance was dropped: {}",
+                    e.message
+                );
+                guest = self.instantiate()?;
+                guest.invoke(&self.contract, func, args)?
+            }
+            other => other?,
+        };
         self.give_back(guest);
         Ok(value)
     }
@@ -154,6 +167,7 @@ impl Pool {
             stopped: false,
             failure: None,
             pending_post: None,
+            cleanup_failed: false,
         };
         if let Some((load, args)) = &self.init {
             let value = guest.invoke_within(
@@ -201,6 +215,8 @@ pub(crate) struct GuestInstance {
     /// The last call's post-return function and its argument, to run first
     /// in the next call's first entry ([`crate::instrument::after`]).
     pub(crate) pending_post: Option<(String, i32)>,
+    /// The entry that ran the pending post-return failed.
+    pub(crate) cleanup_failed: bool,
 }
 
 impl GuestInstance {
@@ -268,6 +284,7 @@ impl GuestInstance {
             let post = pending.as_ref().map(|(post, arg)| (post.as_str(), *arg));
             let batch = self.raw.alloc_batch(post, &plan.requests, &mut ptrs);
             batch.map_err(|e| {
+                self.cleanup_failed = pending.is_some();
                 let error = self.classify(&e, crate::instrument::ALLOC_EXPORT);
                 self.failure = Some(error.clone());
                 error
@@ -298,7 +315,10 @@ impl GuestInstance {
         };
         if func.result.is_some() && self.raw.has_func(&func.post_return) {
             match results.as_slice() {
-                [Flat::I32(arg)] if self.raw.can_defer(&func.post_return) => {
+                // Not with fuel: each call's cost must be its own.
+                [Flat::I32(arg)]
+                    if self.limits.fuel.is_none() && self.raw.can_defer(&func.post_return) =>
+                {
                     self.pending_post = Some((func.post_return.clone(), *arg));
                 }
                 _ => {
@@ -485,5 +505,54 @@ impl GuestAlloc for Replay<'_> {
             })?
             .copy_from_slice(bytes);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use teller_contract::PolicyMetadata;
+
+    /// `describe` answers from static data; its post-return traps.
+    const TRAPPING_POST_RETURN: &str = r#"(module
+      (memory (export "memory") 1)
+      (global $next (mut i32) (i32.const 1024))
+      (data (i32.const 100) "trap-post")
+      (data (i32.const 120) "1.0")
+      (data (i32.const 200) "\64\00\00\00\09\00\00\00\78\00\00\00\03\00\00\00")
+      (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+        (local $ptr i32)
+        (local.set $ptr (global.get $next))
+        (global.set $next (i32.add (global.get $next) (i32.add (local.get 3) (i32.const 8))))
+        (local.get $ptr))
+      (func (export "bank:policy/metadata@0.2.0#describe") (result i32) (i32.const 200))
+      (func (export "cabi_post_bank:policy/metadata@0.2.0#describe") (param i32) unreachable))"#;
+
+    /// A post-return runs in the next call's first entry. When it traps,
+    /// the call it cleaned up after has already answered, and the next call
+    /// starts over on a new instance: every call answers.
+    #[test]
+    fn a_trapping_post_return_fails_no_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::new(
+            teller_engine::cache::ArtifactCache::at(dir.path()).unwrap(),
+            teller_engine::GuestLimits::default(),
+            teller_engine::state::GuestState::none(),
+        )
+        .unwrap();
+        let wasm = wat::parse_str(TRAPPING_POST_RETURN).unwrap();
+        let (pool, _) = engine
+            .pool_for("trap-post", &wasm, engine.contract.clone())
+            .unwrap();
+        let describe = pool.export("metadata", "describe").unwrap();
+        for _ in 0..4 {
+            let meta: PolicyMetadata = pool.call(&describe, &[]).unwrap();
+            assert_eq!(
+                (meta.name.as_str(), meta.version.as_str()),
+                ("trap-post", "1.0")
+            );
+        }
+        // The instance that ran the last call waits with its post-return.
+        let guest = pool.take().unwrap();
+        assert!(guest.pending_post.is_some());
     }
 }

@@ -162,3 +162,87 @@ fn only_a_wasmedge_engine_loads_libwasmedge() {
         server.stop();
     }
 }
+
+/// `teller compile` with `--cache-key-file`: a second holder of the key
+/// loads the entries (they are not rewritten), another key refuses and
+/// rebuilds them, and a key too short is refused with a clear error.
+#[test]
+fn a_sealed_cache_is_shared_only_by_holders_of_its_key() {
+    use std::os::unix::fs::MetadataExt;
+    for engine in crate::support::ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let key = |name: &str, len: usize, byte: u8| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![byte; len]).unwrap();
+            path
+        };
+        let (ours, theirs, short) = (
+            key("ours", 32, 1),
+            key("theirs", 48, 2),
+            key("short", 16, 3),
+        );
+        let run = |key: &std::path::Path| {
+            teller()
+                .args(["compile", "--engine", engine, "--cache-dir"])
+                .arg(&cache)
+                .arg("--cache-key-file")
+                .arg(key)
+                .output()
+                .unwrap()
+        };
+        // Each guest entry: its path, inode and change time (a rewrite
+        // changes them) and its first 32 bytes (the seal).
+        type Entry = (std::path::PathBuf, (u64, i64, i64), Vec<u8>);
+        let guests = || -> Vec<Entry> {
+            let mut entries: Vec<_> = std::fs::read_dir(&cache)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_str().unwrap();
+                    name.starts_with(engine) && !name.contains("fault-handlers")
+                })
+                .map(|p| {
+                    let meta = std::fs::metadata(&p).unwrap();
+                    let seal = std::fs::read(&p).unwrap()[..32].to_vec();
+                    (p, (meta.ino(), meta.ctime(), meta.ctime_nsec()), seal)
+                })
+                .collect();
+            entries.sort();
+            entries
+        };
+        assert!(run(&ours).status.success());
+        let first = guests();
+        assert_eq!(first.len(), 2, "{engine}: {first:?}");
+
+        let again = run(&ours);
+        assert!(again.status.success());
+        assert_eq!(
+            guests(),
+            first,
+            "{engine}: the same key must load, not rewrite"
+        );
+
+        let other = run(&theirs);
+        assert!(other.status.success());
+        let stderr = String::from_utf8_lossy(&other.stderr);
+        assert!(
+            stderr.matches("not sealed with this cache's key").count() >= 2,
+            "{engine}: {stderr}"
+        );
+        for (now, before) in guests().iter().zip(&first) {
+            assert_ne!(
+                now.2, before.2,
+                "{engine}: another key must reseal {:?}",
+                now.0
+            );
+        }
+
+        let refused = run(&short);
+        assert_eq!(refused.status.code(), Some(2), "{engine}: {refused:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("at least 32"),
+            "{engine}: {refused:?}"
+        );
+    }
+}

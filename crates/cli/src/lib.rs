@@ -144,6 +144,12 @@ struct RunArgs {
     /// ~/.cache/teller).
     #[arg(long, env = "TELLER_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// A secret of at least 32 bytes that seals each cache entry
+    /// (HMAC-SHA256), for a cache several pods share on a volume: a pod
+    /// loads only compiled code that a holder of the key wrote, and compiles
+    /// anything else again.
+    #[arg(long, env = "TELLER_CACHE_KEY_FILE")]
+    cache_key_file: Option<PathBuf>,
     /// Compile the guests at every start instead of caching them.
     #[arg(long, env = "TELLER_NO_CACHE")]
     no_cache: bool,

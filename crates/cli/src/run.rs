@@ -60,9 +60,21 @@ pub(crate) fn image_policies(
 }
 
 pub(crate) fn cache(run: &RunArgs) -> Result<ArtifactCache, Error> {
-    match run.no_cache {
-        true => Ok(ArtifactCache::disabled()),
-        false => cache_at(run.cache_dir.as_deref()),
+    if run.no_cache {
+        return Ok(ArtifactCache::disabled());
+    }
+    let cache = cache_at(run.cache_dir.as_deref())?;
+    match &run.cache_key_file {
+        None => Ok(cache),
+        Some(path) => {
+            let key = std::fs::read(path).map_err(|e| {
+                Error::bad_request(
+                    ErrorCode::CacheUnusable,
+                    format!("cannot read the cache key file {}: {e}", path.display()),
+                )
+            })?;
+            cache.sealed_with(key)
+        }
     }
 }
 

@@ -162,8 +162,9 @@ impl WasmEdgeEngine {
     /// the compiler's output is in it.
     fn key(&self, sha256: &str) -> String {
         format!(
-            "wasmedge-{}-{sha256}-o3-{}{}",
+            "wasmedge-{}-{sha256}-o3-{}-{}{}",
             self.version,
+            cpu(),
             instrument::VERSION,
             if self.limits.fuel.is_some() {
                 "-cost"
@@ -172,7 +173,28 @@ impl WasmEdgeEngine {
             }
         )
     }
+}
 
+/// The CPU compiled code is for: WasmEdge compiles for the instructions of
+/// the CPU it runs on, so a cache shared by nodes of different CPUs must
+/// keep their code apart. A short digest of the kernel's `flags` line.
+fn cpu() -> &'static str {
+    static CPU: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| {
+        let flags = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("flags"))
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let digest = teller_engine::artifact::sha256_hex(flags.as_bytes());
+        format!("cpu{}", digest.get(..12).unwrap_or_default())
+    })
+}
+
+impl WasmEdgeEngine {
     /// AOT-compiles a core module as it is, or takes it from the cache.
     #[cfg(test)]
     fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<raw::AstModule>, String), Error> {

@@ -86,6 +86,42 @@ fn run_command(
     )
 }
 
+/// Five sorted times of `ctr run --rm --rootfs` (runc, containerd's default
+/// runtime) of a root file system holding only a static `true`, from `ctr
+/// run` to its exit.
+fn native_true_runs(containerd: &Containerd, dir: &Path) -> Vec<Duration> {
+    let rootfs = dir.join("true-rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let source = dir.join("true.c");
+    std::fs::write(&source, "int main(void) { return 0; }\n").unwrap();
+    let built = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(rootfs.join("true"))
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "cc -static: {built:?}");
+    let mut times: Vec<Duration> = (0..5)
+        .map(|i| {
+            let id = containerd.id(&format!("runc-true{i}"));
+            let started = Instant::now();
+            let out = containerd.ctr(&[
+                "run",
+                "--rm",
+                "--rootfs",
+                rootfs.to_str().unwrap(),
+                &id,
+                "/true",
+            ]);
+            let took = started.elapsed();
+            assert!(out.status.success(), "ctr run of runc true: {out:?}");
+            took
+        })
+        .collect();
+    times.sort();
+    times
+}
+
 #[test]
 fn ctr_runs_a_function_command_through_the_shim() {
     let _heavy = crate::support::heavy();
@@ -121,6 +157,16 @@ fn ctr_runs_a_function_command_through_the_shim() {
     println!(
         "ctr run {image}: from ctr run to the decision on stdout, 5 runs: median {:?}, min {:?}, max {:?}",
         times[2], times[0], times[4]
+    );
+    // The lightest native container on the same containerd: runc running a
+    // static `true` (built here), from `ctr run` to its exit.
+    let native = native_true_runs(&containerd, dir.path());
+    println!(
+        "ctr run of a runc container running a static true, 5 runs: median {:?}, min {:?}, max {:?}; function image / runc: {:.2}x",
+        native[2],
+        native[0],
+        native[4],
+        times[2].as_secs_f64() / native[2].as_secs_f64()
     );
 
     // The container's environment reaches the command: the limit is 500.

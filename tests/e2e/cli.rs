@@ -75,6 +75,22 @@ fn compile(engine: &str, cache: &std::path::Path) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The cache entries of `engine`'s guests, sorted. WasmEdge also caches the
+/// module that keeps its fault handlers installed; the guests are what the
+/// tests check.
+fn guest_entries(cache: &std::path::Path, engine: &str) -> Vec<std::path::PathBuf> {
+    let mut entries: Vec<_> = std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with(engine) && !name.contains("fault-handlers")
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
 #[test]
 fn compile_fills_the_cache_and_damaged_entries_are_rebuilt() {
     for engine in crate::support::ENGINES {
@@ -85,17 +101,7 @@ fn compile_fills_the_cache_and_damaged_entries_are_rebuilt() {
             stderr.contains("compiling transfer-check") && stderr.contains("compiling audit"),
             "{stderr}"
         );
-        let mut entries: Vec<_> = std::fs::read_dir(&cache)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                let name = p.file_name().unwrap().to_str().unwrap();
-                // WasmEdge also caches the module that keeps its fault
-                // handlers installed; the guests are what is checked here.
-                name.starts_with(engine) && !name.contains("fault-handlers")
-            })
-            .collect();
-        entries.sort();
+        let entries = guest_entries(&cache, engine);
         assert_eq!(entries.len(), 2, "{engine}: {entries:?}");
         let originals: Vec<Vec<u8>> = entries.iter().map(|p| std::fs::read(p).unwrap()).collect();
 
@@ -195,21 +201,14 @@ fn a_sealed_cache_is_shared_only_by_holders_of_its_key() {
         // changes them) and its first 32 bytes (the seal).
         type Entry = (std::path::PathBuf, (u64, i64, i64), Vec<u8>);
         let guests = || -> Vec<Entry> {
-            let mut entries: Vec<_> = std::fs::read_dir(&cache)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| {
-                    let name = p.file_name().unwrap().to_str().unwrap();
-                    name.starts_with(engine) && !name.contains("fault-handlers")
-                })
+            guest_entries(&cache, engine)
+                .into_iter()
                 .map(|p| {
                     let meta = std::fs::metadata(&p).unwrap();
                     let seal = std::fs::read(&p).unwrap()[..32].to_vec();
                     (p, (meta.ino(), meta.ctime(), meta.ctime_nsec()), seal)
                 })
-                .collect();
-            entries.sort();
-            entries
+                .collect()
         };
         assert!(run(&ours).status.success());
         let first = guests();

@@ -125,9 +125,6 @@ fn park(plan: &Plan) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use teller_engine::GuestLimits;
-    use teller_engine::cache::ArtifactCache;
-    use teller_engine::state::GuestState;
 
     /// `(memory 1) (func (export "oob") (result i32) (i32.load (i32.const 0x20000)))`.
     const OUT_OF_BOUNDS: &[u8] = &[
@@ -159,12 +156,7 @@ mod tests {
     fn the_handlers_stay_installed_between_calls_and_traps_still_trap() {
         let rust = segv_handler();
         let dir = tempfile::tempdir().unwrap();
-        let engine = crate::WasmEdgeEngine::new(
-            ArtifactCache::at(dir.path()).unwrap(),
-            GuestLimits::default(),
-            GuestState::none(),
-        )
-        .unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let (module, _) = engine.module("out-of-bounds", OUT_OF_BOUNDS).unwrap();
         let mut instance =
             raw::Instance::new(&engine.config, &module, false, raw::Wasi::Shim, None).unwrap();

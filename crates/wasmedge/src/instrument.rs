@@ -512,12 +512,7 @@ mod tests {
     #[test]
     fn compiled_loops_and_calls_stop_at_the_flag() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = crate::WasmEdgeEngine::new(
-            teller_engine::cache::ArtifactCache::at(dir.path()).unwrap(),
-            teller_engine::GuestLimits::default(),
-            teller_engine::state::GuestState::none(),
-        )
-        .unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let wasm = instrument(RUNAWAY).unwrap();
         let compiled = crate::compile::compile(&engine.config, "runaway", &wasm).unwrap();
         let module = crate::compile::load(&engine.config, "runaway", &compiled).unwrap();
@@ -609,12 +604,7 @@ mod tests {
     #[test]
     fn the_batch_allocator_makes_the_same_calls_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = crate::WasmEdgeEngine::new(
-            teller_engine::cache::ArtifactCache::at(dir.path()).unwrap(),
-            teller_engine::GuestLimits::default(),
-            teller_engine::state::GuestState::none(),
-        )
-        .unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let wasm = instrument(&wat::parse_str(LOGGING).unwrap()).unwrap();
         let compiled = crate::compile::compile(&engine.config, "logging", &wasm).unwrap();
         let module = crate::compile::load(&engine.config, "logging", &compiled).unwrap();

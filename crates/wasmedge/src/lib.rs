@@ -195,6 +195,23 @@ fn cpu() -> &'static str {
 }
 
 impl WasmEdgeEngine {
+    /// An engine with default limits, no state and its cache in `dir`,
+    /// for this crate's tests.
+    #[cfg(test)]
+    fn for_tests(dir: &std::path::Path) -> Self {
+        let engine = ArtifactCache::at(dir).and_then(|cache| {
+            Self::new(
+                cache,
+                GuestLimits::default(),
+                teller_engine::state::GuestState::none(),
+            )
+        });
+        match engine {
+            Ok(engine) => engine,
+            Err(e) => unreachable!("WasmEdge does not start: {e}"),
+        }
+    }
+
     /// AOT-compiles a core module as it is, or takes it from the cache.
     #[cfg(test)]
     fn module(&self, name: &str, wasm: &[u8]) -> Result<(Arc<raw::AstModule>, String), Error> {

@@ -533,12 +533,7 @@ mod tests {
     #[test]
     fn a_trapping_post_return_fails_no_call() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = crate::WasmEdgeEngine::new(
-            teller_engine::cache::ArtifactCache::at(dir.path()).unwrap(),
-            teller_engine::GuestLimits::default(),
-            teller_engine::state::GuestState::none(),
-        )
-        .unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let wasm = wat::parse_str(TRAPPING_POST_RETURN).unwrap();
         let (pool, _) = engine
             .pool_for("trap-post", &wasm, engine.contract.clone())

@@ -30,13 +30,6 @@ pub trait Engine: Send + Sync {
 
     /// Prepares an `audit` guest for repeated calls.
     fn load_audit(&self, artifact: &Artifact) -> Result<Arc<dyn AuditSealer>, Error>;
-
-    /// Whether a guest call may run on a tokio async worker, where a server
-    /// decides when it can: handing each call to a thread of its own costs
-    /// more than the call.
-    fn calls_on_async_workers(&self) -> bool {
-        true
-    }
 }
 
 /// A loaded `bank:policy/transfer-check` guest.

@@ -13,7 +13,7 @@
 //! than [`Limits::client_timeout`] loses its connection (headers) or gets
 //! 408 (body).
 
-use crate::service::{Caller, CheckResponse, PendingCheck, Teller};
+use crate::service::{Caller, CheckResponse, Teller};
 use crate::workers::Workers;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -78,26 +78,13 @@ struct Shared {
     slots: Arc<tokio::sync::Semaphore>,
     waiting: std::sync::atomic::AtomicUsize,
     limits: Limits,
-    /// Where decisions run when the engine's calls may not run on an async
-    /// worker (wasmtime's).
-    workers: Option<Workers>,
+    /// Where decisions run when no audit log is kept.
+    workers: Workers,
 }
 
 /// Serves `teller` on `listener` until `shutdown` completes; then reports
 /// not-ready, goes on serving for the drain delay, stops accepting and
 /// drains in-flight requests.
-///
-/// Two kinds of thread serve. Decisions run where their requests are
-/// parsed, on the async workers of the runtime `serve` is called on (one
-/// per core), as a native handler would: a guest call is microseconds of
-/// CPU, and handing each to a thread of its own cost more than the call.
-/// A guest may run up to its deadline, though, and then every async worker
-/// can be inside one; so the listener is served by a thread of its own,
-/// `teller-front`, which accepts every connection, answers those that come
-/// for `/healthz`, `/readyz` or `/metrics` (a kubelet's probe and a
-/// scraper open one per request) and hands the rest to the async workers.
-/// Probes therefore answer while guests run. (An engine whose calls may not
-/// run on an async worker, wasmtime, gets [`Workers`], one per core.)
 pub async fn serve(
     listener: TcpListener,
     teller: Arc<Teller>,
@@ -105,53 +92,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
+        teller,
         ready: AtomicBool::new(true),
         slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency.max(1))),
         waiting: std::sync::atomic::AtomicUsize::new(0),
         limits,
-        workers: match teller.decides_on_async_workers() {
-            true => None,
-            false => Some(Workers::per_core().map_err(|e| std::io::Error::other(e.to_string()))?),
-        },
-        teller,
+        workers: Workers::per_core().map_err(|e| std::io::Error::other(e.to_string()))?,
     });
-    let listener = listener.into_std()?;
-    let workers = tokio::runtime::Handle::current();
-    let (signal, signalled) = tokio::sync::oneshot::channel();
-    let (finished, done) = tokio::sync::oneshot::channel();
-    let front = {
-        let shared = shared.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("teller-front".into())
-            .spawn(move || {
-                let served = runtime.block_on(front(listener, shared, workers, signalled));
-                let _ = finished.send(served);
-            })?
-    };
-    tokio::pin!(done);
-    let served = tokio::select! {
-        () = shutdown => {
-            let _ = signal.send(());
-            (&mut done).await
-        }
-        served = &mut done => served,
-    };
-    let _ = tokio::task::spawn_blocking(move || front.join()).await;
-    served.unwrap_or_else(|_| Err(std::io::Error::other("the front thread stopped")))
-}
-
-/// The front thread's work: accept until `shutdown`, then drain.
-async fn front(
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    workers: tokio::runtime::Handle,
-    shutdown: tokio::sync::oneshot::Receiver<()>,
-) -> std::io::Result<()> {
-    let listener = TcpListener::from_std(listener)?;
-    let limits = shared.limits;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     // Set to the end of the drain delay when the shutdown signal comes.
@@ -171,25 +118,30 @@ async fn front(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (shared, workers, watcher) = (shared.clone(), workers.clone(), graceful.watcher());
+                let shared = shared.clone();
+                let service = service_fn(move |req| {
+                    let id = request_id(&req);
+                    let span = tracing::info_span!(
+                        "request",
+                        request_id = %id,
+                        decision_id = tracing::field::Empty
+                    );
+                    tracing::Instrument::instrument(handle(shared.clone(), peer, req, id), span)
+                });
+                // A slow or silent client is cut off after the timeout, so
+                // it cannot hold a connection (and its memory) open.
+                let conn = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.client_timeout)
+                    .max_buf_size(MAX_HEAD)
+                    .max_headers(MAX_HEADERS)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    match first_request(&stream, limits.client_timeout).await {
-                        First::Probe => connection(stream, peer, shared, watcher).await,
-                        First::Api => {
-                            // Registered with the async workers' reactor, so
-                            // that its reads and writes wake them directly.
-                            let Ok(stream) = stream.into_std() else { return };
-                            workers.spawn(async move {
-                                if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-                                    connection(stream, peer, shared, watcher).await;
-                                }
-                            });
-                        }
-                        First::Nothing => {}
-                    }
+                    let _ = conn.await;
                 });
             }
-            _ = &mut shutdown, if !draining => {
+            () = &mut shutdown, if !draining => {
                 shared.ready.store(false, Ordering::SeqCst);
                 if limits.drain_delay.is_zero() {
                     break;
@@ -213,62 +165,6 @@ async fn front(
         }
     }
     Ok(())
-}
-
-/// What a new connection's first bytes ask for.
-enum First {
-    /// A probe or a metrics scrape: served on the front thread.
-    Probe,
-    /// Anything else, a request split before its path included: served
-    /// by the async workers (which answer probes too).
-    Api,
-    /// Closed, or silent for the client timeout: dropped, as a silent
-    /// client's connection always is.
-    Nothing,
-}
-
-async fn first_request(stream: &tokio::net::TcpStream, timeout: Duration) -> First {
-    const PROBES: [&[u8]; 3] = [b"GET /healthz", b"GET /readyz", b"GET /metrics"];
-    let mut head = [0u8; 16];
-    let n = match tokio::time::timeout(timeout, stream.peek(&mut head)).await {
-        Ok(Ok(n)) if n > 0 => n,
-        _ => return First::Nothing,
-    };
-    let head = head.get(..n).unwrap_or_default();
-    let probe = PROBES.iter().any(|p| {
-        head.strip_prefix(*p)
-            .and_then(|rest| rest.first())
-            .is_some_and(|b| *b == b' ' || *b == b'?')
-    });
-    if probe { First::Probe } else { First::Api }
-}
-
-/// Serves one connection with hyper on the runtime that polls it, until
-/// it closes or a drain ends it. A slow or silent client is cut off after
-/// the timeout, so it cannot hold a connection (and its memory) open.
-async fn connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
-    let timeout = shared.limits.client_timeout;
-    let service = service_fn(move |req| {
-        let id = request_id(&req);
-        let span = tracing::info_span!(
-            "request",
-            request_id = %id,
-            decision_id = tracing::field::Empty
-        );
-        tracing::Instrument::instrument(handle(shared.clone(), peer, req, id), span)
-    });
-    let conn = http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(timeout)
-        .max_buf_size(MAX_HEAD)
-        .max_headers(MAX_HEADERS)
-        .serve_connection(TokioIo::new(stream), service);
-    let _ = watcher.watch(conn).await;
 }
 
 /// The client's `X-Request-Id` when it is a sensible token, else a new one:
@@ -391,57 +287,52 @@ async fn check(
     let caller = Caller {
         client: peer.to_string(),
     };
-    // Decided here, on this async worker (see `serve`), unless the engine
-    // needs threads of its own.
-    let pending = match &shared.workers {
-        None => contained(|| shared.teller.begin_check(&body, &caller))??,
-        Some(workers) => {
-            let (teller, span) = (shared.teller.clone(), tracing::Span::current());
-            workers
-                .run(move || {
-                    let _in_span = span.enter();
-                    teller.begin_check(&body, &caller)
-                })
-                .await??
-        }
-    };
-    if !pending.awaits_record() {
-        drop(slot);
-        return finish(&shared, pending).await;
-    }
-    // The wait for the record in a task of its own, so that a client that
-    // goes away (hyper then drops this future) cannot cut it short: its
-    // admission slot stays taken until the record is durable, and what an
-    // allowed decision reserved is given back if the record fails.
     let span = tracing::Span::current();
-    let recorded = tokio::spawn(tracing::Instrument::instrument(
-        async move {
-            let answer = finish(&shared, pending).await;
-            drop(slot);
-            answer
-        },
-        span,
-    ));
-    recorded
+    // A task of its own, so that a client that goes away (hyper then drops
+    // this future) cannot cut it short: its admission slot stays taken
+    // until the decision is done, and what an allowed decision reserved is
+    // given back if its record fails.
+    let decided = tokio::spawn(async move {
+        let answer = decide_and_record(&shared, body, caller, span).await;
+        drop(slot);
+        answer
+    });
+    decided
         .await
         .map_err(|e| Error::internal(ErrorCode::Internal, format!("request task failed: {e}")))?
 }
 
-/// The answer once its record, if any, is durable.
-async fn finish(shared: &Shared, pending: PendingCheck) -> Result<CheckResponse, Error> {
+async fn decide_and_record(
+    shared: &Shared,
+    body: Bytes,
+    caller: Caller,
+    span: tracing::Span,
+) -> Result<CheckResponse, Error> {
+    let teller = shared.teller.clone();
+    let in_span = span.clone();
+    let pending = shared
+        .workers
+        .run(move || {
+            let _in_span = in_span.enter();
+            teller.begin_check(&body, &caller)
+        })
+        .await??;
     match pending.durable().await {
         Ok(response) => Ok(response),
         Err(unrecorded) => {
-            Err(contained(|| shared.teller.give_back(unrecorded)).unwrap_or_else(|e| e))
+            let teller = shared.teller.clone();
+            // If the workers have stopped, the process is ending and the
+            // reservations stay counted: too high, never too low.
+            let failure = shared
+                .workers
+                .run(move || {
+                    let _in_span = span.enter();
+                    teller.give_back(unrecorded)
+                })
+                .await;
+            Err(failure.unwrap_or_else(|e| e))
         }
     }
-}
-
-/// Runs `work` here; a panic in it is an internal error of this request,
-/// and the worker goes on serving.
-fn contained<T>(work: impl FnOnce() -> T) -> Result<T, Error> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-        .map_err(|_| Error::internal(ErrorCode::Internal, "a request's work panicked"))
 }
 
 /// The request's body, read within [`MAX_BODY`] and the client timeout,
@@ -465,8 +356,8 @@ async fn admitted(
     Ok((body, admit(shared).await?))
 }
 
-/// Reads the body and runs `op`: here, as a decision runs, or, when it
-/// waits for the audit log's `fsync`, on tokio's blocking pool.
+/// Reads the body and runs `op` off the async workers, so that a guest
+/// running up to its deadline never delays `/healthz`.
 async fn run<T: Send + 'static>(
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -487,7 +378,8 @@ async fn run<T: Send + 'static>(
         op(&teller, &body, &caller)
     };
     if !shared.teller.audit_enabled() {
-        return contained(work)?;
+        // CPU-bound: one worker per core.
+        return shared.workers.run(work).await?;
     }
     // An audit event is mostly a wait for its group's fsync: tokio's
     // blocking pool, bounded by admission, not one thread per core.
@@ -579,52 +471,4 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use std::io::Write;
-
-    /// What the front thread makes of a connection whose client sent
-    /// `sent` (and then nothing, or closed at once when `None`).
-    async fn classify(sent: Option<&[u8]>) -> First {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut client = std::net::TcpStream::connect(addr).unwrap();
-        match sent {
-            Some(bytes) => client.write_all(bytes).unwrap(),
-            None => drop(client.shutdown(std::net::Shutdown::Write)),
-        }
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let server = tokio::net::TcpStream::from_std(server).unwrap();
-        let first = first_request(&server, Duration::from_millis(200)).await;
-        drop(client);
-        first
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn probes_and_scrapes_stay_on_the_front_thread_and_the_rest_goes_to_the_workers() {
-        for probe in [
-            &b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-            b"GET /readyz HTTP/1.1\r\n\r\n",
-            b"GET /metrics?x=1 HTTP/1.1\r\n\r\n",
-        ] {
-            assert!(matches!(classify(Some(probe)).await, First::Probe));
-        }
-        for api in [
-            &b"POST /v1/transfer/check HTTP/1.1\r\n\r\n"[..],
-            b"GET /healthzz HTTP/1.1\r\n\r\n",
-            b"POST /healthz HTTP/1.1\r\n\r\n",
-            // Split before the path ended: the workers answer probes too.
-            b"GET /heal",
-        ] {
-            assert!(matches!(classify(Some(api)).await, First::Api));
-        }
-        // Closed before a byte, or silent past the timeout: dropped.
-        assert!(matches!(classify(None).await, First::Nothing));
-        assert!(matches!(classify(Some(b"")).await, First::Nothing));
-    }
 }

@@ -2,7 +2,7 @@
 //!
 //! - [`service`]: decide a transfer, record an event (transport-neutral);
 //! - [`api`]: the HTTP API over hyper, with admission and probes;
-//! - [`workers`]: threads for guest calls that may not run on an async worker;
+//! - [`workers`]: the threads guest calls run on;
 //! - [`metrics`], [`log`]: what operators see;
 //! - [`config`]: the policy parameters (`teller.toml`).
 

@@ -25,9 +25,6 @@ use tokio::sync::oneshot::error::RecvError;
 /// A ready teller: loaded guests, their configuration, the audit log.
 pub struct Teller {
     engine: &'static str,
-    /// Whether the engine's guest calls may run on an async worker
-    /// ([`Engine::calls_on_async_workers`]).
-    async_calls: bool,
     /// What serves now; each request takes its own reference, so a reload
     /// never changes the policy under a request in flight.
     loaded: RwLock<Arc<Loaded>>,
@@ -68,11 +65,6 @@ pub struct Unrecorded {
 }
 
 impl PendingCheck {
-    /// Whether the answer waits for an audit record.
-    pub fn awaits_record(&self) -> bool {
-        self.record.is_some()
-    }
-
     /// The answer once the record is durable, awaited without holding a
     /// thread through the `fsync`.
     pub async fn durable(mut self) -> Result<CheckResponse, Unrecorded> {
@@ -187,12 +179,6 @@ pub struct AuditRef {
 }
 
 impl Teller {
-    /// Whether decisions may run on an async worker (else on threads of
-    /// their own).
-    pub fn decides_on_async_workers(&self) -> bool {
-        self.async_calls
-    }
-
     /// Loads the guests on `engine` and opens the audit log, if any.
     /// `state` must be the state `engine` was started with.
     pub fn start(
@@ -229,7 +215,6 @@ impl Teller {
         Ok((
             Teller {
                 engine: engine.name(),
-                async_calls: engine.calls_on_async_workers(),
                 loaded: RwLock::new(Arc::new(Loaded {
                     set,
                     config: config.policy_config(),

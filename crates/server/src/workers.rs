@@ -1,6 +1,6 @@
-//! Threads for the guest calls of an engine whose calls may not run on a
-//! tokio async worker ([`teller_engine::Engine::calls_on_async_workers`]:
-//! wasmtime-wasi's host functions `block_on` the current runtime).
+//! The threads guest calls run on, never tokio's async workers: a guest may
+//! run up to its deadline, and an async worker stuck in one cannot answer
+//! `/healthz` or `/readyz`, so a kubelet would restart a healthy pod.
 //!
 //! A fixed set of threads takes jobs from one queue, as Kubewarden's
 //! policy-server does with its worker pool. Admission (`api::Limits`)

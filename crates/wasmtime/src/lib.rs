@@ -375,13 +375,6 @@ impl WasmtimeEngine {
 }
 
 impl Engine for WasmtimeEngine {
-    /// No: wasmtime-wasi's host functions `block_on` the current tokio
-    /// runtime (a guest writing to stderr does), which an async worker may
-    /// not do.
-    fn calls_on_async_workers(&self) -> bool {
-        false
-    }
-
     fn name(&self) -> &'static str {
         "wasmtime"
     }

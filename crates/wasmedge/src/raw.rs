@@ -3,13 +3,16 @@
 //! thread can stop (the deadline), and a cost limit reset before each call
 //! (the fuel budget).
 //!
-//! WasmEdge 0.14 has no call to stop a synchronous invoke. Compiled guests
-//! test a flag of their own ([`crate::instrument`]); the interpreter tests the
-//! executor's stop flag at each branch and call, which
-//! `WasmEdge_AsyncCancel` sets. So each instance keeps one finished async
-//! invocation (of a no-op host function, so no guest code runs for it) and
-//! its flag's address as its [`StopHandle`]. The flags stay set, which is
-//! why a stopped instance is never reused.
+//! WasmEdge 0.14 has no call to stop a synchronous invoke. A policy's guest
+//! tests a flag of its own ([`crate::instrument`]), compiled or
+//! interpreted, and its flag's address is its [`StopHandle`]. A guest
+//! without one (a function command, run as it came) is interpreted, and the
+//! interpreter tests the executor's stop flag at each branch and call, which
+//! `WasmEdge_AsyncCancel` sets: such an instance keeps one finished async
+//! invocation (of a no-op host function, so no guest code runs for it) to
+//! cancel. Only those pay for it: WasmEdge runs an async invocation on a
+//! thread of its own. The flags stay set, which is why a stopped instance is
+//! never reused.
 //! (wasmedge-sys's own `call_func_with_timeout` instead `siglongjmp`s out of
 //! WasmEdge's C++ frames, skipping their destructors and its fault guard.)
 
@@ -335,9 +338,9 @@ pub struct StopHandle {
 unsafe impl Send for StopHandle {}
 
 impl StopHandle {
-    /// Stops whatever the instance runs: compiled code at its next function
-    /// or loop start (its flag), interpreted code at its next branch or call
-    /// (the executor's flag).
+    /// Stops whatever the instance runs: a guest with its own flag at its
+    /// next function or loop start, compiled or interpreted; one without at
+    /// its next branch or call (the executor's flag).
     pub fn stop(self) {
         // SAFETY: the instance, and so the handle and the flag's memory,
         // is alive (see above); the flag is 4-aligned (a page's start).
@@ -346,7 +349,9 @@ impl StopHandle {
                 std::sync::atomic::AtomicU32::from_ptr(self.flag)
                     .store(1, std::sync::atomic::Ordering::SeqCst);
             }
-            ffi::WasmEdge_AsyncCancel(self.executor)
+            if !self.executor.is_null() {
+                ffi::WasmEdge_AsyncCancel(self.executor)
+            }
         }
     }
 }
@@ -440,14 +445,9 @@ impl Instance {
             };
             let executor = ffi::WasmEdge_ExecutorCreate(config.as_ptr(), stats);
             let store = ffi::WasmEdge_StoreCreate();
-            let stopper = Self::stopper(executor);
             let mut this = Instance {
                 stopper: StopHandle {
-                    executor: stopper
-                        .as_ref()
-                        .ok()
-                        .copied()
-                        .unwrap_or(std::ptr::null_mut()),
+                    executor: std::ptr::null_mut(),
                     flag: std::ptr::null_mut(),
                 },
                 instance: std::ptr::null_mut(),
@@ -464,7 +464,6 @@ impl Instance {
             if executor.is_null() || store.is_null() || wasi.is_null() {
                 return Err(null("an executor, store or WASI module"));
             }
-            stopper?;
             check(ffi::WasmEdge_ExecutorRegisterImport(executor, store, wasi))?;
             if let Some(module) = host {
                 let instance = host::instantiate(module)?;
@@ -494,6 +493,10 @@ impl Instance {
                 );
             }
             this.memory = ffi::WasmEdge_ModuleInstanceFindMemory(this.instance, name("memory"));
+            // Without a flag of its own, only the executor's can stop it.
+            if this.stopper.flag.is_null() {
+                this.stopper.executor = Self::stopper(executor)?;
+            }
             Ok(this)
         }
     }

@@ -507,19 +507,27 @@ mod tests {
         0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // spin
     ];
 
-    /// Compiled code that never ends, by a loop or by recursion without
-    /// one (2^60 calls), stops when the flag is set, and says so as a trap.
+    /// Code that never ends, by a loop or by recursion without one (2^60
+    /// calls), stops when the flag is set, and says so as a trap: compiled,
+    /// and on the interpreter (which a policy's instance has no other way
+    /// to stop: it gets no executor stop handle).
     #[test]
-    fn compiled_loops_and_calls_stop_at_the_flag() {
+    fn compiled_and_interpreted_loops_and_calls_stop_at_the_flag() {
         let dir = tempfile::tempdir().unwrap();
         let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let wasm = instrument(RUNAWAY).unwrap();
         let compiled = crate::compile::compile(&engine.config, "runaway", &wasm).unwrap();
-        let module = crate::compile::load(&engine.config, "runaway", &compiled).unwrap();
-        for (func, args) in [("spin", vec![]), ("rec", vec![crate::raw::Val::I32(60)])] {
+        let compiled = crate::compile::load(&engine.config, "runaway", &compiled).unwrap();
+        let interpreted = crate::compile::load(&engine.interpreter, "runaway", &wasm).unwrap();
+        for (module, func, args) in [
+            (&compiled, "spin", vec![]),
+            (&compiled, "rec", vec![crate::raw::Val::I32(60)]),
+            (&interpreted, "spin", vec![]),
+            (&interpreted, "rec", vec![crate::raw::Val::I32(60)]),
+        ] {
             let mut instance = crate::raw::Instance::new(
                 &engine.config,
-                &module,
+                module,
                 false,
                 crate::raw::Wasi::Shim,
                 None,

@@ -12,7 +12,8 @@
 //! instance is retired after [`MAX_CALLS_PER_INSTANCE`] calls.
 //!
 //! Limits: a watchdog thread stops a call at its deadline through the
-//! guest's stop flag and the executor's ([`raw::StopHandle`]); the memory cap is WasmEdge's page limit;
+//! guest's stop flag, or the executor's for a function command, which has
+//! none ([`raw::StopHandle`]); the memory cap is WasmEdge's page limit;
 //! the fuel budget is WasmEdge's cost limit, with the module compiled to
 //! measure cost.
 

@@ -323,11 +323,13 @@ unsafe fn write_memory_at(
     }
 }
 
-/// Sets an instance's executor's stop flag, from any thread. A copy of a
-/// pointer: whoever holds one must know the instance is still alive (the
+/// Sets an instance's stop flag (the guest's own, or its executor's for a
+/// guest without one), from any thread. A copy of a pointer: whoever holds one must know the instance is still alive (the
 /// watchdog knows because calls disarm it before they return).
 #[derive(Debug, Clone, Copy)]
 pub struct StopHandle {
+    /// The finished async invocation whose cancelling stops the executor;
+    /// null for a guest with its own flag.
     executor: *mut ffi::WasmEdge_Async,
     /// The guest's stop flag ([`crate::instrument`]), when it has one.
     flag: *mut u32,

@@ -99,6 +99,27 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, String> {
     Ok(module.finish())
 }
 
+/// Where a section of `id` stands among a module's sections.
+fn module_order(id: wasm_encoder::SectionId) -> u8 {
+    use wasm_encoder::SectionId::*;
+    match id {
+        Custom => 0,
+        Type => 1,
+        Import => 2,
+        Function => 3,
+        Table => 4,
+        Memory => 5,
+        Tag => 6,
+        Global => 7,
+        Export => 8,
+        Start => 9,
+        Element => 10,
+        DataCount => 11,
+        Code => 12,
+        Data => 13,
+    }
+}
+
 /// The first export whose name is in teller's namespace, if any.
 fn teller_export(wasm: &[u8]) -> Result<Option<String>, String> {
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
@@ -335,10 +356,13 @@ impl Reencode for StopChecks {
         before: Option<wasm_encoder::SectionId>,
     ) -> Result<(), ReencodeError<Self::Error>> {
         // A module whose memory is imported gets a memory section, and one
-        // without exports an export section, each in its place.
+        // without exports an export section, each in its place: by the
+        // order sections take in a module, which is not that of their ids
+        // (tags, 13, go between memories and globals; `None` after is the
+        // module's end).
         let between = |id: wasm_encoder::SectionId| {
-            after.is_none_or(|a| (a as u8) < id as u8)
-                && before.is_some_and(|b| (b as u8) > id as u8)
+            after.is_none_or(|a| module_order(a) < module_order(id))
+                && before.is_none_or(|b| module_order(b) > module_order(id))
         };
         if !self.memory_section_seen && between(wasm_encoder::SectionId::Memory) {
             let mut memories = wasm_encoder::MemorySection::new();
@@ -696,6 +720,39 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(exports, ["memory", "cabi_realloc", EXPORT]);
+    }
+
+    /// The flag's memory and export go where a module's order puts them,
+    /// also where that is not the order of section ids (a tag section) and
+    /// where nothing follows them (a module that is only an import).
+    #[test]
+    fn the_flag_goes_in_its_place_around_tags_and_at_the_end() {
+        for wat in [
+            r#"(module (import "env" "memory" (memory 1)) (tag) (func))"#,
+            r#"(module (memory 1) (tag) (func))"#,
+            r#"(module (import "env" "memory" (memory 1)))"#,
+        ] {
+            let out = instrument(&wat::parse_str(wat).unwrap()).unwrap();
+            wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+                .validate_all(&out)
+                .unwrap_or_else(|e| panic!("{wat}: {e}"));
+            let mut flag = None;
+            for payload in wasmparser::Parser::new(0).parse_all(&out) {
+                if let wasmparser::Payload::ExportSection(exports) = payload.unwrap() {
+                    for e in exports {
+                        let e = e.unwrap();
+                        if e.name == EXPORT {
+                            flag = Some((e.kind, e.index));
+                        }
+                    }
+                }
+            }
+            assert_eq!(
+                flag,
+                Some((wasmparser::ExternalKind::Memory, 1)),
+                "{wat}: the flag's memory is not exported"
+            );
+        }
     }
 
     /// `(memory 1) (func (export "f") (loop (br 0))) (func)`, by hand.

@@ -385,8 +385,8 @@ fn ctr_runs_the_service_image_through_the_shim() {
 
     // Meanwhile WasmEdge compiles both guests in the container (into the
     // container's TMPDIR), and new instances switch to the compiled code.
-    for policy in ["transfer-check", "audit"] {
-        println!("ctr run {image}: {}", compiled(&logs, policy));
+    for line in compiled(&logs, &["transfer-check", "audit"]) {
+        println!("ctr run {image}: {line}");
     }
     let r = request(addr, "POST", "/v1/transfer/check", deny.as_bytes()).json();
     assert_eq!(r["verdict"], "deny", "compiled, the same answer: {r}");

@@ -202,20 +202,28 @@ pub fn lines(output: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<St
     rx
 }
 
-/// Waits (a minute at most) for the log line saying WasmEdge now runs
-/// `policy` as compiled code; the line.
+/// Waits (a minute at most for each line) for the log lines saying WasmEdge
+/// now runs each of `policies` as compiled code, which come in whatever order
+/// their compilations end; the lines, in that order. A compilation that
+/// fails fails the test with its error.
 #[cfg_attr(not(feature = "wasmedge"), allow(dead_code))]
-pub fn compiled(logs: &std::sync::mpsc::Receiver<String>, policy: &str) -> String {
-    loop {
+pub fn compiled(logs: &std::sync::mpsc::Receiver<String>, policies: &[&str]) -> Vec<String> {
+    let mut waiting: Vec<&str> = policies.to_vec();
+    let mut lines = Vec::new();
+    while !waiting.is_empty() {
         let line = logs
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{policy} was not compiled within 60 s"));
-        if line.contains("compiled: new instances run native code")
-            && line.contains(&format!("\"{policy}\""))
-        {
-            return line;
+            .unwrap_or_else(|_| panic!("{waiting:?} not compiled within 60 s"));
+        assert!(!line.contains("cannot compile"), "{line}");
+        if let Some(i) = waiting.iter().position(|policy| {
+            line.contains("compiled: new instances run native code")
+                && line.contains(&format!("\"{policy}\""))
+        }) {
+            waiting.remove(i);
+            lines.push(line);
         }
     }
+    lines
 }
 
 /// One HTTP/1.1 exchange over a fresh loopback connection.

@@ -83,7 +83,7 @@ fn call_reports_fresh_warm_and_native() {
     for engine in ENGINES {
         let doc = bench(&["call", "--engine", engine, "--duration", "0.5"]);
         let names = names(&doc).join("|");
-        for want in ["fresh instance, 1 thread", "warm instance", "native Rust"] {
+        for want in ["fresh state, 1 thread", "warm instance", "native Rust"] {
             assert!(names.contains(want), "{want} missing from {names}");
         }
         for series in doc["series"].as_array().unwrap() {

@@ -85,8 +85,9 @@ enum BenchCommand {
         #[command(flatten)]
         bench: BenchArgs,
     },
-    /// In-process decisions: fresh and warm instances, one thread and all
-    /// cores, against the same rule compiled natively into teller.
+    /// In-process decisions: on fresh state and on warm instances, one
+    /// thread and all cores, against the same rule compiled natively into
+    /// teller.
     Call {
         /// Seconds in all, shared by the series.
         #[arg(long, default_value_t = 5.0)]

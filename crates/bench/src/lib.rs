@@ -338,10 +338,11 @@ fn rego_bank_policy(engine: &dyn Engine) -> Result<std::sync::Arc<dyn TransferCh
     engine.load_transfer_check(artifact)
 }
 
-/// `teller bench call`: in-process decision latency and throughput, fresh
-/// and warm instances, one thread and all cores, a Rego policy, against the
-/// same rule compiled natively into the host. `start` starts the engine for
-/// a workload: one with fresh instances, one with kept ones.
+/// `teller bench call`: in-process decision latency and throughput, on
+/// fresh state and on warm instances, one thread and all cores, a Rego
+/// policy, against the same rule compiled natively into the host. `start`
+/// starts the engine for a workload: one with fresh state per call, one
+/// with kept instances.
 pub fn call(
     start: &dyn Fn(Workload) -> Result<Box<dyn Engine>, Error>,
     seconds: f64,
@@ -357,7 +358,7 @@ pub fn call(
     let mut series = Vec::new();
     let mut name = "";
     for (mode, label) in [
-        (CallMode::Fresh, "fresh instance"),
+        (CallMode::Fresh, "fresh state"),
         (CallMode::Warm, "warm instance"),
     ] {
         let engine = start(Workload::Bench(mode))?;

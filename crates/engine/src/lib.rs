@@ -43,7 +43,9 @@ pub trait TransferCheck: Send + Sync {
 /// How a benchmark's calls get their instance (see [`Workload::Bench`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallMode {
-    /// Instantiate for every call (no state survives a call).
+    /// No state survives a call: wasmtime makes a new instance for every
+    /// call, WasmEdge resets a kept one to its snapshot (a new instance for
+    /// a guest that cannot be reset).
     Fresh,
     /// Keep instances across calls, each serving many.
     Warm,
@@ -112,7 +114,8 @@ pub const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Calls an instance kept across calls (WasmEdge's pooled instances; the
 /// Rego guest's on every engine, whose parsed policy is its only state)
-/// serves before it is replaced by a fresh one.
+/// serves before it is reset to its snapshot (WasmEdge) or replaced by a
+/// fresh one.
 pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
 
 /// A loaded `bank:policy/audit` guest.

@@ -53,6 +53,7 @@ impl WasmEdgeEngine {
             failure: None,
             pending_post: None,
             cleanup_failed: false,
+            mapped: false,
         };
         if let Some(fuel) = self.limits.fuel {
             guest.raw.set_cost_limit(fuel);

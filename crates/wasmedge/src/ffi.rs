@@ -69,6 +69,7 @@ opaque!(
     WasmEdge_ExecutorContext,
     WasmEdge_FunctionInstanceContext,
     WasmEdge_FunctionTypeContext,
+    WasmEdge_GlobalInstanceContext,
     WasmEdge_LoaderContext,
     WasmEdge_MemoryInstanceContext,
     WasmEdge_ModuleInstanceContext,
@@ -247,10 +248,13 @@ api! {
     fn WasmEdge_FunctionTypeDelete(Cxt: *mut WasmEdge_FunctionTypeContext);
     fn WasmEdge_FunctionTypeGetReturns(Cxt: *const WasmEdge_FunctionTypeContext, List: *mut WasmEdge_ValType, Len: u32) -> u32;
     fn WasmEdge_FunctionTypeGetReturnsLength(Cxt: *const WasmEdge_FunctionTypeContext) -> u32;
+    fn WasmEdge_GlobalInstanceGetValue(Cxt: *const WasmEdge_GlobalInstanceContext) -> WasmEdge_Value;
+    fn WasmEdge_GlobalInstanceSetValue(Cxt: *mut WasmEdge_GlobalInstanceContext, Value: WasmEdge_Value) -> WasmEdge_Result;
     fn WasmEdge_LoaderCreate(ConfCxt: *const WasmEdge_ConfigureContext) -> *mut WasmEdge_LoaderContext;
     fn WasmEdge_LoaderDelete(Cxt: *mut WasmEdge_LoaderContext);
     fn WasmEdge_LoaderParseFromBuffer(Cxt: *mut WasmEdge_LoaderContext, Module: *mut *mut WasmEdge_ASTModuleContext, Buf: *const u8, BufLen: u32) -> WasmEdge_Result;
     fn WasmEdge_LogOff();
+    fn WasmEdge_MemoryInstanceGrowPage(Cxt: *mut WasmEdge_MemoryInstanceContext, Page: u32) -> WasmEdge_Result;
     fn WasmEdge_MemoryInstanceGetPageSize(Cxt: *const WasmEdge_MemoryInstanceContext) -> u32;
     fn WasmEdge_MemoryInstanceGetPointer(Cxt: *mut WasmEdge_MemoryInstanceContext, Offset: u32, Length: u32) -> *mut u8;
     fn WasmEdge_MemoryInstanceGetPointerConst(Cxt: *const WasmEdge_MemoryInstanceContext, Offset: u32, Length: u32) -> *const u8;
@@ -260,6 +264,7 @@ api! {
     fn WasmEdge_ModuleInstanceCreateWASI(Args: *const *const c_char, ArgLen: u32, Envs: *const *const c_char, EnvLen: u32, Preopens: *const *const c_char, PreopenLen: u32) -> *mut WasmEdge_ModuleInstanceContext;
     fn WasmEdge_ModuleInstanceDelete(Cxt: *mut WasmEdge_ModuleInstanceContext);
     fn WasmEdge_ModuleInstanceFindFunction(Cxt: *const WasmEdge_ModuleInstanceContext, Name: WasmEdge_String) -> *mut WasmEdge_FunctionInstanceContext;
+    fn WasmEdge_ModuleInstanceFindGlobal(Cxt: *const WasmEdge_ModuleInstanceContext, Name: WasmEdge_String) -> *mut WasmEdge_GlobalInstanceContext;
     fn WasmEdge_ModuleInstanceFindMemory(Cxt: *const WasmEdge_ModuleInstanceContext, Name: WasmEdge_String) -> *mut WasmEdge_MemoryInstanceContext;
     fn WasmEdge_ModuleInstanceWASIGetExitCode(Cxt: *const WasmEdge_ModuleInstanceContext) -> u32;
     fn WasmEdge_ResultGen(Category: WasmEdge_ErrCategory, Code: u32) -> WasmEdge_Result;

@@ -30,6 +30,13 @@
 //! allocator: the host lifts a call's results, and the post-return runs in
 //! the next call's first entry instead of an entry of its own. The guest
 //! sees the same sequence of calls.
+//!
+//! **Reset.** A guest whose state is its memory and its mutable globals can
+//! be put back as it was after instantiation (see `crate::snapshot`): one
+//! that changes no table and drops no segment, and whose globals are
+//! numbers of its own. Such a guest exports the flag's memory once more as
+//! [`RESET_EXPORT`], and its mutable globals as [`global_export`]`(0..)`,
+//! so the host can read and set them.
 
 use wasm_encoder::reencode::{Error as ReencodeError, Reencode, utils};
 use wasm_encoder::{
@@ -48,6 +55,15 @@ pub(crate) fn after(post: &str) -> String {
     format!("teller:alloc-after:{post}")
 }
 
+/// Present (the flag's memory again) when the guest can be reset.
+pub(crate) const RESET_EXPORT: &str = "teller:reset";
+
+/// The name the guest's `i`th mutable global is exported under, counted
+/// in index order from 0.
+pub(crate) fn global_export(i: usize) -> String {
+    format!("teller:global:{i}")
+}
+
 /// Where in the flag's page the batch allocator's pairs start.
 pub(crate) const STAGE: u32 = 8;
 
@@ -56,7 +72,7 @@ pub(crate) const STAGE_PAIRS: usize = (65536 - STAGE as usize) / 8;
 
 /// What changes in the compiled code when this file's output does: part
 /// of the cache key.
-pub(crate) const VERSION: &str = "instrument2";
+pub(crate) const VERSION: &str = "instrument3";
 
 /// `wasm` with the stop checks, a memory for the flag and its export.
 /// Custom sections are dropped: among them could be native code compiled
@@ -90,6 +106,7 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, String> {
         memory_section_seen: false,
         export_section_seen: false,
         alloc: BatchAlloc::find(wasm).map_err(|e| format!("not a module teller runs: {e}"))?,
+        reset: resettable_globals(wasm).map_err(|e| format!("not a module teller runs: {e}"))?,
     };
     let mut module = wasm_encoder::Module::new();
     let parser = wasmparser::Parser::new(0);
@@ -156,6 +173,62 @@ fn memory_count(wasm: &[u8]) -> Result<u32, String> {
         }
     }
     Ok(count)
+}
+
+/// The indices of the module's mutable globals when its state is only its
+/// memory and those globals (see `crate::snapshot`); `None` when it could
+/// keep state elsewhere: a mutable global it imports or of a reference
+/// type, an imported memory or table, an instruction that changes a table
+/// or drops a segment (a reset cannot undo a `data.drop`).
+fn resettable_globals(wasm: &[u8]) -> Result<Option<Vec<u32>>, wasmparser::BinaryReaderError> {
+    use wasmparser::{Operator as O, Payload, TypeRef, ValType as V};
+    let mut imported = 0u32;
+    let mut mutable = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload? {
+            Payload::ImportSection(imports) => {
+                for import in imports.into_imports() {
+                    match import?.ty {
+                        TypeRef::Global(g) if g.mutable => return Ok(None),
+                        TypeRef::Global(_) => imported += 1,
+                        TypeRef::Memory(_) | TypeRef::Table(_) => return Ok(None),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::GlobalSection(globals) => {
+                for (i, global) in globals.into_iter().enumerate() {
+                    let ty = global?.ty;
+                    if !ty.mutable {
+                        continue;
+                    }
+                    if !matches!(ty.content_type, V::I32 | V::I64 | V::F32 | V::F64) {
+                        return Ok(None);
+                    }
+                    mutable.push(imported + i as u32);
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                for op in body.get_operators_reader()? {
+                    if matches!(
+                        op?,
+                        O::TableSet { .. }
+                            | O::TableGrow { .. }
+                            | O::TableFill { .. }
+                            | O::TableCopy { .. }
+                            | O::TableInit { .. }
+                            | O::ElemDrop { .. }
+                            | O::MemoryInit { .. }
+                            | O::DataDrop { .. }
+                    ) {
+                        return Ok(None);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(mutable))
 }
 
 /// Where the batch allocator goes in a module that can have one.
@@ -255,9 +328,28 @@ struct StopChecks {
     export_section_seen: bool,
     /// Added when the guest has a `cabi_realloc` it can call.
     alloc: Option<BatchAlloc>,
+    /// The mutable globals to export, when the guest can be reset.
+    reset: Option<Vec<u32>>,
 }
 
 impl StopChecks {
+    /// Everything teller exports from the guest, after its own exports.
+    fn teller_exports(&self, exports: &mut wasm_encoder::ExportSection) {
+        exports.export(EXPORT, ExportKind::Memory, self.flag);
+        if let Some(alloc) = &self.alloc {
+            exports.export(ALLOC_EXPORT, ExportKind::Func, alloc.func);
+            for (i, (post, _)) in alloc.posts.iter().enumerate() {
+                exports.export(&after(post), ExportKind::Func, alloc.func + 1 + i as u32);
+            }
+        }
+        if let Some(globals) = &self.reset {
+            exports.export(RESET_EXPORT, ExportKind::Memory, self.flag);
+            for (i, &global) in globals.iter().enumerate() {
+                exports.export(&global_export(i), ExportKind::Global, global);
+            }
+        }
+    }
+
     fn flag_memory() -> MemoryType {
         MemoryType {
             minimum: 1,
@@ -372,7 +464,7 @@ impl Reencode for StopChecks {
         }
         if !self.export_section_seen && between(wasm_encoder::SectionId::Export) {
             let mut exports = wasm_encoder::ExportSection::new();
-            exports.export(EXPORT, ExportKind::Memory, self.flag);
+            self.teller_exports(&mut exports);
             module.section(&exports);
             self.export_section_seen = true;
         }
@@ -385,13 +477,7 @@ impl Reencode for StopChecks {
         section: wasmparser::ExportSectionReader<'_>,
     ) -> Result<(), ReencodeError<Self::Error>> {
         utils::parse_export_section(self, exports, section)?;
-        exports.export(EXPORT, ExportKind::Memory, self.flag);
-        if let Some(alloc) = &self.alloc {
-            exports.export(ALLOC_EXPORT, ExportKind::Func, alloc.func);
-            for (i, (post, _)) in alloc.posts.iter().enumerate() {
-                exports.export(&after(post), ExportKind::Func, alloc.func + 1 + i as u32);
-            }
-        }
+        self.teller_exports(exports);
         self.export_section_seen = true;
         Ok(())
     }
@@ -488,31 +574,104 @@ mod tests {
             .validate_all(&out)
             .unwrap();
         let mut loads = 0;
-        let mut exported = false;
         for payload in wasmparser::Parser::new(0).parse_all(&out) {
-            match payload.unwrap() {
-                wasmparser::Payload::CodeSectionEntry(body) => {
-                    for op in body.get_operators_reader().unwrap() {
-                        if let wasmparser::Operator::I32AtomicLoad { memarg } = op.unwrap() {
-                            assert_eq!(memarg.target, wasmparser::MemArgTarget::Memory(1));
-                            loads += 1;
-                        }
+            if let wasmparser::Payload::CodeSectionEntry(body) = payload.unwrap() {
+                for op in body.get_operators_reader().unwrap() {
+                    if let wasmparser::Operator::I32AtomicLoad { memarg } = op.unwrap() {
+                        assert_eq!(memarg.target, wasmparser::MemArgTarget::Memory(1));
+                        loads += 1;
                     }
                 }
-                wasmparser::Payload::ExportSection(exports) => {
-                    for e in exports {
-                        let e = e.unwrap();
-                        exported |= e.name == EXPORT
-                            && e.kind == wasmparser::ExternalKind::Memory
-                            && e.index == 1;
-                    }
-                }
-                _ => {}
             }
         }
         // Two function entries and one loop.
         assert_eq!(loads, 3);
-        assert!(exported);
+        assert!(exports(&out).contains(&(EXPORT.into(), wasmparser::ExternalKind::Memory, 1)));
+    }
+
+    /// Every export of `wasm`: name, kind, index.
+    fn exports(wasm: &[u8]) -> Vec<(String, wasmparser::ExternalKind, u32)> {
+        let mut all = Vec::new();
+        for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+            if let wasmparser::Payload::ExportSection(exports) = payload.unwrap() {
+                for e in exports {
+                    let e = e.unwrap();
+                    all.push((e.name.to_string(), e.kind, e.index));
+                }
+            }
+        }
+        all
+    }
+
+    fn names(wasm: &[u8]) -> Vec<String> {
+        exports(wasm).into_iter().map(|(name, ..)| name).collect()
+    }
+
+    /// A guest whose state is its memory and its numeric globals is marked
+    /// for reset, with its mutable globals exported in index order (after
+    /// the one it imports); one that could keep state anywhere else is not.
+    #[test]
+    fn only_a_guest_whose_state_is_memory_and_globals_is_marked_for_reset() {
+        let resettable = wat::parse_str(
+            r#"(module (import "env" "g" (global i32)) (memory 1)
+                 (global (mut i32) (i32.const 1)) (global i64 (i64.const 2))
+                 (global (mut f64) (f64.const 3)) (table 1 funcref)
+                 (func (memory.fill (i32.const 0) (i32.const 0) (i32.const 1))))"#,
+        )
+        .unwrap();
+        let out = instrument(&resettable).unwrap();
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&out)
+            .unwrap();
+        let global = wasmparser::ExternalKind::Global;
+        assert_eq!(
+            exports(&out),
+            [
+                (EXPORT.into(), wasmparser::ExternalKind::Memory, 1),
+                (RESET_EXPORT.into(), wasmparser::ExternalKind::Memory, 1),
+                (global_export(0), global, 1),
+                (global_export(1), global, 3),
+            ]
+        );
+        for (why, wat) in [
+            (
+                "a table.set",
+                "(table 1 funcref) (func (table.set (i32.const 0) (ref.null func)))",
+            ),
+            (
+                "a table.grow",
+                "(table 1 funcref) (func (drop (table.grow (ref.null func) (i32.const 1))))",
+            ),
+            ("a data.drop", r#"(data "x") (func (data.drop 0))"#),
+            (
+                "a memory.init",
+                r#"(data "x") (func (memory.init 0 (i32.const 0) (i32.const 0) (i32.const 1)))"#,
+            ),
+            (
+                "an elem.drop",
+                "(table 1 funcref) (elem func 0) (func (elem.drop 0))",
+            ),
+            (
+                "an imported mutable global",
+                r#"(import "env" "g" (global (mut i32)))"#,
+            ),
+            (
+                "a reference global",
+                "(global (mut funcref) (ref.null func))",
+            ),
+            (
+                "an imported table",
+                r#"(import "env" "t" (table 1 funcref))"#,
+            ),
+        ] {
+            let wasm = wat::parse_str(format!("(module {wat} (memory 1))")).unwrap();
+            let out = instrument(&wasm).unwrap_or_else(|e| panic!("{why}: {e}"));
+            assert_eq!(
+                names(&out),
+                [EXPORT],
+                "a guest with {why} was marked for reset"
+            );
+        }
     }
 
     /// `(func (export "rec") (param i32) (if (local.get 0) (then (call 0
@@ -707,19 +866,10 @@ mod tests {
         )
         .unwrap();
         let out = instrument(&wasm).unwrap();
-        let exports: Vec<String> = wasmparser::Parser::new(0)
-            .parse_all(&out)
-            .filter_map(|p| match p.unwrap() {
-                wasmparser::Payload::ExportSection(e) => Some(
-                    e.into_iter()
-                        .map(|e| e.unwrap().name.to_string())
-                        .collect::<Vec<_>>(),
-                ),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        assert_eq!(exports, ["memory", "cabi_realloc", EXPORT]);
+        assert_eq!(
+            names(&out),
+            ["memory", "cabi_realloc", EXPORT, RESET_EXPORT]
+        );
     }
 
     /// The flag's memory and export go where a module's order puts them,
@@ -736,17 +886,10 @@ mod tests {
             wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
                 .validate_all(&out)
                 .unwrap_or_else(|e| panic!("{wat}: {e}"));
-            let mut flag = None;
-            for payload in wasmparser::Parser::new(0).parse_all(&out) {
-                if let wasmparser::Payload::ExportSection(exports) = payload.unwrap() {
-                    for e in exports {
-                        let e = e.unwrap();
-                        if e.name == EXPORT {
-                            flag = Some((e.kind, e.index));
-                        }
-                    }
-                }
-            }
+            let flag = exports(&out)
+                .into_iter()
+                .find(|(name, ..)| name == EXPORT)
+                .map(|(_, kind, index)| (kind, index));
             assert_eq!(
                 flag,
                 Some((wasmparser::ExternalKind::Memory, 1)),

@@ -24,6 +24,7 @@ mod handlers;
 mod instrument;
 mod pool;
 mod raw;
+mod snapshot;
 mod state;
 mod watchdog;
 
@@ -84,7 +85,7 @@ pub struct WasmEdgeEngine {
     /// Serve at once, interpreted, when a guest's compiled code is not
     /// cached, and switch to compiled code once it is built.
     tiered: bool,
-    /// Instantiate for every call (`Workload::Bench(CallMode::Fresh)`).
+    /// Fresh state for every call (`Workload::Bench(CallMode::Fresh)`).
     fresh: bool,
 }
 
@@ -147,8 +148,8 @@ impl WasmEdgeEngine {
         self
     }
 
-    /// A new instance for every call, for benchmarks (production keeps a
-    /// pool).
+    /// Fresh state for every call, for benchmarks (production keeps
+    /// instances for many calls).
     pub fn fresh(mut self, fresh: bool) -> Self {
         self.fresh = fresh;
         self
@@ -233,7 +234,7 @@ impl WasmEdgeEngine {
         contract: Arc<Contract>,
     ) -> Result<(Pool, String), Error> {
         let (module, sha256) = self.module_slot(name, wasm)?;
-        let pool = Pool {
+        let mut pool = Pool {
             config: self.config.clone(),
             contract,
             module,
@@ -242,6 +243,7 @@ impl WasmEdgeEngine {
             idle: Mutex::new(Vec::new()),
             capacity: teller_engine::pool_capacity(),
             init: None,
+            snapshot: None,
         };
         // Instantiate one now: a module that cannot be instantiated fails at
         // start-up, not on the first request.
@@ -250,7 +252,7 @@ impl WasmEdgeEngine {
             message: format!("policy {name} cannot be instantiated: {}", e.message),
             ..e
         })?;
-        pool.give_back(first);
+        pool.start_from(first)?;
         Ok((pool, sha256))
     }
 
@@ -311,6 +313,7 @@ impl WasmEdgeEngine {
             idle: Mutex::new(Vec::new()),
             capacity: teller_engine::pool_capacity(),
             init: None,
+            snapshot: None,
         };
         let load = pool.export("source", "load")?;
         let args = vec![
@@ -326,12 +329,11 @@ impl WasmEdgeEngine {
                 Ok((guest, value))
             })
             .map_err(|e| rego_load_error(&artifact.name, e))?;
-        let (mut first, value) = value;
+        let (first, value) = value;
         let meta: Result<PolicyMetadata, String> = pool.lift_result(&load, value)?;
         let meta = meta.map_err(|message| rego_load_failed(&artifact.name, &message))?;
-        first.calls = 0;
         pool.init = Some((load, args));
-        pool.give_back(first);
+        pool.start_from(first)?;
         Ok(WasmEdgeRegoCheck {
             policy: rego_policy_ref(artifact, meta)?,
             name: artifact.name.clone(),
@@ -374,8 +376,8 @@ struct WasmEdgeTransferCheck {
     policy: PolicyRef,
     check: ExportFunc,
     pool: Pool,
-    /// `teller bench call`'s fresh series: a new instance for every call
-    /// instead of the pool's.
+    /// `teller bench call`'s fresh series: every call on fresh state, an
+    /// instance reset to the pool's snapshot (or a new one).
     fresh: bool,
 }
 
@@ -390,10 +392,7 @@ impl TransferCheck for WasmEdgeTransferCheck {
             self.pool.arg(&self.check, 1, request)?,
         ];
         if self.fresh {
-            let value = self
-                .pool
-                .instantiate()?
-                .invoke(&self.pool.contract, &self.check, &args)?;
+            let value = self.pool.call_fresh(&self.check, &args)?;
             return self.pool.lift_result(&self.check, value);
         }
         self.pool.call(&self.check, &args)

@@ -3,6 +3,7 @@
 
 use crate::raw::Config;
 use crate::raw::{self, AstModule, RawError, Val};
+use crate::snapshot::Snapshot;
 use crate::watchdog::Watchdog;
 use crate::{MAX_CALLS_PER_INSTANCE, ModuleSlot, bad_output};
 use serde::Serialize;
@@ -28,6 +29,10 @@ pub(crate) struct Pool {
     /// Called on every new instance before it serves (the Rego guest's
     /// `source.load`); its `result::err` fails the instantiation.
     pub(crate) init: Option<(ExportFunc, Vec<Value>)>,
+    /// The first instance's state once `init` had run, when the guest can
+    /// be reset: new instances start from it instead of running `init`, and
+    /// kept ones go back to it instead of being replaced.
+    pub(crate) snapshot: Option<Snapshot>,
 }
 
 impl Pool {
@@ -82,6 +87,65 @@ impl Pool {
         Ok(value)
     }
 
+    /// Calls `func` on fresh state: an instance reset to the snapshot, or a
+    /// new one for a guest that cannot be reset.
+    pub(crate) fn call_fresh(
+        &self,
+        func: &ExportFunc,
+        args: &[Value],
+    ) -> Result<Option<Value>, Error> {
+        let mut guest = match self.take() {
+            Some(mut guest) => {
+                if self.reset(&mut guest) {
+                    guest
+                } else {
+                    self.instantiate()?
+                }
+            }
+            None => self.instantiate()?,
+        };
+        let value = guest.invoke(&self.contract, func, args)?;
+        if self.snapshot.is_some() {
+            self.give_back(guest);
+        }
+        Ok(value)
+    }
+
+    /// Puts `guest` back into the snapshot's state; false when there is no
+    /// snapshot or the guest cannot go back to it (its memory grew), and the
+    /// guest must then be dropped.
+    pub(crate) fn reset(&self, guest: &mut GuestInstance) -> bool {
+        let Some(snapshot) = &self.snapshot else {
+            return false;
+        };
+        // What the last call left to free is gone with the rest.
+        guest.pending_post = None;
+        guest.cleanup_failed = false;
+        guest.calls = 0;
+        match snapshot.restore(&mut guest.raw, &mut guest.mapped) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!("a guest instance was dropped, not reset: {e}");
+                false
+            }
+        }
+    }
+
+    /// Keeps `first`'s state, once `init` has run on it, as the snapshot new
+    /// instances start from, and `first` as the pool's first instance.
+    pub(crate) fn start_from(&mut self, mut first: GuestInstance) -> Result<(), Error> {
+        first.settle()?;
+        self.snapshot = Snapshot::take(&first.raw).map_err(|e| {
+            Error::internal(
+                ErrorCode::EngineInit,
+                format!("cannot keep a guest's state: {e}"),
+            )
+        })?;
+        first.calls = 0;
+        self.give_back(first);
+        Ok(())
+    }
+
     /// Calls `func` and converts its result to `R`.
     pub(crate) fn call<R: DeserializeOwned>(
         &self,
@@ -127,11 +191,11 @@ impl Pool {
             .clone()
     }
 
-    pub(crate) fn give_back(&self, guest: GuestInstance) {
-        if guest.calls >= MAX_CALLS_PER_INSTANCE
-            || guest.stopped
-            || !Arc::ptr_eq(&guest.module, &self.current())
-        {
+    pub(crate) fn give_back(&self, mut guest: GuestInstance) {
+        if guest.stopped || !Arc::ptr_eq(&guest.module, &self.current()) {
+            return;
+        }
+        if guest.calls >= MAX_CALLS_PER_INSTANCE && !self.reset(&mut guest) {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()
@@ -168,7 +232,20 @@ impl Pool {
             failure: None,
             pending_post: None,
             cleanup_failed: false,
+            mapped: false,
         };
+        if let Some(snapshot) = &self.snapshot {
+            // The state `init` left, without running it again.
+            snapshot
+                .restore(&mut guest.raw, &mut guest.mapped)
+                .map_err(|e| {
+                    Error::guest(
+                        ErrorCode::GuestTrap,
+                        format!("cannot start an instance from its snapshot: {e}"),
+                    )
+                })?;
+            return Ok(guest);
+        }
         if let Some((load, args)) = &self.init {
             let value = guest.invoke_within(
                 &self.contract,
@@ -217,6 +294,8 @@ pub(crate) struct GuestInstance {
     pub(crate) pending_post: Option<(String, i32)>,
     /// The entry that ran the pending post-return failed.
     pub(crate) cleanup_failed: bool,
+    /// Its memory is a private mapping of the pool's snapshot.
+    pub(crate) mapped: bool,
 }
 
 impl GuestInstance {
@@ -327,6 +406,14 @@ impl GuestInstance {
             }
         }
         Ok(value)
+    }
+
+    /// Runs the last call's post-return now, rather than in the next call.
+    pub(crate) fn settle(&mut self) -> Result<(), Error> {
+        match self.pending_post.take() {
+            Some((post, arg)) => self.call_core(&post, &[Flat::I32(arg)]).map(drop),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn call_core(&mut self, name: &str, args: &[Flat]) -> Result<Vec<Flat>, Error> {
@@ -549,5 +636,138 @@ mod tests {
         // The instance that ran the last call waits with its post-return.
         let guest = pool.take().unwrap();
         assert!(guest.pending_post.is_some());
+    }
+
+    /// `describe` counts its calls in a global and in a byte of memory and
+    /// answers `"{global}{memory}"` as its version, after running `extra`;
+    /// its memory has `pages`, `top` is the module's other fields.
+    fn counting_guest(pages: u32, top: &str, extra: &str) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module
+              (memory (export "memory") {pages})
+              (global $calls (mut i32) (i32.const 0))
+              (global $next (mut i32) (i32.const 1024))
+              (data (i32.const 100) "count")
+              (data (i32.const 120) "00")
+              (data (i32.const 200) "\64\00\00\00\05\00\00\00\78\00\00\00\02\00\00\00")
+              {top}
+              (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+                (local $ptr i32)
+                (local.set $ptr (global.get $next))
+                (global.set $next (i32.add (global.get $next) (i32.add (local.get 3) (i32.const 8))))
+                (local.get $ptr))
+              (func (export "bank:policy/metadata@0.2.0#describe") (result i32)
+                {extra}
+                (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+                (i32.store8 (i32.const 120) (i32.add (i32.const 48) (global.get $calls)))
+                (i32.store8 (i32.const 121) (i32.add (i32.load8_u (i32.const 121)) (i32.const 1)))
+                (i32.const 200)))"#
+        ))
+        .unwrap()
+    }
+
+    fn versions(pool: &super::Pool, n: usize, fresh: bool) -> Vec<String> {
+        let describe = pool.export("metadata", "describe").unwrap();
+        (0..n)
+            .map(|_| {
+                let value = if fresh {
+                    pool.call_fresh(&describe, &[]).unwrap()
+                } else {
+                    pool.call_values(&describe, &[]).unwrap()
+                };
+                let meta: PolicyMetadata = pool.lift_result(&describe, value).unwrap();
+                meta.version
+            })
+            .collect()
+    }
+
+    /// A kept instance counts on; reset, its memory and globals are the
+    /// snapshot's again, as are those of a new instance made from it.
+    #[test]
+    fn a_reset_instance_and_a_new_one_start_from_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
+        let wasm = counting_guest(1, "", "");
+        let (pool, _) = engine
+            .pool_for("count", &wasm, engine.contract.clone())
+            .unwrap();
+        assert!(pool.snapshot.is_some(), "the guest could not be reset");
+        assert_eq!(versions(&pool, 3, false), ["11", "22", "33"]);
+        let mut guest = pool.take().unwrap();
+        assert!(pool.reset(&mut guest));
+        pool.give_back(guest);
+        assert_eq!(versions(&pool, 2, false), ["11", "22"]);
+        // Every call on fresh state, reset after the first each time.
+        assert_eq!(versions(&pool, 3, true), ["11", "11", "11"]);
+        let mut new = pool.instantiate().unwrap();
+        assert!(
+            new.mapped,
+            "a new instance does not start from the snapshot"
+        );
+        let describe = pool.export("metadata", "describe").unwrap();
+        let value = new.invoke(&pool.contract, &describe, &[]).unwrap();
+        let meta: PolicyMetadata = pool.lift_result(&describe, value).unwrap();
+        assert_eq!(meta.version, "11");
+    }
+
+    /// Pages written past what a reset copies back are dropped instead, and
+    /// read as the snapshot's again all the same.
+    #[test]
+    fn a_reset_after_many_written_pages_drops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
+        // 448 KiB of 0x78 from 64 KiB on: more than `MAX_COPY`.
+        let fill = "(memory.fill (i32.const 65536) (i32.const 120) (i32.const 458752))";
+        let wasm = counting_guest(8, "", fill);
+        let (pool, _) = engine
+            .pool_for("fill", &wasm, engine.contract.clone())
+            .unwrap();
+        assert!(pool.snapshot.is_some());
+        for _ in 0..3 {
+            assert_eq!(versions(&pool, 1, true), ["11"]);
+            let guest = pool.take().unwrap();
+            let memory = guest.raw.memory_bytes().unwrap();
+            assert!(memory[65536..65536 + 458752].iter().all(|&b| b == 120));
+            pool.give_back(guest);
+        }
+        let mut guest = pool.take().unwrap();
+        assert!(pool.reset(&mut guest));
+        let memory = guest.raw.memory_bytes().unwrap();
+        assert!(
+            memory[65536..].iter().all(|&b| b == 0),
+            "written pages survived a reset"
+        );
+        assert_eq!(&memory[120..122], b"00");
+    }
+
+    /// An instance whose memory grew is not reset but dropped; a guest that
+    /// could keep state outside its memory and globals gets no snapshot and
+    /// fresh state from new instances.
+    #[test]
+    fn a_grown_or_unresettable_guest_gets_new_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
+        let grows = counting_guest(1, "", "(drop (memory.grow (i32.const 1)))");
+        let (pool, _) = engine
+            .pool_for("grow", &grows, engine.contract.clone())
+            .unwrap();
+        assert_eq!(versions(&pool, 1, false), ["11"]);
+        let mut guest = pool.take().unwrap();
+        assert!(!pool.reset(&mut guest), "a grown memory was reset");
+        assert_eq!(versions(&pool, 3, true), ["11", "11", "11"]);
+        let table = counting_guest(
+            1,
+            "(table 1 funcref)",
+            "(table.set (i32.const 0) (ref.null func))",
+        );
+        let (pool, _) = engine
+            .pool_for("table", &table, engine.contract.clone())
+            .unwrap();
+        assert!(
+            pool.snapshot.is_none(),
+            "a guest changing its table got a snapshot"
+        );
+        assert_eq!(versions(&pool, 2, false), ["11", "22"]);
+        assert_eq!(versions(&pool, 2, true), ["11", "11"]);
     }
 }

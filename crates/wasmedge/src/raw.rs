@@ -382,6 +382,9 @@ pub struct Instance {
     /// Exported functions already looked up (a lookup takes a lock and
     /// walks a map of names).
     funcs: Vec<(Box<str>, *mut ffi::WasmEdge_FunctionInstanceContext)>,
+    /// The guest's mutable globals, in index order, when its state can be
+    /// reset ([`crate::instrument`]); `None` when it cannot.
+    globals: Option<Vec<*mut ffi::WasmEdge_GlobalInstanceContext>>,
 }
 
 // SAFETY: all of it is owned by this value and used by one thread at a
@@ -462,6 +465,7 @@ impl Instance {
                 stage: std::ptr::null_mut(),
                 memory: std::ptr::null_mut(),
                 funcs: Vec::new(),
+                globals: None,
             };
             if executor.is_null() || store.is_null() || wasi.is_null() {
                 return Err(null("an executor, store or WASI module"));
@@ -495,6 +499,20 @@ impl Instance {
                 );
             }
             this.memory = ffi::WasmEdge_ModuleInstanceFindMemory(this.instance, name("memory"));
+            let reset = name(crate::instrument::RESET_EXPORT);
+            if !ffi::WasmEdge_ModuleInstanceFindMemory(this.instance, reset).is_null() {
+                let mut globals = Vec::new();
+                loop {
+                    let export = crate::instrument::global_export(globals.len());
+                    let global =
+                        ffi::WasmEdge_ModuleInstanceFindGlobal(this.instance, name(&export));
+                    if global.is_null() {
+                        break;
+                    }
+                    globals.push(global);
+                }
+                this.globals = Some(globals);
+            }
             // Without a flag of its own, only the executor's can stop it.
             if this.stopper.flag.is_null() {
                 this.stopper.executor = Self::stopper(executor)?;
@@ -549,6 +567,60 @@ impl Instance {
 
     pub fn stop_handle(&self) -> StopHandle {
         self.stopper
+    }
+
+    /// The values of the guest's mutable globals, when its whole state is
+    /// them and its memory (`None` when it may keep state elsewhere).
+    pub fn global_values(&self) -> Option<Vec<ffi::WasmEdge_Value>> {
+        let globals = self.globals.as_ref()?;
+        // SAFETY: the globals belong to the owned instance.
+        Some(
+            globals
+                .iter()
+                .map(|&g| unsafe { ffi::WasmEdge_GlobalInstanceGetValue(g) })
+                .collect(),
+        )
+    }
+
+    /// Sets the guest's mutable globals to `values`, read from an instance
+    /// of the same module by [`Instance::global_values`].
+    pub fn set_global_values(&mut self, values: &[ffi::WasmEdge_Value]) -> Result<(), RawError> {
+        let globals = self.globals.as_deref().unwrap_or_default();
+        if globals.len() != values.len() {
+            return Err(RawError {
+                code: 0,
+                message: format!(
+                    "{} global values for {} mutable globals",
+                    values.len(),
+                    globals.len()
+                ),
+            });
+        }
+        for (&global, &value) in globals.iter().zip(values) {
+            // SAFETY: the global belongs to the owned instance; WasmEdge
+            // checks the value's type and the global's mutability.
+            check(unsafe { ffi::WasmEdge_GlobalInstanceSetValue(global, value) })?;
+        }
+        Ok(())
+    }
+
+    /// Grows the exported memory by `pages`, as `memory.grow` would.
+    pub fn grow_memory(&mut self, pages: u32) -> Result<(), RawError> {
+        let memory = self.memory().ok_or_else(|| null("a memory"))?;
+        // SAFETY: the memory belongs to the owned instance; WasmEdge checks
+        // the new size against the memory's and the configuration's limits.
+        check(unsafe { ffi::WasmEdge_MemoryInstanceGrowPage(memory, pages) })
+    }
+
+    /// Where the exported memory's first `len` bytes are mapped, for
+    /// replacing them with a snapshot's (`crate::snapshot`). WasmEdge keeps
+    /// a memory where it is for the instance's life, growing it in place.
+    pub fn memory_base(&mut self, len: u32) -> Option<*mut u8> {
+        let memory = self.memory()?;
+        // SAFETY: the memory belongs to the owned instance; WasmEdge checks
+        // the range against its size.
+        let ptr = unsafe { ffi::WasmEdge_MemoryInstanceGetPointer(memory, 0, len) };
+        (!ptr.is_null()).then_some(ptr)
     }
 
     /// Whether compiled code can be stopped: the module carries teller's

@@ -740,6 +740,52 @@ mod tests {
         assert_eq!(&memory[120..122], b"00");
     }
 
+    /// A Rego guest's later instances start from the snapshot taken once
+    /// its policy had loaded, and decide as its first does, without loading
+    /// the policy again (a load now would fail: its source is made invalid).
+    #[test]
+    fn a_rego_instance_made_from_the_snapshot_decides_without_loading() {
+        use teller_engine::TransferCheck;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(&dir.path().join("cache"));
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::write(
+            policies.join("bank.rego"),
+            teller_policy_artifacts::BANK_REGO,
+        )
+        .unwrap();
+        let members = teller_engine::artifact::PolicySource::Dir(policies)
+            .transfer_checks()
+            .unwrap();
+        let mut rego = engine.load_rego(&members[0]).unwrap();
+        assert!(
+            rego.pool.snapshot.is_some(),
+            "the Rego guest could not be reset"
+        );
+        let (load, mut args) = rego.pool.init.take().unwrap();
+        args[1] = rego.pool.arg(&load, 1, "package bank\nallow {").unwrap();
+        rego.pool.init = Some((load, args));
+        let first = rego.pool.take().unwrap();
+        let config = teller_contract::PolicyConfig {
+            amount_limit: 1_000_000,
+            authorized_roles: vec!["authorized".into()],
+            daily_limit: None,
+            day_offset_minutes: 0,
+        };
+        let allowed =
+            teller_contract::decode_transfer(teller_contract::EXAMPLE_REQUEST.as_bytes()).unwrap();
+        let mut denied = allowed.clone();
+        denied.amount = 2_000_000;
+        // Two instances besides the first, each made from the snapshot.
+        let second = rego.pool.instantiate().unwrap();
+        assert!(second.mapped);
+        rego.pool.give_back(second);
+        assert!(rego.check(&config, &allowed).unwrap().allow);
+        assert!(!rego.check(&config, &denied).unwrap().allow);
+        rego.pool.give_back(first);
+    }
+
     /// An instance whose memory grew is not reset but dropped; a guest that
     /// could keep state outside its memory and globals gets no snapshot and
     /// fresh state from new instances.

@@ -55,6 +55,16 @@ pub(crate) fn mismatch<T>(what: &str, ty: Option<&Type>) -> Result<T, AbiError> 
     )))
 }
 
+/// Whether Rust field `rust` is WIT field `wit` (`kebab-case` in the WIT,
+/// `snake_case` in Rust).
+pub(crate) fn same_name(wit: &str, rust: &str) -> bool {
+    wit.len() == rust.len()
+        && wit
+            .bytes()
+            .zip(rust.bytes())
+            .all(|(w, r)| (if w == b'-' { b'_' } else { w }) == r)
+}
+
 /// The value standing for "no payload" (`()` in Rust).
 fn unit() -> Value {
     Value::Tuple(Vec::new())

@@ -463,3 +463,53 @@ fn state_imports_lift_their_arguments_and_lower_their_results() {
         Lowered::Flat(vec![Flat::I64(42)])
     );
 }
+
+/// A Rust type whose field names are not the WIT record's, in name or in
+/// order, is refused both ways, never read into the wrong field.
+#[test]
+fn a_type_that_drifts_from_the_wit_is_refused() {
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Renamed {
+        amount_limit: u64,
+        authorised_roles: Vec<String>,
+        daily_limit: Option<u64>,
+        day_offset_minutes: i32,
+    }
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Reordered {
+        authorized_roles: Vec<String>,
+        amount_limit: u64,
+        daily_limit: Option<u64>,
+        day_offset_minutes: i32,
+    }
+    let c = Contract::bank_policy().unwrap();
+    let check = c.export("transfer-check", "check").unwrap();
+    let ty = &check.params[0];
+    let renamed = Renamed {
+        amount_limit: 1,
+        authorised_roles: vec![],
+        daily_limit: None,
+        day_offset_minutes: 0,
+    };
+    let e = super::bridge::to_value(&c, ty, &renamed).unwrap_err();
+    assert!(e.0.contains("Rust field 1 is \"authorised_roles\""), "{e}");
+    let reordered = Reordered {
+        authorized_roles: vec![],
+        amount_limit: 1,
+        daily_limit: None,
+        day_offset_minutes: 0,
+    };
+    let e = super::bridge::to_value(&c, ty, &reordered).unwrap_err();
+    assert!(e.0.contains("Rust field 0 is \"authorized_roles\""), "{e}");
+    let config = teller_contract::PolicyConfig {
+        amount_limit: 1,
+        authorized_roles: vec!["a".into()],
+        daily_limit: Some(2),
+        day_offset_minutes: 3,
+    };
+    let value = super::bridge::to_value(&c, ty, &config).unwrap();
+    let e = super::bridge::from_value::<Renamed>(&c, ty, value.clone()).unwrap_err();
+    assert!(e.0.contains("authorised_roles"), "{e}");
+    let e = super::bridge::from_value::<Reordered>(&c, ty, value).unwrap_err();
+    assert!(e.0.contains("authorized_roles"), "{e}");
+}

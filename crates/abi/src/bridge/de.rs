@@ -188,12 +188,8 @@ fn same_fields<'n>(
 ) -> Result<(), AbiError> {
     let wit: Vec<&str> = record.fields.iter().map(|f| f.name.as_str()).collect();
     let rust: Vec<&str> = rust.collect();
-    let same = wit.len() == rust.len()
-        && wit.iter().zip(&rust).all(|(w, r)| {
-            w.bytes()
-                .map(|b| if b == b'-' { b'_' } else { b })
-                .eq(r.bytes())
-        });
+    let same =
+        wit.len() == rust.len() && wit.iter().zip(&rust).all(|(w, r)| super::same_name(w, r));
     if same {
         return Ok(());
     }

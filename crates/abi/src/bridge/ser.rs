@@ -163,12 +163,7 @@ impl ser::SerializeStruct for SeqSer<'_> {
         if let Some(record) = self.record {
             let at = self.items.len();
             let wit = record.fields.get(at).map(|f| f.name.as_str());
-            let same = wit.is_some_and(|w| {
-                w.bytes()
-                    .map(|b| if b == b'-' { b'_' } else { b })
-                    .eq(key.bytes())
-            });
-            if !same {
+            if !wit.is_some_and(|w| super::same_name(w, key)) {
                 return Err(AbiError(format!(
                     "Rust field {at} is {key:?}, the WIT record's is {wit:?}"
                 )));

@@ -33,7 +33,7 @@ use compile::ModuleSlot;
 pub use compile::quiesce;
 use pool::Pool;
 use raw::Config;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use teller_abi::{AbiError, Contract, ExportFunc};
 use teller_contract::{
     AuditEvent, Decision, Error, ErrorCode, PolicyConfig, PolicyMetadata, PolicyRef, SealedRecord,
@@ -234,7 +234,7 @@ impl WasmEdgeEngine {
         contract: Arc<Contract>,
     ) -> Result<(Pool, String), Error> {
         let (module, sha256) = self.module_slot(name, wasm)?;
-        let mut pool = Pool {
+        let pool = Pool {
             config: self.config.clone(),
             contract,
             module,
@@ -243,16 +243,16 @@ impl WasmEdgeEngine {
             idle: Mutex::new(Vec::new()),
             capacity: teller_engine::pool_capacity(),
             init: None,
-            snapshot: None,
+            snapshot: OnceLock::new(),
         };
         // Instantiate one now: a module that cannot be instantiated fails at
         // start-up, not on the first request.
-        let first = pool.instantiate().map_err(|e| Error {
+        let first = pool.instantiate_anew().map_err(|e| Error {
             code: ErrorCode::PolicyInvalid,
             message: format!("policy {name} cannot be instantiated: {}", e.message),
             ..e
         })?;
-        pool.start_from(first)?;
+        pool.give_back(first);
         Ok((pool, sha256))
     }
 
@@ -313,7 +313,7 @@ impl WasmEdgeEngine {
             idle: Mutex::new(Vec::new()),
             capacity: teller_engine::pool_capacity(),
             init: None,
-            snapshot: None,
+            snapshot: OnceLock::new(),
         };
         let load = pool.export("source", "load")?;
         let args = vec![
@@ -322,18 +322,19 @@ impl WasmEdgeEngine {
             pool.arg(&load, 2, source.data.as_str())?,
         ];
         let value = pool
-            .instantiate()
+            .instantiate_anew()
             .and_then(|mut guest| {
                 let deadline = teller_engine::LOAD_DEADLINE.max(self.limits.deadline);
                 let value = guest.invoke_within(&pool.contract, &load, &args, deadline)?;
                 Ok((guest, value))
             })
             .map_err(|e| rego_load_error(&artifact.name, e))?;
-        let (first, value) = value;
+        let (mut first, value) = value;
         let meta: Result<PolicyMetadata, String> = pool.lift_result(&load, value)?;
         let meta = meta.map_err(|message| rego_load_failed(&artifact.name, &message))?;
+        first.calls = 0;
         pool.init = Some((load, args));
-        pool.start_from(first)?;
+        pool.give_back(first);
         Ok(WasmEdgeRegoCheck {
             policy: rego_policy_ref(artifact, meta)?,
             name: artifact.name.clone(),

@@ -8,7 +8,7 @@ use crate::watchdog::Watchdog;
 use crate::{MAX_CALLS_PER_INSTANCE, ModuleSlot, bad_output};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use teller_abi::bridge::{from_value, to_value};
 use teller_abi::lift::Lifter;
 use teller_abi::lower::{GuestAlloc, Lowerer};
@@ -29,10 +29,12 @@ pub(crate) struct Pool {
     /// Called on every new instance before it serves (the Rego guest's
     /// `source.load`); its `result::err` fails the instantiation.
     pub(crate) init: Option<(ExportFunc, Vec<Value>)>,
-    /// The first instance's state once `init` had run, when the guest can
-    /// be reset: new instances start from it instead of running `init`, and
-    /// kept ones go back to it instead of being replaced.
-    pub(crate) snapshot: Option<Snapshot>,
+    /// An instance's state once `init` had run, when the guest can be
+    /// reset: new instances start from it instead of running `init`, and
+    /// kept ones go back to it instead of being replaced. Taken when first
+    /// needed, so that a process that makes one instance (`teller check`)
+    /// does not pay for it.
+    pub(crate) snapshot: OnceLock<Option<Snapshot>>,
 }
 
 impl Pool {
@@ -105,17 +107,46 @@ impl Pool {
             None => self.instantiate()?,
         };
         let value = guest.invoke(&self.contract, func, args)?;
-        if self.snapshot.is_some() {
+        if self.snapshot().is_some() {
             self.give_back(guest);
         }
         Ok(value)
+    }
+
+    /// The snapshot, taken now if it has not been.
+    pub(crate) fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot
+            .get_or_init(|| {
+                // A new instance, never called but by `init`: its state is
+                // the one to keep. It joins the pool afterwards.
+                let taken = self.instantiate_anew().and_then(|mut guest| {
+                    guest.settle()?;
+                    let snapshot = Snapshot::take(&guest.raw).map_err(|e| {
+                        Error::internal(
+                            ErrorCode::EngineInit,
+                            format!("cannot keep a guest's state: {e}"),
+                        )
+                    })?;
+                    guest.calls = 0;
+                    self.give_back(guest);
+                    Ok(snapshot)
+                });
+                taken.unwrap_or_else(|e| {
+                    tracing::warn!(
+                        "guest instances will be made anew, not reset: {}",
+                        e.message
+                    );
+                    None
+                })
+            })
+            .as_ref()
     }
 
     /// Puts `guest` back into the snapshot's state; false when there is no
     /// snapshot or the guest cannot go back to it (its memory grew), and the
     /// guest must then be dropped.
     pub(crate) fn reset(&self, guest: &mut GuestInstance) -> bool {
-        let Some(snapshot) = &self.snapshot else {
+        let Some(snapshot) = self.snapshot() else {
             return false;
         };
         // What the last call left to free is gone with the rest.
@@ -129,21 +160,6 @@ impl Pool {
                 false
             }
         }
-    }
-
-    /// Keeps `first`'s state, once `init` has run on it, as the snapshot new
-    /// instances start from, and `first` as the pool's first instance.
-    pub(crate) fn start_from(&mut self, mut first: GuestInstance) -> Result<(), Error> {
-        first.settle()?;
-        self.snapshot = Snapshot::take(&first.raw).map_err(|e| {
-            Error::internal(
-                ErrorCode::EngineInit,
-                format!("cannot keep a guest's state: {e}"),
-            )
-        })?;
-        first.calls = 0;
-        self.give_back(first);
-        Ok(())
     }
 
     /// Calls `func` and converts its result to `R`.
@@ -206,46 +222,27 @@ impl Pool {
         }
     }
 
+    /// A new instance, from the snapshot when the guest has one.
     pub(crate) fn instantiate(&self) -> Result<GuestInstance, Error> {
-        let module = self.current();
-        let raw = raw::Instance::new(
-            &self.config,
-            &module,
-            self.limits.fuel.is_some(),
-            raw::Wasi::Shim,
-            Some(&self.host),
-        )
-        .map_err(|e| Error::guest(ErrorCode::GuestTrap, format!("cannot instantiate: {e}")))?;
-        // Without its flag, compiled code would run past every deadline.
-        if !raw.has_stop_flag() {
-            return Err(Error::internal(
-                ErrorCode::PolicyInvalid,
-                "the guest has no stop flag, so its deadline could not be kept",
-            ));
-        }
-        let mut guest = GuestInstance {
-            raw,
-            module,
-            limits: self.limits,
-            calls: 0,
-            stopped: false,
-            failure: None,
-            pending_post: None,
-            cleanup_failed: false,
-            mapped: false,
+        let Some(snapshot) = self.snapshot() else {
+            return self.instantiate_anew();
         };
-        if let Some(snapshot) = &self.snapshot {
-            // The state `init` left, without running it again.
-            snapshot
-                .restore(&mut guest.raw, &mut guest.mapped)
-                .map_err(|e| {
-                    Error::guest(
-                        ErrorCode::GuestTrap,
-                        format!("cannot start an instance from its snapshot: {e}"),
-                    )
-                })?;
-            return Ok(guest);
-        }
+        let mut guest = self.bare_instance()?;
+        // The state `init` left, without running it again.
+        snapshot
+            .restore(&mut guest.raw, &mut guest.mapped)
+            .map_err(|e| {
+                Error::guest(
+                    ErrorCode::GuestTrap,
+                    format!("cannot start an instance from its snapshot: {e}"),
+                )
+            })?;
+        Ok(guest)
+    }
+
+    /// A new instance made as its module says, with `init` run on it.
+    pub(crate) fn instantiate_anew(&self) -> Result<GuestInstance, Error> {
+        let mut guest = self.bare_instance()?;
         if let Some((load, args)) = &self.init {
             let value = guest.invoke_within(
                 &self.contract,
@@ -266,6 +263,37 @@ impl Pool {
             guest.calls = 0;
         }
         Ok(guest)
+    }
+
+    /// A new instance of the current module, its data as the module says.
+    fn bare_instance(&self) -> Result<GuestInstance, Error> {
+        let module = self.current();
+        let raw = raw::Instance::new(
+            &self.config,
+            &module,
+            self.limits.fuel.is_some(),
+            raw::Wasi::Shim,
+            Some(&self.host),
+        )
+        .map_err(|e| Error::guest(ErrorCode::GuestTrap, format!("cannot instantiate: {e}")))?;
+        // Without its flag, compiled code would run past every deadline.
+        if !raw.has_stop_flag() {
+            return Err(Error::internal(
+                ErrorCode::PolicyInvalid,
+                "the guest has no stop flag, so its deadline could not be kept",
+            ));
+        }
+        Ok(GuestInstance {
+            raw,
+            module,
+            limits: self.limits,
+            calls: 0,
+            stopped: false,
+            failure: None,
+            pending_post: None,
+            cleanup_failed: false,
+            mapped: false,
+        })
     }
 }
 
@@ -691,7 +719,7 @@ mod tests {
         let (pool, _) = engine
             .pool_for("count", &wasm, engine.contract.clone())
             .unwrap();
-        assert!(pool.snapshot.is_some(), "the guest could not be reset");
+        assert!(pool.snapshot().is_some(), "the guest could not be reset");
         assert_eq!(versions(&pool, 3, false), ["11", "22", "33"]);
         let mut guest = pool.take().unwrap();
         assert!(pool.reset(&mut guest));
@@ -722,7 +750,7 @@ mod tests {
         let (pool, _) = engine
             .pool_for("fill", &wasm, engine.contract.clone())
             .unwrap();
-        assert!(pool.snapshot.is_some());
+        assert!(pool.snapshot().is_some());
         for _ in 0..3 {
             assert_eq!(versions(&pool, 1, true), ["11"]);
             let guest = pool.take().unwrap();
@@ -760,7 +788,7 @@ mod tests {
             .unwrap();
         let mut rego = engine.load_rego(&members[0]).unwrap();
         assert!(
-            rego.pool.snapshot.is_some(),
+            rego.pool.snapshot().is_some(),
             "the Rego guest could not be reset"
         );
         let (load, mut args) = rego.pool.init.take().unwrap();
@@ -810,7 +838,7 @@ mod tests {
             .pool_for("table", &table, engine.contract.clone())
             .unwrap();
         assert!(
-            pool.snapshot.is_none(),
+            pool.snapshot().is_none(),
             "a guest changing its table got a snapshot"
         );
         assert_eq!(versions(&pool, 2, false), ["11", "22"]);

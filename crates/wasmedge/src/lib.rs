@@ -9,7 +9,8 @@
 //! call, so each loaded guest keeps a pool of ready instances, one per
 //! concurrent caller: a caller takes one, calls, and gives it back. An
 //! instance whose call failed in any way is dropped, never reused, and every
-//! instance is retired after [`MAX_CALLS_PER_INSTANCE`] calls.
+//! instance is reset to the pool's snapshot ([`snapshot`]) after
+//! [`MAX_CALLS_PER_INSTANCE`] calls, or retired if it cannot be.
 //!
 //! Limits: a watchdog thread stops a call at its deadline through the
 //! guest's stop flag, or the executor's for a function command, which has

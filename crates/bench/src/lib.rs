@@ -186,39 +186,62 @@ fn run_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::internal(ErrorCode::BenchFailed, format!("{what}: {e}"))
 }
 
-/// Times `runs` executions of `command` (after a warm-up), from spawn to
-/// exit with its output read.
-fn time_process(label: &str, argv: &[&str], stdin: &[u8], runs: u64) -> Result<Series, Error> {
-    let (program, args) = argv
+/// A process to time: its series' label, its command line and its stdin.
+struct Process<'a> {
+    label: String,
+    argv: Vec<&'a str>,
+    stdin: &'a [u8],
+}
+
+/// Runs `process` once, from spawn to exit with its output read.
+fn run_once(process: &Process<'_>) -> Result<Duration, Error> {
+    let (program, args) = process
+        .argv
         .split_first()
         .ok_or_else(|| run_error("bench", "empty command"))?;
-    let mut series = Series::new(label)?;
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| run_error(&format!("cannot run {program}"), e))?;
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(process.stdin);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| run_error(&format!("waiting for {program}"), e))?;
+    let elapsed = started.elapsed();
+    if !out.status.success() {
+        return Err(run_error(
+            &format!("{} failed ({})", process.argv.join(" "), out.status),
+            String::from_utf8_lossy(&out.stderr),
+        ));
+    }
+    Ok(elapsed)
+}
+
+/// Times `runs` executions of each process after a warm-up, taking the
+/// processes in turn, one run of each per round: this VM's speed drifts
+/// over seconds, and a drift then shifts every series alike instead of
+/// whichever ran during it, so the ratios between them hold.
+fn time_processes(processes: &[Process<'_>], runs: u64) -> Result<Vec<Series>, Error> {
+    let mut series = processes
+        .iter()
+        .map(|p| Series::new(&p.label))
+        .collect::<Result<Vec<_>, _>>()?;
     let warmup = (runs / 10).clamp(3, 20);
-    for i in 0..warmup + runs {
-        let started = Instant::now();
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| run_error(&format!("cannot run {program}"), e))?;
-        if let Some(mut input) = child.stdin.take() {
-            let _ = input.write_all(stdin);
+    for round in 0..warmup + runs {
+        for (process, series) in processes.iter().zip(&mut series) {
+            let elapsed = run_once(process)?;
+            if round >= warmup {
+                let _ = series.histogram.record(elapsed.as_nanos() as u64);
+            }
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| run_error(&format!("waiting for {program}"), e))?;
-        let elapsed = started.elapsed();
-        if !out.status.success() {
-            return Err(run_error(
-                &format!("{} failed ({})", argv.join(" "), out.status),
-                String::from_utf8_lossy(&out.stderr),
-            ));
-        }
-        if i >= warmup {
-            let _ = series.histogram.record(elapsed.as_nanos() as u64);
-            progress(label, i + 1 - warmup, runs);
+        if round >= warmup {
+            progress("cold-start rounds", round + 1 - warmup, runs);
         }
     }
     Ok(series)
@@ -240,34 +263,48 @@ pub fn cold_start(
         cache = dir.to_string_lossy().to_string();
         check.extend(["--cache-dir", cache.as_str()]);
     }
-    let teller = time_process(
-        &format!("teller check ({engine}), cached guests"),
-        &check,
-        EXAMPLE.as_bytes(),
-        runs,
-    )?;
-    let version = time_process(
-        "teller --version (loads, runs no wasm)",
-        &[&exe, "--version"],
-        b"",
-        runs,
-    )?;
     let bench = std::env::current_exe().map_err(|e| {
         Error::internal(ErrorCode::Internal, format!("the bench's own binary: {e}"))
     })?;
     let bench = bench.to_string_lossy().to_string();
-    let library = time_process(
-        &format!("a process that only opens {engine}'s library"),
-        &[&bench, "load-engine", "--engine", engine],
-        b"",
-        runs,
-    )?;
-    let floor = time_process(
-        "/bin/true (a process doing nothing)",
-        &["/bin/true"],
-        b"",
-        runs,
-    )?;
+    let plain = plain_teller.map(|p| p.to_string_lossy().to_string());
+    let mut processes = vec![
+        Process {
+            label: format!("teller check ({engine}), cached guests"),
+            argv: check,
+            stdin: EXAMPLE.as_bytes(),
+        },
+        Process {
+            label: "teller --version (loads, runs no wasm)".into(),
+            argv: vec![&exe, "--version"],
+            stdin: b"",
+        },
+        Process {
+            label: format!("a process that only opens {engine}'s library"),
+            argv: vec![&bench, "load-engine", "--engine", engine],
+            stdin: b"",
+        },
+        Process {
+            label: "/bin/true (a process doing nothing)".into(),
+            argv: vec!["/bin/true"],
+            stdin: b"",
+        },
+    ];
+    if let Some(plain) = &plain {
+        processes.push(Process {
+            label: "teller --version, built without WasmEdge".into(),
+            argv: vec![plain, "--version"],
+            stdin: b"",
+        });
+    }
+    let mut timed = time_processes(&processes, runs)?.into_iter();
+    let mut next = || {
+        timed
+            .next()
+            .ok_or_else(|| Error::internal(ErrorCode::Internal, "a series is missing"))
+    };
+    let (teller, version, library, floor) = (next()?, next()?, next()?, next()?);
+    let without = if plain.is_some() { Some(next()?) } else { None };
     let p50 = |s: &Series| s.quantile_us(0.5).max(0.001);
     let mut ratios = vec![
         (
@@ -284,32 +321,20 @@ pub fn cold_start(
         ),
     ];
     let mut notes = vec![format!(
-        "{runs} runs each after a warm-up; the cache of compiled guests was filled by the warm-up"
+        "{runs} runs each after a warm-up, the processes taken in turn (one run of each per round); the cache of compiled guests was filled by the warm-up"
     )];
-    let mut series = vec![teller];
-    match plain_teller {
-        Some(plain) => {
-            let plain = plain.to_string_lossy().to_string();
-            let without = time_process(
-                "teller --version, built without WasmEdge",
-                &[&plain, "--version"],
-                b"",
-                runs,
-            )?;
-            ratios.push((
-                "P50 teller --version / P50 the same built without WasmEdge".to_string(),
-                p50(&version) / p50(&without),
-            ));
-            series.extend([version, without]);
-        }
-        None => {
-            notes.push(
-                "no build without WasmEdge was given (--plain-teller), so its --version was not measured"
-                    .to_string(),
-            );
-            series.push(version);
-        }
+    match &without {
+        Some(without) => ratios.push((
+            "P50 teller --version / P50 the same built without WasmEdge".to_string(),
+            p50(&version) / p50(without),
+        )),
+        None => notes.push(
+            "no build without WasmEdge was given (--plain-teller), so its --version was not measured"
+                .to_string(),
+        ),
     }
+    let mut series = vec![teller, version];
+    series.extend(without);
     series.extend([library, floor]);
     Ok(Report {
         bench: "cold-start",

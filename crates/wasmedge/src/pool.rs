@@ -738,6 +738,35 @@ mod tests {
         assert_eq!(meta.version, "11");
     }
 
+    /// An instance that has served its calls is reset, not replaced: the
+    /// same instance (its memory where it was) answers next, from the
+    /// snapshot's state.
+    #[test]
+    fn an_instance_that_served_its_calls_is_reset_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
+        let wasm = counting_guest(1, "", "");
+        let (pool, _) = engine
+            .pool_for("count", &wasm, engine.contract.clone())
+            .unwrap();
+        assert_eq!(versions(&pool, 2, false), ["11", "22"]);
+        let mut guest = pool.take().unwrap();
+        let base = guest.raw.memory_base(65536).unwrap();
+        guest.calls = crate::MAX_CALLS_PER_INSTANCE - 1;
+        pool.give_back(guest);
+        // Its last call, after which it is given back reset.
+        assert_eq!(versions(&pool, 1, false), ["33"]);
+        let mut guest = pool.take().unwrap();
+        assert_eq!(guest.calls, 0);
+        assert_eq!(
+            guest.raw.memory_base(65536).unwrap(),
+            base,
+            "the instance was replaced"
+        );
+        pool.give_back(guest);
+        assert_eq!(versions(&pool, 1, false), ["11"]);
+    }
+
     /// Pages written past what a reset copies back are dropped instead, and
     /// read as the snapshot's again all the same.
     #[test]

@@ -857,6 +857,23 @@ mod tests {
         assert!(instrument(&wasm).unwrap_err().contains("teller:alloc"));
     }
 
+    /// The built-in guests and the Rego guest keep all their state in
+    /// memory and globals, so their instances are reset rather than made
+    /// anew: a toolchain that started to emit, say, `data.drop` would make
+    /// every fresh WasmEdge instance 15 times dearer, and this says so.
+    #[test]
+    fn the_built_in_guests_and_the_rego_guest_can_be_reset() {
+        use teller_policy_artifacts::{ALL, REGO};
+        for guest in ALL.iter().chain([&REGO]) {
+            let out = instrument(guest.module).unwrap();
+            assert!(
+                names(&out).iter().any(|name| name == RESET_EXPORT),
+                "{} cannot be reset",
+                guest.name
+            );
+        }
+    }
+
     /// A `cabi_realloc` of another type gets no batch allocator.
     #[test]
     fn a_guest_without_a_canonical_realloc_gets_no_batch_allocator() {

@@ -1,7 +1,7 @@
-//! A guest's state as its pool's first instance had it, ready to be put
-//! back into any instance of the same module: what a new instance costs
-//! (about 100 µs in WasmEdge) becomes a reset of a few microseconds, and a
-//! Rego guest's later instances start with the policy already parsed.
+//! A guest's state as a new instance has it once `init` has run, ready to
+//! be put back into any instance of the same module: what a new instance
+//! costs (about 100 µs in WasmEdge) becomes a reset of a few microseconds,
+//! and a Rego guest's later instances start with the policy already parsed.
 //!
 //! A guest qualifies when its whole state is its memory and its mutable
 //! globals ([`crate::instrument`] checks and marks it). The memory's bytes
@@ -12,9 +12,10 @@
 //! image's bytes back into them. Those pages stay the instance's own, so the
 //! next call writes them without a fault; a copy-on-write fault costs a TLB
 //! flush on every core the process runs on, which made dropping the pages
-//! (`MADV_DONTNEED`) and faulting them in again 3 to 4 times slower. Where
-//! the kernel cannot list them, or too many were written, the written pages
-//! are dropped instead. The globals are set back through WasmEdge. A memory
+//! (`MADV_DONTNEED`) and faulting them in again 3 times slower on one
+//! thread and 12 times on two (`teller-bench call`). Where the kernel
+//! cannot list them, or too many were written, the written pages are
+//! dropped instead. The globals are set back through WasmEdge. A memory
 //! that has grown since the snapshot is not reset: its instance is dropped.
 
 #![allow(unsafe_code)]

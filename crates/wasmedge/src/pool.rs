@@ -647,12 +647,8 @@ mod tests {
     /// starts over on a new instance: every call answers.
     #[test]
     fn a_trapping_post_return_fails_no_call() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let wasm = wat::parse_str(TRAPPING_POST_RETURN).unwrap();
-        let (pool, _) = engine
-            .pool_for("trap-post", &wasm, engine.contract.clone())
-            .unwrap();
+        let (_dir, pool) = pool_of("trap-post", &wasm);
         let describe = pool.export("metadata", "describe").unwrap();
         for _ in 0..4 {
             let meta: PolicyMetadata = pool.call(&describe, &[]).unwrap();
@@ -709,16 +705,23 @@ mod tests {
             .collect()
     }
 
+    /// A pool of `wasm` on an engine of its own, with the directory that
+    /// holds its compiled code.
+    fn pool_of(name: &str, wasm: &[u8]) -> (tempfile::TempDir, super::Pool) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
+        let (pool, _) = engine
+            .pool_for(name, wasm, engine.contract.clone())
+            .unwrap();
+        (dir, pool)
+    }
+
     /// A kept instance counts on; reset, its memory and globals are the
     /// snapshot's again, as are those of a new instance made from it.
     #[test]
     fn a_reset_instance_and_a_new_one_start_from_the_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let wasm = counting_guest(1, "", "");
-        let (pool, _) = engine
-            .pool_for("count", &wasm, engine.contract.clone())
-            .unwrap();
+        let (_dir, pool) = pool_of("count", &wasm);
         assert!(pool.snapshot().is_some(), "the guest could not be reset");
         assert_eq!(versions(&pool, 3, false), ["11", "22", "33"]);
         let mut guest = pool.take().unwrap();
@@ -743,23 +746,19 @@ mod tests {
     /// snapshot's state.
     #[test]
     fn an_instance_that_served_its_calls_is_reset_not_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let wasm = counting_guest(1, "", "");
-        let (pool, _) = engine
-            .pool_for("count", &wasm, engine.contract.clone())
-            .unwrap();
+        let (_dir, pool) = pool_of("count", &wasm);
         assert_eq!(versions(&pool, 2, false), ["11", "22"]);
         let mut guest = pool.take().unwrap();
-        let base = guest.raw.memory_base(65536).unwrap();
+        let base = guest.raw.memory_bytes().unwrap().as_ptr();
         guest.calls = crate::MAX_CALLS_PER_INSTANCE - 1;
         pool.give_back(guest);
         // Its last call, after which it is given back reset.
         assert_eq!(versions(&pool, 1, false), ["33"]);
-        let mut guest = pool.take().unwrap();
+        let guest = pool.take().unwrap();
         assert_eq!(guest.calls, 0);
         assert_eq!(
-            guest.raw.memory_base(65536).unwrap(),
+            guest.raw.memory_bytes().unwrap().as_ptr(),
             base,
             "the instance was replaced"
         );
@@ -771,14 +770,10 @@ mod tests {
     /// read as the snapshot's again all the same.
     #[test]
     fn a_reset_after_many_written_pages_drops_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         // 448 KiB of 0x78 from 64 KiB on: more than `MAX_COPY`.
         let fill = "(memory.fill (i32.const 65536) (i32.const 120) (i32.const 458752))";
         let wasm = counting_guest(8, "", fill);
-        let (pool, _) = engine
-            .pool_for("fill", &wasm, engine.contract.clone())
-            .unwrap();
+        let (_dir, pool) = pool_of("fill", &wasm);
         assert!(pool.snapshot().is_some());
         for _ in 0..3 {
             assert_eq!(versions(&pool, 1, true), ["11"]);
@@ -848,12 +843,8 @@ mod tests {
     /// fresh state from new instances.
     #[test]
     fn a_grown_or_unresettable_guest_gets_new_instances() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let grows = counting_guest(1, "", "(drop (memory.grow (i32.const 1)))");
-        let (pool, _) = engine
-            .pool_for("grow", &grows, engine.contract.clone())
-            .unwrap();
+        let (_dir, pool) = pool_of("grow", &grows);
         assert_eq!(versions(&pool, 1, false), ["11"]);
         let mut guest = pool.take().unwrap();
         assert!(!pool.reset(&mut guest), "a grown memory was reset");
@@ -863,9 +854,7 @@ mod tests {
             "(table 1 funcref)",
             "(table.set (i32.const 0) (ref.null func))",
         );
-        let (pool, _) = engine
-            .pool_for("table", &table, engine.contract.clone())
-            .unwrap();
+        let (_table_dir, pool) = pool_of("table", &table);
         assert!(
             pool.snapshot().is_none(),
             "a guest changing its table got a snapshot"

@@ -612,17 +612,6 @@ impl Instance {
         check(unsafe { ffi::WasmEdge_MemoryInstanceGrowPage(memory, pages) })
     }
 
-    /// Where the exported memory's first `len` bytes are mapped, for
-    /// replacing them with a snapshot's (`crate::snapshot`). WasmEdge keeps
-    /// a memory where it is for the instance's life, growing it in place.
-    pub fn memory_base(&mut self, len: u32) -> Option<*mut u8> {
-        let memory = self.memory()?;
-        // SAFETY: the memory belongs to the owned instance; WasmEdge checks
-        // the range against its size.
-        let ptr = unsafe { ffi::WasmEdge_MemoryInstanceGetPointer(memory, 0, len) };
-        (!ptr.is_null()).then_some(ptr)
-    }
-
     /// Whether compiled code can be stopped: the module carries teller's
     /// stop flag ([`crate::instrument`]).
     pub fn has_stop_flag(&self) -> bool {

@@ -156,14 +156,16 @@ impl Snapshot {
             instance.grow_memory(self.pages - pages)?;
             *mapped = false;
         }
-        let len = self.pages as usize * PAGE;
+        // The memory is the snapshot's size now.
+        let (base, len) = match instance.memory_bytes_mut() {
+            Some(memory) => (memory.as_mut_ptr(), memory.len()),
+            None => (std::ptr::null_mut(), 0),
+        };
         if len > 0 {
-            let base = instance
-                .memory_base(len as u32)
-                .ok_or_else(|| os_error("the guest's memory has no address"))?;
             // SAFETY: `base..base + len` is the instance's memory, which no
             // guest code uses meanwhile (`&mut`) and which WasmEdge keeps at
-            // this address: replacing its pages with a private mapping of
+            // this address for the instance's life (it grows a memory in
+            // place): replacing its pages with a private mapping of
             // the image, or dropping the pages written to that mapping,
             // changes only their contents, to the snapshot's.
             unsafe {

@@ -36,6 +36,10 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
     let dir = tempfile::tempdir().map_err(|e| run_error("temporary directory", e))?;
     let log = dir.path().join("audit");
     let mut series = Vec::new();
+    // The server's CPU time per answered request, per series: steadier
+    // than req/s on a machine whose speed drifts, and not shared with the
+    // client.
+    let mut cpu: Vec<Option<f64>> = Vec::new();
     for (label, server) in [
         (FLOOR, Target::Floor),
         ("transfer checks, no audit log", Target::Teller(None)),
@@ -52,9 +56,17 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
             "http: {label}: {} connections for {:.0} s against {}",
             load.connections, load.seconds, server.addr
         );
+        let before = server.cpu_seconds();
         let result = drive(server.addr, load, label);
+        let used = server.cpu_seconds().zip(before).map(|(after, b)| after - b);
         drop(server);
-        series.push(result?);
+        let result = result?;
+        let requests = result.histogram.len();
+        cpu.push(
+            used.filter(|_| requests > 0)
+                .map(|s| s * 1e6 / requests as f64),
+        );
+        series.push(result);
     }
     // Each of teller's series as a fraction of the floor, measured in this
     // run: throughput (closed loop) and P99.
@@ -73,6 +85,16 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
             ));
         }
     }
+    if let Some(Some(base)) = cpu.first() {
+        for (s, mine) in series.iter().zip(&cpu).skip(1) {
+            if let Some(mine) = mine {
+                ratios.push((
+                    format!("server CPU per request {} / native floor's", s.name),
+                    mine / base.max(0.001),
+                ));
+            }
+        }
+    }
     let records = teller_audit_log::verify(&log)?
         .map_err(|bad| run_error("the bench's audit log does not verify", bad))?
         .head
@@ -87,6 +109,17 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
         }
     )];
     notes.push("client and server share this machine's cores".to_string());
+    let per_request: Vec<String> = series
+        .iter()
+        .zip(&cpu)
+        .filter_map(|(s, c)| c.map(|c| format!("{} {c:.1} µs", s.name)))
+        .collect();
+    if !per_request.is_empty() {
+        notes.push(format!(
+            "server CPU per request (user + system, all threads): {}",
+            per_request.join("; ")
+        ));
+    }
     Ok(Report {
         bench: "http",
         engine,
@@ -172,6 +205,24 @@ impl Server {
                 Err(run_error("the server did not start", line))
             }
         }
+    }
+}
+
+impl Server {
+    /// CPU time the server's threads have used so far, from
+    /// `/proc/PID/stat`; `None` where there is no such file.
+    fn cpu_seconds(&self) -> Option<f64> {
+        /// The unit of `/proc`'s times: Linux's `USER_HZ`, 100 on every
+        /// architecture it runs on.
+        const USER_HZ: f64 = 100.0;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name, which is in parentheses and may
+        // hold spaces: state is the first, utime the 12th, stime the 13th.
+        let rest = stat.rsplit_once(')')?.1;
+        let mut fields = rest.split_whitespace().skip(11);
+        let user: f64 = fields.next()?.parse().ok()?;
+        let system: f64 = fields.next()?.parse().ok()?;
+        Some((user + system) / USER_HZ)
     }
 }
 

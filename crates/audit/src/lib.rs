@@ -558,6 +558,43 @@ mod tests {
         assert_eq!((log.head().seq, recovery.truncated_bytes), (800, 0));
     }
 
+    /// A write that fails fails every record of its group, even one that
+    /// was sealed; the segment is cut back, and the next record takes the
+    /// place of the first lost one, chained on what is on disk.
+    #[test]
+    fn a_failed_write_fails_its_group_and_the_chain_goes_on_from_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit");
+        let (mut log, _) = AuditLog::open(&path, DEFAULT_SEGMENT_BYTES).unwrap();
+        let first = log.append(&FakeSealer, &event("a")).unwrap();
+        let on_disk = std::fs::metadata(segments(&path).unwrap()[0].1.clone())
+            .unwrap()
+            .len();
+        log.failing = 1;
+        let events = [event("b"), event("refuse"), event("c")];
+        let refs: Vec<&AuditEvent> = events.iter().collect();
+        let codes: Vec<&str> = log
+            .append_group(&FakeSealer, &refs)
+            .iter()
+            .map(|r| r.as_ref().unwrap_err().code.as_str())
+            .collect();
+        assert_eq!(
+            codes,
+            ["audit_write_failed", "guest_refused", "audit_write_failed"]
+        );
+        assert_eq!(log.head().seq, 1);
+        let next = log.append(&FakeSealer, &event("d")).unwrap();
+        assert_eq!(
+            (next.seq, next.prev_hash.as_str()),
+            (2, first.hash.as_str())
+        );
+        let segment = segments(&path).unwrap()[0].1.clone();
+        let lines = std::fs::read_to_string(&segment).unwrap();
+        assert_eq!(lines.len() as u64, on_disk + next.line.len() as u64 + 1);
+        let verified = verify(&path).unwrap().unwrap();
+        assert_eq!((verified.head.seq, verified.head.hash), (2, next.hash));
+    }
+
     #[test]
     fn segments_rotate_by_size_and_the_chain_runs_across_them() {
         let dir = tempfile::tempdir().unwrap();

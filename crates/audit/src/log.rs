@@ -23,6 +23,9 @@ pub struct AuditLog {
     len: u64,
     /// How long the last group's write and `fsync` took.
     last_commit: std::time::Duration,
+    /// Commits still to fail, half written: tests of the failure path.
+    #[cfg(test)]
+    pub(crate) failing: u32,
 }
 
 /// What opening found.
@@ -55,6 +58,8 @@ impl AuditLog {
                 head,
                 len: 0,
                 last_commit: std::time::Duration::ZERO,
+                #[cfg(test)]
+                failing: 0,
             };
             return Ok((
                 log,
@@ -124,6 +129,8 @@ impl AuditLog {
                 head,
                 len: whole_len,
                 last_commit: std::time::Duration::ZERO,
+                #[cfg(test)]
+                failing: 0,
             },
             Recovery {
                 truncated_bytes,
@@ -166,36 +173,40 @@ impl AuditLog {
         sealer: &dyn AuditSealer,
         events: &[&AuditEvent],
     ) -> Vec<Result<SealedRecord, Error>> {
-        let mut pending = self.head.clone();
+        let mut chain = self.head.clone();
         let mut lines = Vec::new();
-        let mut results = Vec::with_capacity(events.len());
-        for event in events {
-            let seq = pending.seq + 1;
-            let sealed = sealer
-                .seal(seq, &pending.hash, event)
-                .and_then(|record| continues(&record, seq, &pending.hash).map(|()| record));
-            if let Ok(record) = &sealed {
+        let mut results: Vec<Result<SealedRecord, Error>> = events
+            .iter()
+            .map(|event| {
+                let record = seal_next(sealer, &mut chain, event)?;
                 lines.extend_from_slice(record.line.as_bytes());
                 lines.push(b'\n');
-                pending = Head {
-                    seq,
-                    hash: record.hash.clone(),
-                };
-            }
-            results.push(sealed);
-        }
+                Ok(record)
+            })
+            .collect();
         if lines.is_empty() {
             return results;
         }
+        if let Err(failed) = self.commit(&lines, chain) {
+            for result in &mut results {
+                if result.is_ok() {
+                    *result = Err(failed.clone());
+                }
+            }
+        }
+        results
+    }
+
+    /// Writes `lines`, whole records chained on the head and ending at
+    /// `last`, with one `fsync`. If that fails, the segment is cut back to
+    /// its last durable length and the head stays where it was.
+    fn commit(&mut self, lines: &[u8], last: Head) -> Result<(), Error> {
         let started = std::time::Instant::now();
-        let written = self
-            .file
-            .write_all(&lines)
-            .and_then(|()| self.file.sync_data());
+        let written = self.write_durably(lines);
         self.last_commit = started.elapsed();
         match written {
             Ok(()) => {
-                self.head = pending;
+                self.head = last;
                 self.len += lines.len() as u64;
                 if self.len >= self.segment_bytes
                     && let Err(e) = self.rotate()
@@ -204,6 +215,7 @@ impl AuditLog {
                     // until a rotation succeeds.
                     tracing::error!("audit log: cannot start a new segment: {e}");
                 }
+                Ok(())
             }
             Err(e) => {
                 // A partial group would break the chain for every later
@@ -212,18 +224,25 @@ impl AuditLog {
                     .file
                     .set_len(self.len)
                     .and_then(|()| self.file.sync_data());
-                let failed = Error::internal(
+                Err(Error::internal(
                     ErrorCode::AuditWriteFailed,
                     format!("cannot write audit log {}: {e}", self.segment.display()),
-                );
-                for result in &mut results {
-                    if result.is_ok() {
-                        *result = Err(failed.clone());
-                    }
-                }
+                ))
             }
         }
-        results
+    }
+
+    fn write_durably(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.failing > 0 {
+            self.failing -= 1;
+            // Half the group reaches the file, as when a disk fills up.
+            self.file
+                .write_all(lines.get(..lines.len() / 2).unwrap_or_default())?;
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        self.file.write_all(lines)?;
+        self.file.sync_data()
     }
 
     /// Starts the next segment, named for the next record.
@@ -255,6 +274,24 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), Error> 
         .and_then(|d| d.sync_all())
         .map_err(|e| io("sync the directory of", e))?;
     Ok((path, file))
+}
+
+/// Seals `event` as the record after `chain` and checks that it continues
+/// the chain; `chain` moves on to it. A refused record leaves `chain` as it
+/// was, so the next record takes its place.
+fn seal_next(
+    sealer: &dyn AuditSealer,
+    chain: &mut Head,
+    event: &AuditEvent,
+) -> Result<SealedRecord, Error> {
+    let seq = chain.seq + 1;
+    let record = sealer.seal(seq, &chain.hash, event)?;
+    continues(&record, seq, &chain.hash)?;
+    *chain = Head {
+        seq,
+        hash: record.hash.clone(),
+    };
+    Ok(record)
 }
 
 /// Checks what the guest sealed before it reaches the disk: the line is one

@@ -83,7 +83,12 @@ fn call_reports_fresh_warm_and_native() {
     for engine in ENGINES {
         let doc = bench(&["call", "--engine", engine, "--duration", "0.5"]);
         let names = names(&doc).join("|");
-        for want in ["fresh state, 1 thread", "warm instance", "native Rust"] {
+        for want in [
+            "fresh state, 1 thread",
+            "warm instance",
+            "audit seal, 1 thread",
+            "native Rust",
+        ] {
             assert!(names.contains(want), "{want} missing from {names}");
         }
         for series in doc["series"].as_array().unwrap() {
@@ -110,15 +115,31 @@ fn http_reports_the_native_floor_then_teller_without_and_with_the_audit_log() {
     for series in doc["series"].as_array().unwrap() {
         assert!(series["per_second"].as_f64().unwrap() > 0.0, "{series}");
     }
-    // Each teller series as a fraction of the floor: throughput and P99.
+    // Each teller series as a fraction of the floor: throughput, P99 and
+    // the server's CPU time per request.
     let ratios = doc["ratios"].as_array().unwrap();
-    assert_eq!(ratios.len(), 4, "{ratios:?}");
+    assert_eq!(ratios.len(), 6, "{ratios:?}");
+    let cpu = ratios
+        .iter()
+        .filter(|r| {
+            r["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("server CPU per request")
+        })
+        .count();
+    assert_eq!(cpu, 2, "{ratios:?}");
     for r in ratios {
         assert!(r["name"].as_str().unwrap().contains("native floor"), "{r}");
         assert!(r["value"].as_f64().unwrap() > 0.0, "{r}");
     }
     let notes = doc["notes"][0].as_str().unwrap();
     assert!(!notes.contains("wrote 0 records"), "{notes}");
+    let notes = doc["notes"].to_string();
+    assert!(
+        notes.contains("server CPU per request (user + system, all threads)"),
+        "{notes}"
+    );
     let doc = bench(&[
         "http",
         "--engine",

@@ -184,6 +184,22 @@ impl Server {
         Self::spawn(cmd)
     }
 
+    /// CPU time the server's threads have used so far, from
+    /// `/proc/PID/stat`; `None` where there is no such file.
+    fn cpu_seconds(&self) -> Option<f64> {
+        /// The unit of `/proc`'s times: Linux's `USER_HZ`, 100 on every
+        /// architecture it runs on.
+        const USER_HZ: f64 = 100.0;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name, which is in parentheses and may
+        // hold spaces: state is the first, utime the 12th, stime the 13th.
+        let rest = stat.rsplit_once(')')?.1;
+        let mut fields = rest.split_whitespace().skip(11);
+        let user: f64 = fields.next()?.parse().ok()?;
+        let system: f64 = fields.next()?.parse().ok()?;
+        Some((user + system) / USER_HZ)
+    }
+
     fn spawn(mut cmd: Command) -> Result<Server, Error> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd
@@ -205,24 +221,6 @@ impl Server {
                 Err(run_error("the server did not start", line))
             }
         }
-    }
-}
-
-impl Server {
-    /// CPU time the server's threads have used so far, from
-    /// `/proc/PID/stat`; `None` where there is no such file.
-    fn cpu_seconds(&self) -> Option<f64> {
-        /// The unit of `/proc`'s times: Linux's `USER_HZ`, 100 on every
-        /// architecture it runs on.
-        const USER_HZ: f64 = 100.0;
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name, which is in parentheses and may
-        // hold spaces: state is the first, utime the 12th, stime the 13th.
-        let rest = stat.rsplit_once(')')?.1;
-        let mut fields = rest.split_whitespace().skip(11);
-        let user: f64 = fields.next()?.parse().ok()?;
-        let system: f64 = fields.next()?.parse().ok()?;
-        Some((user + system) / USER_HZ)
     }
 }
 

@@ -420,7 +420,7 @@ pub fn call(
             series.push(measure_threads(1, slice, label, || {
                 Ok(|| {
                     sealer
-                        .seal(1, GENESIS, &event)
+                        .seal(1, teller_audit_log::GENESIS, &event)
                         .map(|record| drop(std::hint::black_box(record)))
                 })
             })?);
@@ -451,9 +451,6 @@ pub fn call(
         )],
     })
 }
-
-/// The chain's first `prev_hash`.
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The audit event of the README example's decision, as `teller serve`
 /// records it.

@@ -70,9 +70,9 @@ impl<'writer> FormatFields<'writer> for SpanFields {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        let mut object = JsonObject::new(String::from("{"));
-        fields.record(&mut object);
-        writer.write_str(&object.finish()?)
+        let mut members = Members::default();
+        fields.record(&mut members);
+        write!(writer, "{{{}}}", members.written()?)
     }
 
     fn add_fields(
@@ -80,33 +80,39 @@ impl<'writer> FormatFields<'writer> for SpanFields {
         current: &'writer mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        let mut open = std::mem::take(&mut current.fields);
-        if open.pop() != Some('}') {
-            open = String::from("{");
+        let mut members = Members::default();
+        fields.record(&mut members);
+        let added = members.written()?;
+        if added.is_empty() {
+            return Ok(());
         }
-        let mut object = JsonObject::new(open);
-        fields.record(&mut object);
-        current.fields = object.finish()?;
+        let object = &mut current.fields;
+        match object.pop() {
+            Some('}') if object.ends_with('{') => {}
+            Some('}') => object.push(','),
+            None => object.push('{'),
+            // Not an object this formatter wrote: left as it is.
+            Some(other) => {
+                object.push(other);
+                return Err(fmt::Error);
+            }
+        }
+        object.push_str(&added);
+        object.push('}');
         Ok(())
     }
 }
 
-/// A JSON object being written, from its `{` up to its last field.
-struct JsonObject {
+/// A JSON object's members, `"name":value` separated by commas.
+#[derive(Default)]
+struct Members {
     out: String,
     failed: bool,
 }
 
-impl JsonObject {
-    fn new(open: String) -> Self {
-        JsonObject {
-            out: open,
-            failed: false,
-        }
-    }
-
+impl Members {
     fn key(&mut self, field: &Field) {
-        if !self.out.ends_with('{') {
+        if !self.out.is_empty() {
             self.out.push(',');
         }
         self.string(field.name());
@@ -120,16 +126,15 @@ impl JsonObject {
         }
     }
 
-    fn finish(mut self) -> Result<String, fmt::Error> {
+    fn written(self) -> Result<String, fmt::Error> {
         if self.failed {
             return Err(fmt::Error);
         }
-        self.out.push('}');
         Ok(self.out)
     }
 }
 
-impl Visit for JsonObject {
+impl Visit for Members {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.key(field);
         self.string(value);
@@ -189,13 +194,21 @@ mod tests {
             span.record("decision_id", "0193-ab");
             span.record("late", true);
             tracing::info!("after");
+            let bare = tracing::info_span!("bare", later = tracing::field::Empty);
+            bare.record("later", 7u64);
+            bare.in_scope(|| tracing::info!("bare"));
         });
         let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(
+            lines[2]["span"],
+            serde_json::json!({"name": "bare", "later": 7}),
+            "{text}"
+        );
         assert_eq!(
             lines[0]["span"],
             serde_json::json!({"name": "request", "request_id": "pay \"42\"\n", "attempt": 3}),

@@ -24,11 +24,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use teller_contract::Error;
 use teller_contract::ErrorCode;
-use teller_contract::{
-    Actor, AuditEvent, Origin, PolicyConfig, PolicyOutcome, PolicyRef, TransferRequest, Verdict,
-};
+use teller_contract::{PolicyConfig, TransferRequest};
 use teller_engine::artifact::PolicySource;
 use teller_engine::{CallMode, Engine, TransferCheck, Workload};
+use teller_server::policy_set::{Outcome, SetDecision};
+use teller_server::service::{Caller, decision_event};
 
 /// The README's example: an allowed transfer.
 pub use teller_contract::EXAMPLE_REQUEST as EXAMPLE;
@@ -391,8 +391,7 @@ pub fn call(
         let engine = start(Workload::Bench(mode))?;
         name = engine.name();
         let check = engine.load_transfer_check(builtin)?;
-        let policy = check.policy().clone();
-        let mut runs = vec![(label, check)];
+        let mut runs = vec![(label, check.clone())];
         if mode == CallMode::Warm {
             runs.push(("Rego bank.rego", rego_bank_policy(engine.as_ref())?));
         }
@@ -414,7 +413,22 @@ pub fn call(
             // The audit writer seals one record after another on one thread:
             // this bounds audited decisions per second.
             let sealer = engine.load_audit(&PolicySource::Builtin.audit()?)?;
-            let event = example_event(policy, &request, name);
+            let decision = check.check(&config, &request)?;
+            let outcome = Outcome {
+                policy: check.policy().clone(),
+                allow: decision.allow,
+                deny: decision.deny,
+                verdict: decision.verdict,
+            };
+            let decided = SetDecision {
+                decision,
+                outcomes: vec![outcome],
+            };
+            let caller = Caller {
+                client: "127.0.0.1:50000".into(),
+            };
+            let id = uuid::Uuid::now_v7().to_string();
+            let event = decision_event(check.policy(), &request, &decided, &id, &caller, name);
             let label = "audit seal, 1 thread";
             eprintln!("call: {name} {label}");
             series.push(measure_threads(1, slice, label, || {
@@ -450,45 +464,6 @@ pub fn call(
             slice.as_secs_f64()
         )],
     })
-}
-
-/// The audit event of the README example's decision, as `teller serve`
-/// records it.
-fn example_event(policy: PolicyRef, request: &TransferRequest, engine: &str) -> AuditEvent {
-    AuditEvent {
-        id: uuid::Uuid::now_v7().to_string(),
-        timestamp: "2026-12-03T05:13:01.123456Z".into(),
-        actor: Actor {
-            id: request.user.id.clone().unwrap_or_default(),
-            role: request.user.role.clone(),
-        },
-        action: request.action.clone(),
-        resource: [&request.from_account, &request.to_account]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect(),
-        outcome: "allow".into(),
-        reasons: Vec::new(),
-        origin: Origin {
-            client: "127.0.0.1:50000".into(),
-            request_id: request.request_id.clone().unwrap_or_default(),
-        },
-        policies: vec![PolicyOutcome {
-            policy: policy.clone(),
-            allow: true,
-            deny: false,
-            verdict: Verdict::Allow,
-        }],
-        policy: Some(policy),
-        engine: engine.into(),
-        details: vec![
-            ("allow".into(), "true".into()),
-            ("amount".into(), request.amount.to_string()),
-            ("deny".into(), "false".into()),
-        ],
-        encrypted: None,
-    }
 }
 
 fn measure_calls(

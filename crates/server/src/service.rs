@@ -484,7 +484,14 @@ impl Teller {
         let record = match &self.audit {
             None => None,
             Some((audit, _)) => {
-                let event = self.decision_event(policy, &request, &decided, &decision_id, caller);
+                let event = decision_event(
+                    policy,
+                    &request,
+                    &decided,
+                    &decision_id,
+                    caller,
+                    self.engine,
+                );
                 let (reply, durable) = tokio::sync::oneshot::channel();
                 audit
                     .submit(
@@ -571,53 +578,53 @@ impl Teller {
             id,
         })
     }
+}
 
-    fn decision_event(
-        &self,
-        policy: &PolicyRef,
-        request: &TransferRequest,
-        decided: &SetDecision,
-        decision_id: &str,
-        caller: &Caller,
-    ) -> AuditEvent {
-        let decision = &decided.decision;
-        let mut details = vec![
-            ("allow".to_string(), decision.allow.to_string()),
-            ("amount".to_string(), request.amount.to_string()),
-            ("deny".to_string(), decision.deny.to_string()),
-        ];
-        if let Some(currency) = &request.currency {
-            details.push(("currency".to_string(), currency.clone()));
-        }
-        AuditEvent {
-            id: decision_id.to_string(),
-            timestamp: now_rfc3339(),
-            actor: Actor {
-                id: request.user.id.clone().unwrap_or_default(),
-                role: request.user.role.clone(),
-            },
-            action: request.action.clone(),
-            resource: [&request.from_account, &request.to_account]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
-            outcome: decision.verdict.as_str().to_string(),
-            reasons: decision.reasons.iter().map(|r| r.code.clone()).collect(),
-            origin: Origin {
-                client: caller.client.clone(),
-                request_id: request.request_id.clone().unwrap_or_default(),
-            },
-            policy: Some(policy.clone()),
-            policies: decided.outcomes.iter().map(Into::into).collect(),
-            engine: self.engine.to_string(),
-            details,
-            encrypted: None,
-        }
+/// The audit event of a decision: what the audit log records of it.
+pub fn decision_event(
+    policy: &PolicyRef,
+    request: &TransferRequest,
+    decided: &SetDecision,
+    decision_id: &str,
+    caller: &Caller,
+    engine: &str,
+) -> AuditEvent {
+    let decision = &decided.decision;
+    let mut details = vec![
+        ("allow".to_string(), decision.allow.to_string()),
+        ("amount".to_string(), request.amount.to_string()),
+        ("deny".to_string(), decision.deny.to_string()),
+    ];
+    if let Some(currency) = &request.currency {
+        details.push(("currency".to_string(), currency.clone()));
+    }
+    AuditEvent {
+        id: decision_id.to_string(),
+        timestamp: now_rfc3339(),
+        actor: Actor {
+            id: request.user.id.clone().unwrap_or_default(),
+            role: request.user.role.clone(),
+        },
+        action: request.action.clone(),
+        resource: [&request.from_account, &request.to_account]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
+        outcome: decision.verdict.as_str().to_string(),
+        reasons: decision.reasons.iter().map(|r| r.code.clone()).collect(),
+        origin: Origin {
+            client: caller.client.clone(),
+            request_id: request.request_id.clone().unwrap_or_default(),
+        },
+        policy: Some(policy.clone()),
+        policies: decided.outcomes.iter().map(Into::into).collect(),
+        engine: engine.to_string(),
+        details,
+        encrypted: None,
     }
 }
 
-/// Sets whether `policy` is loaded in the metrics.
 /// A daily limit without a state store would refuse every transfer its
 /// other rules allow: refused up front instead.
 fn needs_state(config: &Config, state: &GuestState) -> Result<(), Error> {
@@ -630,6 +637,7 @@ fn needs_state(config: &Config, state: &GuestState) -> Result<(), Error> {
     Ok(())
 }
 
+/// Sets whether `policy` is loaded in the metrics.
 fn set_loaded(metrics: &Metrics, engine: &'static str, policy: &PolicyRef, value: i64) {
     metrics
         .policy_loaded

@@ -62,7 +62,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), Error> {
 /// to merge: a tenth of a loaded server's CPU went to the request span,
 /// although no line is written for most requests. This writes the object
 /// directly and appends later fields in place.
-pub struct SpanFields;
+struct SpanFields;
 
 impl<'writer> FormatFields<'writer> for SpanFields {
     fn format_fields<R: RecordFields>(
@@ -155,6 +155,17 @@ impl Visit for Members {
         let _ = write!(self.out, "{value}");
     }
 
+    /// A number, as `JsonFields` writes one; JSON has none for NaN or
+    /// infinity, so those are written as text.
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.out, "{value}");
+        } else {
+            self.string(&value.to_string());
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.key(field);
         self.string(&format!("{value:?}"));
@@ -186,6 +197,7 @@ mod tests {
                 "request",
                 request_id = %"pay \"42\"\n",
                 attempt = 3u64,
+                share = 0.5f64,
                 decision_id = tracing::field::Empty,
                 late = tracing::field::Empty
             );
@@ -211,7 +223,7 @@ mod tests {
         );
         assert_eq!(
             lines[0]["span"],
-            serde_json::json!({"name": "request", "request_id": "pay \"42\"\n", "attempt": 3}),
+            serde_json::json!({"name": "request", "request_id": "pay \"42\"\n", "attempt": 3, "share": 0.5}),
             "{text}"
         );
         assert_eq!(
@@ -220,6 +232,7 @@ mod tests {
                 "name": "request",
                 "request_id": "pay \"42\"\n",
                 "attempt": 3,
+                "share": 0.5,
                 "decision_id": "0193-ab",
                 "late": true
             }),

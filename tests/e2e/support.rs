@@ -34,10 +34,10 @@ const ENGINE_KINDS: &[teller_engine::EngineKind] = &[
     teller_wasmtime::ENGINE,
 ];
 
-/// Held by the tests that load the machine for a while (the HA drill) and
-/// by those that time something or compile under a deadline (the shim's
-/// containers, the probe-latency test), so that they never overlap on two
-/// cores.
+/// Held by the tests that time something or compile under a deadline (the
+/// shim's containers, the probe-latency test), so that they never overlap
+/// on two cores. The HA drill needs the whole machine: it is a test binary
+/// of its own (`tests/ha-drill.rs`).
 pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())

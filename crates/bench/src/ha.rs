@@ -80,6 +80,7 @@ struct Event {
 
 /// Runs the drill; the report says whether its targets held.
 pub fn ha_drill(drill: &Drill) -> Result<DrillReport, Error> {
+    flush_pending_writes()?;
     let dir = tempfile::tempdir().map_err(|e| run_error("a scratch directory", e))?;
     let redis = PrivateRedis::start()?;
     let config = dir.path().join("teller.toml");
@@ -190,6 +191,22 @@ pub fn ha_drill(drill: &Drill) -> Result<DrillReport, Error> {
         report.kept = Some(dir.keep());
     }
     Ok(report)
+}
+
+/// An audited answer waits for its `fsync`, and while the kernel writes
+/// back other work's data (a build's gigabytes), every `fsync` on the disk
+/// can wait for seconds: past haproxy's per-try timeout, so requests fail
+/// that teller would have answered. The drill measures teller, so it
+/// starts once the disk has nothing pending.
+fn flush_pending_writes() -> Result<(), Error> {
+    eprintln!("ha-drill: writing back the disk's pending data first (sync)");
+    let status = Command::new("sync")
+        .status()
+        .map_err(|e| run_error("sync", e))?;
+    if !status.success() {
+        return Err(run_error("sync", status));
+    }
+    Ok(())
 }
 
 fn write_config(path: &Path, amount_limit: u64) -> Result<(), Error> {

@@ -403,7 +403,10 @@ pub struct Preloaded {
 /// Runs the command line `argv` (`argv[0]` is the program's name) and
 /// returns its exit status. `image`, if given, stands for `--from-oci`.
 pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
-    let Some(serve_command) = Cli::command().find_subcommand("serve").cloned() else {
+    // Built once: the whole command tree is a fair part of a short
+    // command's start.
+    let command = Cli::command();
+    let Some(serve_command) = command.find_subcommand("serve").cloned() else {
         return 1;
     };
     let expanded = match serve_settings::expand(argv, &serve_command) {
@@ -413,7 +416,7 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
             return e.exit_code();
         }
     };
-    let matches = match Cli::command().try_get_matches_from(&expanded.argv) {
+    let matches = match command.try_get_matches_from(&expanded.argv) {
         Ok(matches) => matches,
         Err(e) => {
             // A value clap refused may have come from the file.

@@ -92,10 +92,19 @@ pub fn rego_load_failed(policy: &str, message: &str) -> Error {
     )
 }
 
-/// How many ready instances a pool keeps: one per caller that can be
-/// running at once (two per core), and some slack.
-pub fn pool_capacity() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + 8
+/// Whether a pool that keeps `idle` ready instances keeps one more: one per
+/// caller that can be running at once (two per core), and some slack. The
+/// core count is asked only once a pool holds the slack: finding it reads
+/// the cgroup's files (about 0.3 ms), which a one-shot `teller check` never
+/// needs.
+pub fn pool_keeps(idle: usize) -> bool {
+    const SLACK: usize = 8;
+    static CAPACITY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    idle < SLACK
+        || idle
+            < *CAPACITY.get_or_init(|| {
+                std::thread::available_parallelism().map_or(4, |n| n.get()) * 2 + SLACK
+            })
 }
 
 /// A failure while a Rego policy loaded (a timeout, the memory cap): its
@@ -271,5 +280,18 @@ pub fn serving() {
 pub fn quiesce() {
     for kind in registered() {
         (kind.quiesce)();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_pool_keeps_two_instances_per_core_and_the_slack() {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let capacity = cores * 2 + 8;
+        assert!(super::pool_keeps(0));
+        assert!(super::pool_keeps(capacity - 1));
+        assert!(!super::pool_keeps(capacity));
+        assert!(!super::pool_keeps(capacity + 100));
     }
 }

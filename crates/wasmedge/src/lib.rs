@@ -242,7 +242,6 @@ impl WasmEdgeEngine {
             limits: self.limits,
             host: self.host.clone(),
             idle: Mutex::new(Vec::new()),
-            capacity: teller_engine::pool_capacity(),
             init: None,
             snapshot: OnceLock::new(),
         };
@@ -312,7 +311,6 @@ impl WasmEdgeEngine {
             limits: self.limits,
             host: self.host.clone(),
             idle: Mutex::new(Vec::new()),
-            capacity: teller_engine::pool_capacity(),
             init: None,
             snapshot: OnceLock::new(),
         };

@@ -25,7 +25,6 @@ pub(crate) struct Pool {
     /// The host functions instances import (`bank:policy/state`).
     pub(crate) host: Arc<raw::host::HostModule>,
     pub(crate) idle: Mutex<Vec<GuestInstance>>,
-    pub(crate) capacity: usize,
     /// Called on every new instance before it serves (the Rego guest's
     /// `source.load`); its `result::err` fails the instantiation.
     pub(crate) init: Option<(ExportFunc, Vec<Value>)>,
@@ -215,7 +214,7 @@ impl Pool {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.capacity
+            && teller_engine::pool_keeps(idle.len())
         {
             idle.push(guest);
             teller_engine::count_pooled(1);

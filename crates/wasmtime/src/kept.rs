@@ -22,7 +22,6 @@ use wasmtime::Store;
 /// Ready instances of one guest, one per concurrent caller at most.
 struct Kept<T> {
     idle: Mutex<Vec<Instance<T>>>,
-    capacity: usize,
 }
 
 struct Instance<T> {
@@ -35,7 +34,6 @@ impl<T> Kept<T> {
     fn new() -> Self {
         Kept {
             idle: Mutex::new(Vec::new()),
-            capacity: teller_engine::pool_capacity(),
         }
     }
 
@@ -52,7 +50,7 @@ impl<T> Kept<T> {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.capacity
+            && teller_engine::pool_keeps(idle.len())
         {
             idle.push(instance);
             count_pooled(1);

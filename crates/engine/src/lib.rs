@@ -95,8 +95,7 @@ pub fn rego_load_failed(policy: &str, message: &str) -> Error {
 /// Whether a pool that keeps `idle` ready instances keeps one more: one per
 /// caller that can be running at once (two per core), and some slack. The
 /// core count is asked only once a pool holds the slack: finding it reads
-/// the cgroup's files (about 0.3 ms), which a one-shot `teller check` never
-/// needs.
+/// the cgroup's files, which a one-shot `teller check` never needs.
 pub fn pool_keeps(idle: usize) -> bool {
     const SLACK: usize = 8;
     static CAPACITY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

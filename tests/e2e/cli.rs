@@ -169,6 +169,28 @@ fn only_a_wasmedge_engine_loads_libwasmedge() {
     }
 }
 
+/// A WasmEdge `teller check` opens libwasmedge on another thread while it
+/// reads its input and policies (`open_early`). One that fails before it
+/// makes its engine ends with its own error and status, every time, with
+/// that thread still opening the library.
+#[cfg(feature = "wasmedge")]
+#[test]
+fn a_check_that_fails_while_the_library_opens_ends_with_its_own_error() {
+    let missing = tempfile::tempdir().unwrap().path().join("policies");
+    for _ in 0..5 {
+        let out = teller()
+            .args(["check", "--engine", "wasmedge", "--policy-dir"])
+            .arg(&missing)
+            .arg("-")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{:?}: {stderr}", out.status);
+        assert!(stderr.contains("policy_unreadable"), "{stderr}");
+    }
+}
+
 /// `teller compile` with `--cache-key-file`: a second holder of the key
 /// loads the entries (they are not rewritten), another key refuses and
 /// rebuilds them, and a key too short is refused with a clear error.

@@ -458,6 +458,17 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
         );
         return 0;
     }
+    // The engine's library opens on the other core while the command
+    // reads its settings, its input and its policies.
+    if let Command::Serve(ServeArgs { run, .. })
+    | Command::Check(CheckArgs { run, .. })
+    | Command::Compile(run) = &cli.command
+        && let Some(kind) = teller_engine::registered()
+            .iter()
+            .find(|k| k.name == run.engine)
+    {
+        (kind.open_early)();
+    }
     let logging = match &cli.command {
         Command::Serve(args) => teller_server::log::init(&args.log_level, args.log_format),
         _ => teller_server::log::init("warn", teller_server::log::LogFormat::Text),

@@ -61,6 +61,7 @@ pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
     quiesce,
     serving: handlers::start,
     load,
+    open_early,
 };
 
 pub use teller_engine::MAX_CALLS_PER_INSTANCE;
@@ -70,6 +71,24 @@ pub use teller_engine::MAX_CALLS_PER_INSTANCE;
 /// shim's containers, inside their own root file system).
 pub fn load() -> Result<(), String> {
     ffi::load()
+}
+
+/// Opens libwasmedge on a thread of its own. Opening it takes most of a
+/// one-shot command's time (LLVM's relocations and constructors, about
+/// 25 ms here), on one core. A failure is the engine's to report: making
+/// it opens again and gets the same error. The thread counts as background
+/// work, so a command that ends first waits for it before the process runs
+/// the library's static destructors.
+fn open_early() {
+    let spawned = std::thread::Builder::new()
+        .name("teller-open-wasmedge".into())
+        .spawn(|| {
+            if let Some(_running) = compile::BACKGROUND.start() {
+                let _ = ffi::load();
+            }
+        });
+    // Without the thread the engine opens the library itself, as before.
+    drop(spawned);
 }
 
 pub struct WasmEdgeEngine {
@@ -96,6 +115,12 @@ impl WasmEdgeEngine {
         limits: GuestLimits,
         guest_state: teller_engine::state::GuestState,
     ) -> Result<Self, Error> {
+        // The WIT first: it needs no library, and the library may still be
+        // opening on another thread (`open_early`).
+        let contract = Contract::bank_policy().map_err(|e| {
+            Error::internal(ErrorCode::EngineInit, format!("the WIT contract: {e}"))
+        })?;
+        let contract = Arc::new(contract);
         ffi::load().map_err(|e| Error::internal(ErrorCode::EngineInit, e))?;
         raw::log_off();
         let config = |interpreter: bool| -> Result<Config, Error> {
@@ -119,10 +144,6 @@ impl WasmEdgeEngine {
             config.interpreter_mode(interpreter);
             Ok(config)
         };
-        let contract = Contract::bank_policy().map_err(|e| {
-            Error::internal(ErrorCode::EngineInit, format!("the WIT contract: {e}"))
-        })?;
-        let contract = Arc::new(contract);
         let engine = Self {
             config: Arc::new(config(false)?),
             interpreter: Arc::new(config(true)?),

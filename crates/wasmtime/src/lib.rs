@@ -58,6 +58,7 @@ pub const ENGINE: teller_engine::EngineKind = teller_engine::EngineKind {
     serving: || {},
     // Linked in: nothing to open.
     load: || Ok(()),
+    open_early: || {},
 };
 
 pub struct WasmtimeEngine {

@@ -458,8 +458,17 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
         );
         return 0;
     }
+    let logging = match &cli.command {
+        Command::Serve(args) => teller_server::log::init(&args.log_level, args.log_format),
+        _ => teller_server::log::init("warn", teller_server::log::LogFormat::Text),
+    };
+    if let Err(e) = logging {
+        eprintln!("teller: {e}");
+        return e.exit_code();
+    }
     // The engine's library opens on the other core while the command
-    // reads its settings, its input and its policies.
+    // reads its settings, its input and its policies. From here on every
+    // way out passes `quiesce`, which waits for it.
     if let Command::Serve(ServeArgs { run, .. })
     | Command::Check(CheckArgs { run, .. })
     | Command::Compile(run) = &cli.command
@@ -468,14 +477,6 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
             .find(|k| k.name == run.engine)
     {
         (kind.open_early)();
-    }
-    let logging = match &cli.command {
-        Command::Serve(args) => teller_server::log::init(&args.log_level, args.log_format),
-        _ => teller_server::log::init("warn", teller_server::log::LogFormat::Text),
-    };
-    if let Err(e) = logging {
-        eprintln!("teller: {e}");
-        return e.exit_code();
     }
     let result = match cli.command {
         Command::Serve(args) => serve(args),

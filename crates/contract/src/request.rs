@@ -22,12 +22,24 @@ pub fn decode_transfer(body: &[u8]) -> Result<TransferRequest, Error> {
             "the request body is empty",
         ));
     }
-    let mut json = serde_json::Deserializer::from_str(utf8(body)?);
-    let doc: Document = serde_path_to_error::deserialize(&mut json).map_err(json_error)?;
+    let doc: Document = decode_json(utf8(body)?)?;
+    Ok(doc.into())
+}
+
+/// Decodes one JSON document, naming the field at fault when it is wrong.
+/// A document that decodes is read once, without tracking where the parser
+/// is (that costs an allocation per key); only one that fails is read
+/// again, with its path, for the error's words.
+pub fn decode_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
+    if let Ok(doc) = serde_json::from_str(text) {
+        return Ok(doc);
+    }
+    let mut json = serde_json::Deserializer::from_str(text);
+    let doc = serde_path_to_error::deserialize(&mut json).map_err(json_error)?;
     json.end().map_err(|e| {
         Error::bad_request(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
     })?;
-    Ok(doc.into())
+    Ok(doc)
 }
 
 /// The body as text. JSON is UTF-8 (RFC 8259); serde_json checks that only

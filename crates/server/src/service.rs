@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use teller_audit_log::{AuditLog, AuditSettings, AuditWriter, GENESIS, Recovery, SealerSlot};
 use teller_contract::ErrorCode;
-use teller_contract::request::{decode_transfer, json_error};
+use teller_contract::request::decode_transfer;
 use teller_contract::{
     Actor, AuditEvent, Origin, PolicyConfig, PolicyRef, Reason, SealedRecord, TransferRequest,
 };
@@ -546,11 +546,8 @@ impl Teller {
                 "this teller has no audit log; start it with --audit-dir",
             )
         })?;
-        let mut json = serde_json::Deserializer::from_str(teller_contract::request::utf8(body)?);
-        let doc: EventDocument = serde_path_to_error::deserialize(&mut json).map_err(json_error)?;
-        json.end().map_err(|e| {
-            Error::bad_request(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
-        })?;
+        let doc: EventDocument =
+            teller_contract::request::decode_json(teller_contract::request::utf8(body)?)?;
         let event = AuditEvent {
             id: uuid::Uuid::now_v7().to_string(),
             timestamp: now_rfc3339(),

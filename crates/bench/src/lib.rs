@@ -27,7 +27,7 @@ use teller_contract::ErrorCode;
 use teller_contract::{PolicyConfig, TransferRequest};
 use teller_engine::artifact::PolicySource;
 use teller_engine::{CallMode, Engine, TransferCheck, Workload};
-use teller_server::policy_set::{Outcome, SetDecision};
+use teller_server::policy_set::PolicySet;
 use teller_server::service::{Caller, decision_event};
 
 /// The README's example: an allowed transfer.
@@ -413,22 +413,13 @@ pub fn call(
             // The audit writer seals one record after another on one thread:
             // this bounds audited decisions per second.
             let sealer = engine.load_audit(&PolicySource::Builtin.audit()?)?;
-            let decision = check.check(&config, &request)?;
-            let outcome = Outcome {
-                policy: check.policy().clone(),
-                allow: decision.allow,
-                deny: decision.deny,
-                verdict: decision.verdict,
-            };
-            let decided = SetDecision {
-                decision,
-                outcomes: vec![outcome],
-            };
+            let set = PolicySet::new(vec![check.clone()])?;
+            let decided = set.decide(&config, &request)?;
             let caller = Caller {
                 client: "127.0.0.1:50000".into(),
             };
             let id = uuid::Uuid::now_v7().to_string();
-            let event = decision_event(check.policy(), &request, &decided, &id, &caller, name);
+            let event = decision_event(set.identity(), &request, &decided, &id, &caller, name);
             let label = "audit seal, 1 thread";
             eprintln!("call: {name} {label}");
             series.push(measure_threads(1, slice, label, || {

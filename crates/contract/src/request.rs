@@ -22,7 +22,7 @@ pub fn decode_transfer(body: &[u8]) -> Result<TransferRequest, Error> {
             "the request body is empty",
         ));
     }
-    let doc: Document = decode_json(utf8(body)?)?;
+    let doc: Document = decode_json(body)?;
     Ok(doc.into())
 }
 
@@ -30,7 +30,8 @@ pub fn decode_transfer(body: &[u8]) -> Result<TransferRequest, Error> {
 /// A document that decodes is read once, without tracking where the parser
 /// is (that costs an allocation per key); only one that fails is read
 /// again, with its path, for the error's words.
-pub fn decode_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
+pub fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    let text = utf8(body)?;
     if let Ok(doc) = serde_json::from_str(text) {
         return Ok(doc);
     }

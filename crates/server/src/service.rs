@@ -546,8 +546,7 @@ impl Teller {
                 "this teller has no audit log; start it with --audit-dir",
             )
         })?;
-        let doc: EventDocument =
-            teller_contract::request::decode_json(teller_contract::request::utf8(body)?)?;
+        let doc: EventDocument = teller_contract::request::decode_json(body)?;
         let event = AuditEvent {
             id: uuid::Uuid::now_v7().to_string(),
             timestamp: now_rfc3339(),

@@ -29,11 +29,7 @@ fn engine_parser() -> clap::builder::PossibleValuesParser {
 
 /// The registered engine's own name (the process benches pass it on).
 fn engine_name(name: &str) -> Result<&'static str, Error> {
-    teller_engine::registered()
-        .iter()
-        .find(|e| e.name == name)
-        .map(|e| e.name)
-        .ok_or_else(|| Error::bad_request(ErrorCode::EngineInit, format!("no engine {name:?}")))
+    teller_engine::kind(name).map(|e| e.name)
 }
 
 /// Runs `argv` (`argv[0]` is the program's name); the exit status.
@@ -209,13 +205,8 @@ fn bench(command: BenchCommand) -> Result<u8, Error> {
             return Ok(if report.passed() { 0 } else { 1 });
         }
         BenchCommand::LoadEngine { engine } => {
-            let kind = teller_engine::registered()
-                .iter()
-                .find(|e| e.name == engine)
-                .ok_or_else(|| {
-                    Error::bad_request(ErrorCode::EngineInit, format!("no engine {engine:?}"))
-                })?;
-            (kind.load)().map_err(|e| Error::internal(ErrorCode::EngineInit, e))?;
+            (teller_engine::kind(&engine)?.load)()
+                .map_err(|e| Error::internal(ErrorCode::EngineInit, e))?;
             return Ok(0);
         }
         BenchCommand::ColdStart {

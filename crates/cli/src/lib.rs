@@ -472,9 +472,7 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
     if let Command::Serve(ServeArgs { run, .. })
     | Command::Check(CheckArgs { run, .. })
     | Command::Compile(run) = &cli.command
-        && let Some(kind) = teller_engine::registered()
-            .iter()
-            .find(|k| k.name == run.engine)
+        && let Ok(kind) = teller_engine::kind(&run.engine)
     {
         (kind.open_early)();
     }

@@ -259,17 +259,18 @@ pub fn by_name(
     limits: GuestLimits,
     state: state::GuestState,
 ) -> Result<Box<dyn Engine>, Error> {
-    let kind = registered()
-        .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| {
-            let names: Vec<_> = registered().iter().map(|e| e.name).collect();
-            Error::bad_request(
-                ErrorCode::EngineInit,
-                format!("no engine {name:?} in this build; it has {names:?}"),
-            )
-        })?;
-    (kind.start)(cache, workload, limits, state)
+    (kind(name)?.start)(cache, workload, limits, state)
+}
+
+/// The registered engine called `name`.
+pub fn kind(name: &str) -> Result<&'static EngineKind, Error> {
+    registered().iter().find(|e| e.name == name).ok_or_else(|| {
+        let names: Vec<_> = registered().iter().map(|e| e.name).collect();
+        Error::bad_request(
+            ErrorCode::EngineInit,
+            format!("no engine {name:?} in this build; it has {names:?}"),
+        )
+    })
 }
 
 /// Tells every engine that this process now serves (see

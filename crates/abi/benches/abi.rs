@@ -64,6 +64,15 @@ fn lower_check_arguments(bencher: Bencher) {
     });
 }
 
+/// What the WasmEdge engine's first pass does: the allocations lowering
+/// will make, planned without storing anything.
+#[divan::bench]
+fn plan_check_allocations(bencher: Bencher) {
+    let c = Contract::bank_policy().unwrap();
+    let (check, args) = check_args(&c);
+    bencher.bench_local(|| teller_abi::lower::allocations(&c, &check, black_box(&args)).unwrap());
+}
+
 #[divan::bench]
 fn lift_check_arguments(bencher: Bencher) {
     let c = Contract::bank_policy().unwrap();

@@ -316,6 +316,113 @@ impl<'a, A: GuestAlloc> Lowerer<'a, A> {
     }
 }
 
+/// The `cabi_realloc(0, 0, align, size)` calls that lowering `args` as
+/// `func`'s parameters makes, as `(align, size)`, in the order
+/// [`Lowerer::params`] makes them; nothing is stored. An engine that makes
+/// a call's allocations in one entry into the guest plans them with this,
+/// which visits only strings and lists, then lowers into what it got.
+pub fn allocations(
+    contract: &Contract,
+    func: &ExportFunc,
+    args: &[Value],
+) -> Result<Vec<(u32, u32)>, AbiError> {
+    if args.len() != func.params.len() {
+        return err(format!(
+            "{} takes {} arguments, got {}",
+            func.name,
+            func.params.len(),
+            args.len()
+        ));
+    }
+    let mut out = Vec::new();
+    for (ty, v) in func.params.iter().zip(args) {
+        plan(contract, v, ty, &mut out)?;
+    }
+    if func.params_indirect {
+        // The spilled parameters' tuple, allocated after what they hold.
+        let (mut size, mut align) = (0usize, 1usize);
+        for ty in &func.params {
+            let a = contract.align(ty);
+            size = align_to(size, a) + contract.size(ty);
+            align = align.max(a);
+        }
+        request(&mut out, align, align_to(size, align))?;
+    }
+    Ok(out)
+}
+
+/// Appends the allocations lowering `v` makes: a list's elements' own
+/// before the list's.
+fn plan(
+    contract: &Contract,
+    v: &Value,
+    ty: &Type,
+    out: &mut Vec<(u32, u32)>,
+) -> Result<(), AbiError> {
+    match (contract.kind(ty)?, v) {
+        (Kind::Prim(Type::String), Value::String(s)) => request(out, 1, s.len()),
+        (Kind::Def(TypeDefKind::List(elem)), Value::List(items)) => {
+            for item in items {
+                plan(contract, item, elem, out)?;
+            }
+            let total = contract
+                .size(elem)
+                .checked_mul(items.len())
+                .ok_or_else(|| AbiError("list too large".into()))?;
+            request(out, contract.align(elem), total)
+        }
+        (Kind::Def(TypeDefKind::Record(r)), Value::Record(fields))
+            if fields.len() == r.fields.len() =>
+        {
+            for (f, v) in r.fields.iter().zip(fields) {
+                plan(contract, v, &f.ty, out)?;
+            }
+            Ok(())
+        }
+        (Kind::Def(TypeDefKind::Tuple(t)), Value::Tuple(items)) if items.len() == t.types.len() => {
+            for (ty, v) in t.types.iter().zip(items) {
+                plan(contract, v, ty, out)?;
+            }
+            Ok(())
+        }
+        (Kind::Def(def), v) if is_variant_like(def) => {
+            let cases = contract.cases(def)?;
+            let (case, payload) = split_case(def, v)?;
+            match (cases.get(check_case(case, cases.len())?).flatten(), payload) {
+                (Some(t), Some(p)) => plan(contract, p, t, out),
+                (None, None) => Ok(()),
+                _ => err(format!("case {case} payload does not match its type")),
+            }
+        }
+        // Other scalars, flags and enums allocate nothing; a scalar of the
+        // wrong scalar type is refused by the lowering itself.
+        (Kind::Prim(ty), v) if ty != Type::String && is_scalar(v) => Ok(()),
+        (Kind::Def(TypeDefKind::Flags(_) | TypeDefKind::Enum(_)), v) if is_scalar(v) => Ok(()),
+        (_, v) => err(format!("a {} value does not match its WIT type", v.kind())),
+    }
+}
+
+/// A value that holds no other value.
+fn is_scalar(v: &Value) -> bool {
+    !matches!(
+        v,
+        Value::String(_)
+            | Value::List(_)
+            | Value::Record(_)
+            | Value::Tuple(_)
+            | Value::Variant(..)
+            | Value::Option(_)
+            | Value::Result(_)
+    )
+}
+
+fn request(out: &mut Vec<(u32, u32)>, align: usize, size: usize) -> Result<(), AbiError> {
+    let size = u32::try_from(size)
+        .map_err(|_| AbiError(format!("{size} bytes do not fit a 32-bit guest")))?;
+    out.push((align as u32, size));
+    Ok(())
+}
+
 fn store_u32(buf: &mut [u8], offset: usize, v: u32) -> Result<(), AbiError> {
     buf.get_mut(offset..offset + 4)
         .ok_or_else(|| AbiError("store out of its buffer".into()))?

@@ -350,6 +350,65 @@ fn values_that_do_not_match_their_type_are_refused_when_lowering() {
     );
 }
 
+/// A guest allocator that notes each allocation it is asked for.
+#[derive(Default)]
+struct Recording {
+    memory: VecMemory,
+    requests: Vec<(u32, u32)>,
+}
+
+impl super::lower::GuestAlloc for Recording {
+    fn realloc(&mut self, old: u32, old_size: u32, align: u32, size: u32) -> Result<u32, AbiError> {
+        self.requests.push((align, size));
+        self.memory.realloc(old, old_size, align, size)
+    }
+
+    fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<(), AbiError> {
+        self.memory.write(ptr, bytes)
+    }
+}
+
+#[test]
+fn planned_allocations_are_the_ones_lowering_makes() {
+    use super::lower::allocations;
+    let c = contract();
+    let mut calls: Vec<(&str, Vec<Value>)> = (0..14)
+        .map(|i| ("roundtrip", vec![everything(i)]))
+        .collect();
+    calls.push(("text", vec![Value::String(String::new())]));
+    calls.push(("text", vec![Value::String("σ".repeat(300))]));
+    calls.push(("colors", vec![Value::List(vec![Value::Enum(1); 5])]));
+    calls.push(("many", (0..17).map(Value::U64).collect()));
+    calls.push((
+        "flat",
+        vec![
+            Value::Variant(3, some(Value::String("named".into()))),
+            Value::Option(None),
+            Value::Result(Err(some(Value::String("bad".into())))),
+            Value::Option(some(Value::Option(None))),
+            Value::Enum(0),
+            Value::Flags(0),
+        ],
+    ));
+    for (name, args) in calls {
+        let f = c.export("all", name).unwrap();
+        let mut made = Recording::default();
+        Lowerer::new(&c, &mut made).params(&f, &args).unwrap();
+        assert_eq!(allocations(&c, &f, &args).unwrap(), made.requests, "{name}");
+    }
+    let many = c.export("all", "many").unwrap();
+    assert_eq!(
+        allocations(&c, &many, &(0..17).map(Value::U64).collect::<Vec<_>>()).unwrap(),
+        vec![(8, 17 * 8)],
+        "the spilled parameters are the one allocation"
+    );
+    let text = c.export("all", "text").unwrap();
+    assert!(allocations(&c, &text, &[Value::U8(1)]).is_err());
+    assert!(allocations(&c, &text, &[]).is_err());
+    let colors = c.export("all", "colors").unwrap();
+    assert!(allocations(&c, &colors, &[Value::String("red".into())]).is_err());
+}
+
 #[test]
 fn typed_values_cross_the_serde_bridge() {
     use teller_contract::{PolicyConfig, TransferRequest, User};

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex, OnceLock};
 use teller_abi::bridge::{from_value, to_value};
 use teller_abi::lift::Lifter;
-use teller_abi::lower::{GuestAlloc, Lowerer};
+use teller_abi::lower::{GuestAlloc, Lowerer, allocations};
 use teller_abi::{AbiError, Contract, ExportFunc, Flat, Value};
 use teller_contract::{Error, ErrorCode};
 use teller_engine::GuestLimits;
@@ -379,16 +379,13 @@ impl GuestInstance {
     ) -> Result<Option<Value>, Error> {
         let pending = self.pending_post.take();
         let flat = if self.raw.has_batch_alloc() {
-            // Lowering twice: once to learn its allocations, which one entry
-            // into the guest then makes (after the last call's post-return),
-            // and once to write into them.
-            let mut plan = Plan::default();
-            Lowerer::new(contract, &mut plan)
-                .params(func, args)
-                .map_err(bad_output)?;
-            let mut ptrs = Vec::with_capacity(plan.requests.len());
+            // The allocations first, planned without storing anything; one
+            // entry into the guest makes them all (after the last call's
+            // post-return); then the lowering writes into them.
+            let requests = allocations(contract, func, args).map_err(bad_output)?;
+            let mut ptrs = Vec::with_capacity(requests.len());
             let post = pending.as_ref().map(|(post, arg)| (post.as_str(), *arg));
-            let batch = self.raw.alloc_batch(post, &plan.requests, &mut ptrs);
+            let batch = self.raw.alloc_batch(post, &requests, &mut ptrs);
             batch.map_err(|e| {
                 self.cleanup_failed = pending.is_some();
                 let error = self.classify(&e, crate::instrument::ALLOC_EXPORT);
@@ -400,7 +397,7 @@ impl GuestInstance {
             })?;
             let mut replay = Replay {
                 memory,
-                requests: &plan.requests,
+                requests: &requests,
                 ptrs: &ptrs,
                 next: 0,
             };
@@ -545,37 +542,8 @@ impl GuestAlloc for GuestInstance {
     }
 }
 
-/// The first pass of a batched lowering: the allocations it asks for, in
-/// order, and nothing written.
-#[derive(Default)]
-struct Plan {
-    /// `(align, size)` of each `cabi_realloc(0, 0, align, size)`.
-    requests: Vec<(u32, u32)>,
-}
-
-impl GuestAlloc for Plan {
-    fn realloc(
-        &mut self,
-        old_ptr: u32,
-        old_size: u32,
-        align: u32,
-        new_size: u32,
-    ) -> Result<u32, AbiError> {
-        if (old_ptr, old_size) != (0, 0) {
-            return Err(AbiError("lowering only allocates anew".into()));
-        }
-        self.requests.push((align, new_size));
-        // Aligned to anything; never written to.
-        Ok(0)
-    }
-
-    fn write(&mut self, _: u32, _: &[u8]) -> Result<(), AbiError> {
-        Ok(())
-    }
-}
-
-/// The second pass: the same allocations, answered with what the guest's
-/// `cabi_realloc` returned in the batch, and the writes made.
+/// The lowering after the batch: the planned allocations, answered with
+/// what the guest's `cabi_realloc` returned, and the writes made.
 struct Replay<'a> {
     /// The guest's memory (no guest code runs until the call).
     memory: &'a mut [u8],

@@ -20,6 +20,8 @@ pub use log::{AuditLog, Recovery};
 pub use writer::{AuditMetrics, AuditWriter, Commit, Reply, SealerSlot};
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -143,25 +145,31 @@ fn last_whole_line(file: &mut File, len: u64) -> std::io::Result<(Option<String>
     }
 }
 
-/// The fields of a record the chain and the reader depend on.
+/// The fields of a record the chain and the reader depend on, borrowed
+/// from the line where they need no unescaping.
 #[derive(Debug, Deserialize)]
-struct RecordFields {
+struct RecordFields<'a> {
     seq: u64,
-    prev_hash: String,
-    #[serde(default)]
-    id: String,
+    #[serde(borrow)]
+    prev_hash: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Cow<'a, str>,
     #[serde(default)]
     encrypted: Option<EncryptedEvent>,
 }
 
 #[derive(Debug)]
-struct ParsedRecord {
-    fields: RecordFields,
-    hash: String,
+struct ParsedRecord<'a> {
+    fields: RecordFields<'a>,
+    hash: &'a str,
 }
 
-/// Splits a record line into its hashed body and hash and checks the hash.
-fn parse_record(line: &str) -> Result<ParsedRecord, String> {
+/// Checks a record line's hash against its body and reads its fields.
+///
+/// A line is its body, a JSON object, with `,"hash":"<64 hex digits>"`
+/// inserted before the closing brace. The hash covers the body; the fields
+/// are read from the whole line, which holds the same members and the hash.
+fn parse_record(line: &str) -> Result<ParsedRecord<'_>, String> {
     const MARK: &str = ",\"hash\":\"";
     let at = line.rfind(MARK).ok_or("no hash field")?;
     let (body_open, tail) = line.split_at(at);
@@ -170,17 +178,26 @@ fn parse_record(line: &str) -> Result<ParsedRecord, String> {
         .and_then(|t| t.strip_suffix("\"}"))
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .ok_or("malformed hash field")?;
-    let body = format!("{body_open}}}");
-    let computed = teller_engine::artifact::sha256_hex(body.as_bytes());
-    if computed != hash {
+    let computed = Sha256::new()
+        .chain_update(body_open)
+        .chain_update("}")
+        .finalize();
+    if !hex_is(hash, &computed) {
         return Err("its hash does not match its content".to_string());
     }
     let fields: RecordFields =
-        serde_json::from_str(&body).map_err(|e| format!("not a valid record: {e}"))?;
-    Ok(ParsedRecord {
-        fields,
-        hash: hash.to_string(),
-    })
+        serde_json::from_str(line).map_err(|e| format!("not a valid record: {e}"))?;
+    Ok(ParsedRecord { fields, hash })
+}
+
+/// Whether `hex` is `bytes` in lowercase hexadecimal.
+fn hex_is(hex: &str, bytes: &[u8]) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    hex.len() == bytes.len() * 2
+        && hex.as_bytes().chunks_exact(2).zip(bytes).all(|(pair, b)| {
+            pair.first() == DIGITS.get(usize::from(b >> 4))
+                && pair.get(1) == DIGITS.get(usize::from(b & 0xf))
+        })
 }
 
 /// The head recorded in one segment file, if it has a whole record.
@@ -198,7 +215,7 @@ fn segment_head(path: &Path) -> Result<Option<Head>, Error> {
         parse_record(&line)
             .map(|r| Head {
                 seq: r.fields.seq,
-                hash: r.hash,
+                hash: r.hash.to_string(),
             })
             .map_err(|why| {
                 Error::internal(
@@ -342,7 +359,7 @@ pub fn verify(dir: &Path) -> Result<Result<Verified, VerifyError>, Error> {
         }
         head = Head {
             seq: record.fields.seq,
-            hash: record.hash,
+            hash: record.hash.to_string(),
         };
         Ok(true)
     })?;
@@ -472,6 +489,42 @@ mod tests {
         AuditEvent {
             action: action.to_string(),
             ..AuditEvent::default()
+        }
+    }
+
+    /// `body` with its hash put in, as the audit guest writes a line.
+    fn line_of(body: &str) -> String {
+        let hash = sha256_hex(body.as_bytes());
+        format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1])
+    }
+
+    #[test]
+    fn a_record_is_read_from_its_line_and_its_hash_covers_the_body() {
+        let body = format!(
+            r#"{{"seq":7,"id":"caf\u00e9 \"x\"","prev_hash":"{GENESIS}","outcome":"allow"}}"#
+        );
+        let line = line_of(&body);
+        let record = parse_record(&line).unwrap();
+        assert_eq!(record.fields.seq, 7);
+        assert_eq!(record.fields.prev_hash, GENESIS);
+        assert_eq!(record.fields.id, "café \"x\"", "escapes are read");
+        assert_eq!(record.hash, sha256_hex(body.as_bytes()));
+
+        let altered = line.replacen("allow", "alloW", 1);
+        assert_eq!(
+            parse_record(&altered).unwrap_err(),
+            "its hash does not match its content"
+        );
+        let upper = line.replace(record.hash, &record.hash.to_uppercase());
+        assert!(parse_record(&upper).is_err(), "the hash is lowercase hex");
+        // Hashed as written, but not a record.
+        for body in [
+            r#"{"seq":7,"prev_hash":"00",}"#,
+            r#"{"prev_hash":"00"}"#,
+            "{}",
+        ] {
+            let why = parse_record(&line_of(body)).unwrap_err();
+            assert!(why.starts_with("not a valid record"), "{body}: {why}");
         }
     }
 

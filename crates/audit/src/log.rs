@@ -98,7 +98,7 @@ impl AuditLog {
                     .map_err(|why| corrupt(format!("its last record is damaged ({why})")))?;
                 Head {
                     seq: record.fields.seq,
-                    hash: record.hash,
+                    hash: record.hash.to_string(),
                 }
             }
             // An empty last segment (rotation, then a crash): the head is

@@ -98,7 +98,7 @@ fn call_reports_fresh_warm_and_native() {
 }
 
 #[test]
-fn http_reports_the_native_floor_then_teller_without_and_with_the_audit_log() {
+fn http_reports_teller_without_and_with_the_audit_log_beside_the_native_floor_in_turns() {
     let engine = ENGINES[ENGINES.len() - 1];
     let doc = bench(&[
         "http",
@@ -107,7 +107,7 @@ fn http_reports_the_native_floor_then_teller_without_and_with_the_audit_log() {
         "--connections",
         "4",
         "--duration",
-        "1",
+        "2",
     ]);
     let names = names(&doc);
     assert_eq!(names.len(), 3, "{names:?}");
@@ -135,6 +135,7 @@ fn http_reports_the_native_floor_then_teller_without_and_with_the_audit_log() {
     }
     let notes = doc["notes"][0].as_str().unwrap();
     assert!(!notes.contains("wrote 0 records"), "{notes}");
+    assert!(notes.contains("2 s each in turns of 1.0 s"), "{notes}");
     let notes = doc["notes"].to_string();
     assert!(
         notes.contains("server CPU per request (user + system, all threads)"),

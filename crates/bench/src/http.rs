@@ -16,8 +16,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use teller_contract::Error;
 use tokio::time::Instant;
@@ -31,43 +29,63 @@ pub struct Load {
     pub rate: Option<f64>,
 }
 
-/// Runs the load against a server without, then with, an audit log.
+/// Runs the load against the floor and against teller without and with an
+/// audit log. The three servers run side by side and take the load in
+/// turns of about a second, so that every series sees the same phases of a
+/// machine whose speed drifts, and the ratios to the floor compare like
+/// with like.
 pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Result<Report, Error> {
     let dir = tempfile::tempdir().map_err(|e| run_error("temporary directory", e))?;
     let log = dir.path().join("audit");
-    let mut series = Vec::new();
+    let servers = [
+        (FLOOR, Server::floor()?),
+        (
+            "transfer checks, no audit log",
+            Server::start(engine, None, cache_dir)?,
+        ),
+        (
+            "transfer checks, audit log on",
+            Server::start(engine, Some(log.as_path()), cache_dir)?,
+        ),
+    ];
+    let turns = load.seconds.ceil().max(1.0) as usize;
+    let turn = Load {
+        seconds: load.seconds / turns as f64,
+        ..load
+    };
+    eprintln!(
+        "http: {} connections, {turns} turns of {:.1} s against each of {}",
+        load.connections,
+        turn.seconds,
+        servers
+            .iter()
+            .map(|(label, server)| format!("{label} ({})", server.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut totals = servers
+        .iter()
+        .map(|(label, _)| Totals::new(label))
+        .collect::<Result<Vec<_>, _>>()?;
+    for t in 1..=turns {
+        let mut rates = Vec::new();
+        for ((label, server), total) in servers.iter().zip(&mut totals) {
+            let before = server.cpu_seconds();
+            let slice = drive(server.addr, turn, label)?;
+            let used = server.cpu_seconds().zip(before).map(|(after, b)| after - b);
+            rates.push(format!("{:.0}", slice.answered as f64 / slice.seconds));
+            total.add(slice, used);
+        }
+        eprintln!("http: turn {t}/{turns}: req/s {}", rates.join(" / "));
+    }
+    // Every server stops (the audited one syncs its last group) before its
+    // log is verified.
+    drop(servers);
     // The server's CPU time per answered request, per series: steadier
     // than req/s on a machine whose speed drifts, and not shared with the
     // client.
-    let mut cpu: Vec<Option<f64>> = Vec::new();
-    for (label, server) in [
-        (FLOOR, Target::Floor),
-        ("transfer checks, no audit log", Target::Teller(None)),
-        (
-            "transfer checks, audit log on",
-            Target::Teller(Some(log.as_path())),
-        ),
-    ] {
-        let server = match server {
-            Target::Floor => Server::floor()?,
-            Target::Teller(audit) => Server::start(engine, audit, cache_dir)?,
-        };
-        eprintln!(
-            "http: {label}: {} connections for {:.0} s against {}",
-            load.connections, load.seconds, server.addr
-        );
-        let before = server.cpu_seconds();
-        let result = drive(server.addr, load, label);
-        let used = server.cpu_seconds().zip(before).map(|(after, b)| after - b);
-        drop(server);
-        let result = result?;
-        let requests = result.histogram.len();
-        cpu.push(
-            used.filter(|_| requests > 0)
-                .map(|s| s * 1e6 / requests as f64),
-        );
-        series.push(result);
-    }
+    let cpu: Vec<Option<f64>> = totals.iter().map(Totals::cpu_per_request).collect();
+    let series: Vec<Series> = totals.into_iter().map(Totals::series).collect();
     // Each of teller's series as a fraction of the floor, measured in this
     // run: throughput (closed loop) and P99.
     let mut ratios = Vec::new();
@@ -100,9 +118,10 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
         .head
         .seq;
     let mut notes = vec![format!(
-        "{} connections, {:.0} s each, {}; the audit run wrote {records} records",
+        "{} connections, {:.0} s each in turns of {:.1} s, {}; the audit run wrote {records} records",
         load.connections,
         load.seconds,
+        turn.seconds,
         match load.rate {
             Some(r) => format!("{r:.0} req/s scheduled, latency from each request's due time"),
             None => "closed loop (each connection waits for its answer)".to_string(),
@@ -132,10 +151,52 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
 /// The floor's series name.
 const FLOOR: &str = "native floor: same rule, same hyper stack, no wasm";
 
-/// What a series loads.
-enum Target<'a> {
-    Floor,
-    Teller(Option<&'a Path>),
+/// One series' load, summed over its turns.
+struct Totals {
+    series: Series,
+    answered: u64,
+    seconds: f64,
+    /// `None` once any turn's CPU time could not be read.
+    cpu_seconds: Option<f64>,
+}
+
+impl Totals {
+    fn new(label: &str) -> Result<Self, Error> {
+        Ok(Totals {
+            series: Series::new(label)?,
+            answered: 0,
+            seconds: 0.0,
+            cpu_seconds: Some(0.0),
+        })
+    }
+
+    fn add(&mut self, slice: Slice, cpu_seconds: Option<f64>) {
+        let _ = self.series.histogram.add(&slice.histogram);
+        self.answered += slice.answered;
+        self.seconds += slice.seconds;
+        self.cpu_seconds = self.cpu_seconds.zip(cpu_seconds).map(|(a, b)| a + b);
+    }
+
+    /// Microseconds of the server's CPU per answered request.
+    fn cpu_per_request(&self) -> Option<f64> {
+        self.cpu_seconds
+            .filter(|_| self.answered > 0)
+            .map(|s| s * 1e6 / self.answered as f64)
+    }
+
+    fn series(self) -> Series {
+        Series {
+            per_second: Some(self.answered as f64 / self.seconds.max(1e-9)),
+            ..self.series
+        }
+    }
+}
+
+/// What one turn against one server gave.
+struct Slice {
+    histogram: hdrhistogram::Histogram<u64>,
+    answered: u64,
+    seconds: f64,
 }
 
 /// `teller serve` in a child process on an ephemeral port.
@@ -233,35 +294,19 @@ impl Drop for Server {
     }
 }
 
-fn drive(addr: SocketAddr, load: Load, label: &str) -> Result<Series, Error> {
+/// Loads the server at `addr` for `load.seconds`; every request must be
+/// answered 200.
+fn drive(addr: SocketAddr, load: Load, label: &str) -> Result<Slice, Error> {
     // One client thread: the server keeps the other cores.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| run_error("tokio", e))?;
     runtime.block_on(async move {
-        let done = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let deadline = started + Duration::from_secs_f64(load.seconds);
-        let ticker = {
-            let done = done.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let n = done.load(Ordering::Relaxed);
-                    eprintln!(
-                        "http: {:.0} s, {n} requests, {:.0} req/s so far",
-                        started.elapsed().as_secs_f64(),
-                        n as f64 / started.elapsed().as_secs_f64()
-                    );
-                }
-            })
-        };
         let mut tasks = tokio::task::JoinSet::new();
         for c in 0..load.connections {
-            let done = done.clone();
             let interval = load
                 .rate
                 .map(|r| Duration::from_secs_f64(load.connections as f64 / r.max(1.0)));
@@ -269,26 +314,27 @@ fn drive(addr: SocketAddr, load: Load, label: &str) -> Result<Series, Error> {
             let offset = interval.map_or(Duration::ZERO, |i| {
                 i.mul_f64(c as f64 / load.connections as f64)
             });
-            tasks.spawn(connection(addr, deadline, interval, started + offset, done));
+            tasks.spawn(connection(addr, deadline, interval, started + offset));
         }
-        let mut series = Series::new(label)?;
+        let mut histogram = new_histogram()?;
         let (mut ok, mut failed) = (0u64, 0u64);
         while let Some(joined) = tasks.join_next().await {
-            let (histogram, good, bad) = joined.map_err(|e| run_error("client task", e))??;
-            let _ = series.histogram.add(&histogram);
+            let (connection, good, bad) = joined.map_err(|e| run_error("client task", e))??;
+            let _ = histogram.add(&connection);
             ok += good;
             failed += bad;
         }
-        ticker.abort();
-        let elapsed = started.elapsed().as_secs_f64();
         if failed > 0 {
             return Err(run_error(
                 label,
                 format!("{failed} of {} requests were not answered 200", ok + failed),
             ));
         }
-        series.per_second = Some(ok as f64 / elapsed);
-        Ok(series)
+        Ok(Slice {
+            histogram,
+            answered: ok,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     })
 }
 
@@ -297,7 +343,6 @@ async fn connection(
     deadline: Instant,
     interval: Option<Duration>,
     first: Instant,
-    done: Arc<AtomicU64>,
 ) -> Result<(hdrhistogram::Histogram<u64>, u64, u64), Error> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -351,7 +396,6 @@ async fn connection(
         } else {
             failed += 1;
         }
-        done.fetch_add(1, Ordering::Relaxed);
     }
     Ok((histogram, ok, failed))
 }

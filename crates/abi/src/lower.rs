@@ -59,24 +59,12 @@ impl<'a, A: GuestAlloc> Lowerer<'a, A> {
 
     /// The core arguments for calling `func` with `args`.
     pub fn params(&mut self, func: &ExportFunc, args: &[Value]) -> Result<Vec<Flat>, AbiError> {
-        if args.len() != func.params.len() {
-            return err(format!(
-                "{} takes {} arguments, got {}",
-                func.name,
-                func.params.len(),
-                args.len()
-            ));
-        }
+        check_arity(func, args)?;
         let mut flat = Vec::new();
         if func.params_indirect {
             // Spilled: one pointer to the parameters laid out as a tuple.
-            let (mut size, mut align) = (0usize, 1usize);
-            for ty in &func.params {
-                let a = self.contract.align(ty);
-                size = align_to(size, a) + self.contract.size(ty);
-                align = align.max(a);
-            }
-            let mut buf = vec![0u8; align_to(size, align)];
+            let (size, align) = spilled_layout(self.contract, func);
+            let mut buf = vec![0u8; size];
             let mut offset = 0;
             for (ty, v) in func.params.iter().zip(args) {
                 offset = align_to(offset, self.contract.align(ty));
@@ -326,6 +314,20 @@ pub fn allocations(
     func: &ExportFunc,
     args: &[Value],
 ) -> Result<Vec<(u32, u32)>, AbiError> {
+    check_arity(func, args)?;
+    let mut out = Vec::new();
+    for (ty, v) in func.params.iter().zip(args) {
+        plan(contract, v, ty, &mut out)?;
+    }
+    if func.params_indirect {
+        // The spilled parameters' tuple, allocated after what they hold.
+        let (size, align) = spilled_layout(contract, func);
+        request(&mut out, align, size)?;
+    }
+    Ok(out)
+}
+
+fn check_arity(func: &ExportFunc, args: &[Value]) -> Result<(), AbiError> {
     if args.len() != func.params.len() {
         return err(format!(
             "{} takes {} arguments, got {}",
@@ -334,21 +336,19 @@ pub fn allocations(
             args.len()
         ));
     }
-    let mut out = Vec::new();
-    for (ty, v) in func.params.iter().zip(args) {
-        plan(contract, v, ty, &mut out)?;
+    Ok(())
+}
+
+/// Size (rounded up to the alignment) and alignment of `func`'s parameters
+/// laid out as one tuple, as they are when they spill to memory.
+fn spilled_layout(contract: &Contract, func: &ExportFunc) -> (usize, usize) {
+    let (mut size, mut align) = (0usize, 1usize);
+    for ty in &func.params {
+        let a = contract.align(ty);
+        size = align_to(size, a) + contract.size(ty);
+        align = align.max(a);
     }
-    if func.params_indirect {
-        // The spilled parameters' tuple, allocated after what they hold.
-        let (mut size, mut align) = (0usize, 1usize);
-        for ty in &func.params {
-            let a = contract.align(ty);
-            size = align_to(size, a) + contract.size(ty);
-            align = align.max(a);
-        }
-        request(&mut out, align, align_to(size, align))?;
-    }
-    Ok(out)
+    (align_to(size, align), align)
 }
 
 /// Appends the allocations lowering `v` makes: a list's elements' own

@@ -254,6 +254,97 @@ fn wasmedge_stops_cleanly_while_compiling() {
     }
 }
 
+/// SIGTERM at the one moment that used to end teller with status 1: while
+/// WasmEdge's linker (lld, inside LLVM) writes a guest's native code to a
+/// temporary file. LLVM's own SIGTERM handler deleted that file, and lld
+/// then ended the process. `strace` holds lld's rename(2) (nothing else in
+/// teller calls it) for 1.5 s, so the signal falls there every time.
+/// Teller's threads block SIGTERM and one takes it with sigwait(3): no
+/// handler runs, the compilation ends, teller drains and exits 0.
+#[cfg(feature = "wasmedge")]
+#[test]
+fn wasmedge_drains_on_sigterm_while_the_linker_writes() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let log = dir.path().join("log");
+    let teller = crate::support::teller();
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "--seccomp-bpf", "-o", "/dev/null"])
+        .args([
+            "-e",
+            "trace=rename",
+            "-e",
+            "inject=rename:delay_enter=1500000",
+        ])
+        .arg(teller.get_program())
+        .args(["serve", "--listen", "127.0.0.1:0", "--engine", "wasmedge"])
+        .args(["--no-cache", "--audit-dir"])
+        .arg(dir.path().join("audit"))
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (name, value) in teller.get_envs() {
+        match value {
+            Some(value) => cmd.env(name, value),
+            None => cmd.env_remove(name),
+        };
+    }
+    let mut strace = cmd
+        .spawn()
+        .expect("strace (scripts/setup installs it) must run");
+    // lld writes `<name>.so.tmpXXXXXXX` in the compiler's directory under
+    // TMPDIR, then renames it: the rename is held.
+    let linking = |path: &Path| {
+        std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| {
+                std::fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().contains(".so.tmp"))
+            })
+    };
+    let started = Instant::now();
+    while !linking(&tmp) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "lld never wrote its output: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        if let Some(status) = strace.try_wait().unwrap() {
+            panic!(
+                "teller under strace ended ({status}) before it linked: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let children = format!("/proc/{0}/task/{0}/children", strace.id());
+    let pid = std::fs::read_to_string(&children).unwrap();
+    let pid = pid
+        .split_whitespace()
+        .next()
+        .expect("teller runs under strace");
+    // Only the thread in sigwait(3) takes SIGTERM.
+    let takers = crate::support::threads_taking_sigterm(pid.parse().unwrap());
+    assert_eq!(takers, ["teller-signals"]);
+    let killed = Command::new("kill").args(["-TERM", pid]).status().unwrap();
+    assert!(killed.success());
+    let status = strace.wait().unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{logged}");
+    assert!(!logged.contains("ld.lld"), "{logged}");
+    assert!(
+        logged.contains("shutting down on SIGTERM"),
+        "no drain: {logged}"
+    );
+}
+
 /// A module that arrives with native code in it ("universal wasm", here
 /// made non-interruptible by the `wasmedge compile` command line) is never
 /// run as that native code: teller interprets it and compiles it itself.

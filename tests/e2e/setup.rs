@@ -178,7 +178,7 @@ fn a_machine_with_nothing_installed_gets_every_piece() {
         format!("rustup component add --toolchain {t} rustfmt"),
         format!("rustup component add --toolchain {t} clippy"),
         "apt-get update -qq".to_string(),
-        "apt-get install -y -qq --no-install-recommends containerd protobuf-compiler libseccomp-dev pkg-config curl redis-server haproxy".to_string(),
+        "apt-get install -y -qq --no-install-recommends containerd protobuf-compiler libseccomp-dev pkg-config curl redis-server haproxy strace".to_string(),
     ] {
         assert!(
             installs.iter().any(|c| **c == expected),

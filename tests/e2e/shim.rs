@@ -370,6 +370,17 @@ fn ctr_runs_the_service_image_through_the_shim() {
         "ctr run {image}: first HTTP answer after {:?}",
         answered - started
     );
+    // In the container's process (the shim's threads and teller's), only
+    // teller's signal thread takes SIGTERM.
+    let tasks = containerd.ctr(&["tasks", "ls"]);
+    let tasks = String::from_utf8_lossy(&tasks.stdout);
+    let pid = tasks
+        .lines()
+        .find_map(|l| l.strip_prefix(id.as_str()))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no task {id}: {tasks}"));
+    let takers = crate::support::threads_taking_sigterm(pid.parse().unwrap());
+    assert_eq!(takers, ["teller-signals"], "container process {pid}");
 
     let r = request(addr, "POST", "/v1/transfer/check", allow.as_bytes()).json();
     assert_eq!(r["verdict"], "allow", "{r}");

@@ -409,3 +409,28 @@ impl Drop for Containerd {
         let _ = self.child.wait();
     }
 }
+
+/// The threads of process `pid` that take SIGTERM: those that do not
+/// block it (bit 14 of SigBlk), by name. A thread in sigwait(3) is among
+/// them, as the kernel unblocks what it waits for.
+pub fn threads_taking_sigterm(pid: u32) -> Vec<String> {
+    let mut takers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(status) = std::fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue; // the thread ended
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {status}"))
+                .trim()
+                .to_string()
+        };
+        let blocked = u64::from_str_radix(&field("SigBlk:"), 16).unwrap();
+        if blocked & (1 << 14) == 0 {
+            takers.push(field("Name:"));
+        }
+    }
+    takers
+}

@@ -7,15 +7,18 @@
 //! - `run`: where policies, configuration and compiled code come from;
 //! - `serve`: `teller serve`, hot reload and shutdown;
 //! - `commands`: `check`, `compile`, `package`, `audit`;
-//! - `authoring`: `new` and `test`, for policy authors.
+//! - `authoring`: `new` and `test`, for policy authors;
+//! - `signals`: SIGHUP, SIGINT and SIGTERM for `serve` (the one module with
+//!   `unsafe`: the signal mask and sigwait(3)).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod authoring;
 mod commands;
 mod run;
 mod serve;
 mod serve_settings;
+mod signals;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use commands::{audit, check, compile, package};
@@ -466,6 +469,8 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
         eprintln!("teller: {e}");
         return e.exit_code();
     }
+    // Before any other thread starts, so that every thread blocks them.
+    let signals = matches!(cli.command, Command::Serve(_)).then(signals::watch);
     // The engine's library opens on the other core while the command
     // reads its settings, its input and its policies. From here on every
     // way out passes `quiesce`, which waits for it.
@@ -477,7 +482,9 @@ pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
         (kind.open_early)();
     }
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => signals
+            .unwrap_or_else(signals::watch)
+            .and_then(|signals| serve(args, signals)),
         Command::Check(args) => check(args).inspect_err(|e| {
             // The same body the HTTP API would answer, for scripts.
             println!("{}", e.to_json());

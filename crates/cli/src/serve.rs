@@ -2,6 +2,7 @@
 //! SIGHUP or when their files change.
 
 use crate::run::{policies, start};
+use crate::signals::Signals;
 use crate::{RunArgs, ServeArgs};
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use teller_contract::{Error, ErrorCode};
 use teller_engine::{Engine, Workload};
 use teller_server::service::Teller;
 
-pub(crate) fn serve(args: ServeArgs) -> Result<u8, Error> {
+pub(crate) fn serve(args: ServeArgs, signals: Signals) -> Result<u8, Error> {
     let audit = args.audit.settings()?;
     let (teller, engine) = start(&args.run, audit.as_ref(), Workload::Service)?;
     let teller = Arc::new(teller);
@@ -35,16 +36,6 @@ pub(crate) fn serve(args: ServeArgs) -> Result<u8, Error> {
         // Errors ignored: whoever started teller may have closed its
         // stdout, and that must not stop the server.
         let mut out = std::io::stdout().lock();
-        // Signal handlers exist before anyone is told where teller listens:
-        // a SIGHUP or SIGTERM that follows at once must not find the
-        // default action (which ends the process).
-        use tokio::signal::unix::{SignalKind, signal};
-        let hangup = signal(SignalKind::hangup())
-            .map_err(|e| tracing::warn!("cannot watch for SIGHUP ({e}); reloads follow file changes only"))
-            .ok();
-        let terminate = signal(SignalKind::terminate())
-            .map_err(|e| tracing::warn!("cannot watch for SIGTERM ({e}); only Ctrl-C stops teller"))
-            .ok();
         teller_engine::serving();
         let _ = writeln!(
             out,
@@ -81,6 +72,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<u8, Error> {
             client_timeout: std::time::Duration::from_millis(args.client_timeout_ms),
             drain_delay: std::time::Duration::from_millis(args.drain_delay_ms),
         };
+        let Signals { hangup, terminate } = signals;
         tokio::spawn(watch_policies(args.run.clone(), teller.clone(), engine, hangup));
         teller_server::api::serve(listener, teller, limits, shutdown_signal(terminate))
             .await
@@ -96,14 +88,14 @@ async fn watch_policies(
     run: RunArgs,
     teller: Arc<Teller>,
     engine: Arc<dyn Engine>,
-    mut hangup: Option<tokio::signal::unix::Signal>,
+    mut hangup: tokio::sync::mpsc::UnboundedReceiver<()>,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let run = Arc::new(run);
     let mut seen = fingerprint(&run);
     loop {
         let why = tokio::select! {
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            Some(()) = hangup.recv() => "SIGHUP",
             _ = tick.tick() => {
                 let now = fingerprint(&run);
                 if now == seen { continue; }
@@ -157,18 +149,8 @@ fn fingerprint(run: &RunArgs) -> Vec<(PathBuf, u64, Option<std::time::SystemTime
         .collect()
 }
 
-async fn shutdown_signal(terminate: Option<tokio::signal::unix::Signal>) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match terminate {
-        Some(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        None => {
-            let _ = ctrl_c.await;
-        }
-    }
-    tracing::info!("shutting down: draining in-flight requests");
+async fn shutdown_signal(terminate: tokio::sync::oneshot::Receiver<&'static str>) {
+    // The signal thread never ends, so its sender is never dropped.
+    let signal = terminate.await.unwrap_or("the end of the signal thread");
+    tracing::info!("shutting down on {signal}: draining in-flight requests");
 }

@@ -57,11 +57,8 @@ pub(crate) fn arm(engine: &crate::WasmEdgeEngine) {
 }
 
 /// Parks the thread, in the background, once the process serves (a
-/// one-off command gains nothing from it). It may compile, so it waits for
-/// the server's signal set-up: LLVM installs its own SIGTERM handler, and
-/// one installed first would end the process on SIGTERM instead of letting
-/// it drain. A failure only costs speed: the handlers are then installed
-/// per call, as WasmEdge does by default.
+/// one-off command gains nothing from it). A failure only costs speed: the
+/// handlers are then installed per call, as WasmEdge does by default.
 pub(crate) fn start() {
     let Some(plan) = PLAN.get() else {
         return;

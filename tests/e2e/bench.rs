@@ -136,6 +136,21 @@ fn http_reports_teller_without_and_with_the_audit_log_beside_the_native_floor_in
     let notes = doc["notes"][0].as_str().unwrap();
     assert!(!notes.contains("wrote 0 records"), "{notes}");
     assert!(notes.contains("2 s each in turns of 1.0 s"), "{notes}");
+    // The audited server's counters saw every record the log holds, and
+    // no more fsyncs than records.
+    let number_after = |text: &str, marker: &str| -> u64 {
+        let rest = text
+            .split(marker)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{text}"));
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or_else(|_| panic!("{text}"))
+    };
+    let written = number_after(notes, "wrote ");
+    let groups = doc["notes"][1].as_str().unwrap();
+    assert_eq!(number_after(groups, "audit log: "), written, "{groups}");
+    let fsyncs = number_after(groups, "records in ");
+    assert!(fsyncs > 0 && fsyncs <= written, "{groups}");
     let notes = doc["notes"].to_string();
     assert!(
         notes.contains("server CPU per request (user + system, all threads)"),

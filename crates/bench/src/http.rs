@@ -78,6 +78,9 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
         }
         eprintln!("http: turn {t}/{turns}: req/s {}", rates.join(" / "));
     }
+    // How many records each `fsync` covered, from the audited server's own
+    // counters: group commit's effect, in the run that loaded it.
+    let groups = servers.last().map(|(_, audited)| audited.audit_groups());
     // Every server stops (the audited one syncs its last group) before its
     // log is verified.
     drop(servers);
@@ -127,6 +130,15 @@ pub fn http(engine: &'static str, load: Load, cache_dir: Option<&Path>) -> Resul
             None => "closed loop (each connection waits for its answer)".to_string(),
         }
     )];
+    match groups {
+        Some(Ok((records, fsyncs))) if fsyncs > 0 => notes.push(format!(
+            "audit log: {records} records in {fsyncs} fsyncs, {:.1} records per fsync",
+            records as f64 / fsyncs as f64
+        )),
+        Some(Ok(_)) => notes.push("audit log: no fsync counted".to_string()),
+        Some(Err(e)) => notes.push(format!("audit log: records per fsync unknown ({e})")),
+        None => {}
+    }
     notes.push("client and server share this machine's cores".to_string());
     let per_request: Vec<String> = series
         .iter()
@@ -259,6 +271,34 @@ impl Server {
         let user: f64 = fields.next()?.parse().ok()?;
         let system: f64 = fields.next()?.parse().ok()?;
         Some((user + system) / USER_HZ)
+    }
+
+    /// The audit records made durable and the `fsync`s that did it, from
+    /// `GET /metrics`.
+    fn audit_groups(&self) -> Result<(u64, u64), Error> {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(self.addr).map_err(|e| run_error("GET /metrics", e))?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let mut answer = String::new();
+        stream
+            .write_all(request.as_bytes())
+            .and_then(|()| stream.read_to_string(&mut answer))
+            .map_err(|e| run_error("GET /metrics", e))?;
+        let counter = |name: &str| {
+            answer
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .ok_or_else(|| run_error("GET /metrics", format!("no {name}")))
+        };
+        Ok((
+            counter("teller_audit_records_total")?,
+            counter("teller_audit_fsync_seconds_count")?,
+        ))
     }
 
     fn spawn(mut cmd: Command) -> Result<Server, Error> {

@@ -16,7 +16,7 @@ mod log;
 mod writer;
 
 pub use keys::{AuditKeys, Encrypter, KEY_ENV};
-pub use log::{AuditLog, Recovery};
+pub use log::{AuditLog, Group, Recovery};
 pub use writer::{AuditMetrics, AuditWriter, Commit, Reply, SealerSlot};
 
 use serde::Deserialize;
@@ -646,6 +646,65 @@ mod tests {
         assert_eq!(lines.len() as u64, on_disk + next.line.len() as u64 + 1);
         let verified = verify(&path).unwrap().unwrap();
         assert_eq!((verified.head.seq, verified.head.hash), (2, next.hash));
+    }
+
+    /// The writer seals the next group while the one before is written. If
+    /// that write fails, the group sealed on it fails too (its records
+    /// chain on records that are not on disk), and the next group chains
+    /// on the disk's head again.
+    #[test]
+    fn a_group_sealed_on_a_failed_write_fails_and_the_next_chains_on_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit");
+        let (mut log, _) = AuditLog::open(&path, DEFAULT_SEGMENT_BYTES).unwrap();
+        let first = log.append(&FakeSealer, &event("first")).unwrap();
+        log.failing = 1;
+        log.failing_after = std::time::Duration::from_millis(300);
+        let metrics = AuditMetrics::default();
+        let writer = AuditWriter::start(
+            log,
+            Arc::new(std::sync::RwLock::new(
+                Arc::new(FakeSealer) as Arc<dyn AuditSealer>
+            )),
+            None,
+            Commit::Group,
+            metrics.clone(),
+        )
+        .unwrap();
+        let submit = |action: &str| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            writer
+                .submit(
+                    event(action),
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                )
+                .unwrap();
+            rx
+        };
+        let a = submit("a");
+        // `a` is sealed alone once the queue is empty again; its write
+        // then takes 300 ms to fail, and `b` is sealed on it meanwhile.
+        while metrics.queue_depth.get() != 0 {
+            std::thread::yield_now();
+        }
+        let b = submit("b");
+        let a = a.recv().unwrap().unwrap_err();
+        assert_eq!(a.code.as_str(), "audit_write_failed", "{a}");
+        assert!(a.message.contains("injected"), "{a}");
+        let b = b.recv().unwrap().unwrap_err();
+        assert_eq!(b.code.as_str(), "audit_write_failed", "{b}");
+        assert!(b.message.contains("could not be written"), "{b}");
+        let next = writer.append(event("c")).unwrap();
+        assert_eq!(
+            (next.seq, next.prev_hash.as_str()),
+            (2, first.hash.as_str())
+        );
+        drop(writer);
+        let verified = verify(&path).unwrap().unwrap();
+        assert_eq!((verified.head.seq, verified.head.hash), (2, next.hash));
+        assert_eq!(metrics.records.get(), 1);
     }
 
     #[test]

@@ -26,6 +26,60 @@ pub struct AuditLog {
     /// Commits still to fail, half written: tests of the failure path.
     #[cfg(test)]
     pub(crate) failing: u32,
+    /// How long each failing commit takes before it fails.
+    #[cfg(test)]
+    pub(crate) failing_after: std::time::Duration,
+}
+
+/// Records sealed onto the log's head, not yet written: see
+/// [`AuditLog::group`].
+pub struct Group {
+    /// The head the group was sealed on.
+    base: u64,
+    /// The group's last record (the head once it is durable).
+    chain: Head,
+    lines: Vec<u8>,
+}
+
+impl Group {
+    /// An empty group chained on `head`: the log's head, or the last record
+    /// of a group still being written (see [`AuditLog::commit_group`]).
+    pub fn on(head: Head) -> Group {
+        Group {
+            base: head.seq,
+            chain: head,
+            lines: Vec::new(),
+        }
+    }
+
+    /// The record the group was sealed on.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The group's last record: the next group chains on it.
+    pub fn last(&self) -> &Head {
+        &self.chain
+    }
+
+    /// Seals `event` as the group's next record. A record the check refuses
+    /// is not part of the group, and the chain goes on from the last good
+    /// one.
+    pub fn seal(
+        &mut self,
+        sealer: &dyn AuditSealer,
+        event: &AuditEvent,
+    ) -> Result<SealedRecord, Error> {
+        let record = seal_next(sealer, &mut self.chain, event)?;
+        self.lines.extend_from_slice(record.line.as_bytes());
+        self.lines.push(b'\n');
+        Ok(record)
+    }
+
+    /// Whether no record was sealed into it: committing it writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
 }
 
 /// What opening found.
@@ -60,6 +114,8 @@ impl AuditLog {
                 last_commit: std::time::Duration::ZERO,
                 #[cfg(test)]
                 failing: 0,
+                #[cfg(test)]
+                failing_after: std::time::Duration::ZERO,
             };
             return Ok((
                 log,
@@ -131,6 +187,8 @@ impl AuditLog {
                 last_commit: std::time::Duration::ZERO,
                 #[cfg(test)]
                 failing: 0,
+                #[cfg(test)]
+                failing_after: std::time::Duration::ZERO,
             },
             Recovery {
                 truncated_bytes,
@@ -173,21 +231,12 @@ impl AuditLog {
         sealer: &dyn AuditSealer,
         events: &[&AuditEvent],
     ) -> Vec<Result<SealedRecord, Error>> {
-        let mut chain = self.head.clone();
-        let mut lines = Vec::new();
+        let mut group = self.group();
         let mut results: Vec<Result<SealedRecord, Error>> = events
             .iter()
-            .map(|event| {
-                let record = seal_next(sealer, &mut chain, event)?;
-                lines.extend_from_slice(record.line.as_bytes());
-                lines.push(b'\n');
-                Ok(record)
-            })
+            .map(|event| group.seal(sealer, event))
             .collect();
-        if lines.is_empty() {
-            return results;
-        }
-        if let Err(failed) = self.commit(&lines, chain) {
+        if let Err(failed) = self.commit_group(group) {
             for result in &mut results {
                 if result.is_ok() {
                     *result = Err(failed.clone());
@@ -195,6 +244,32 @@ impl AuditLog {
             }
         }
         results
+    }
+
+    /// An empty group on the current head, to seal records into one by one
+    /// and then make durable together with [`AuditLog::commit_group`].
+    pub fn group(&self) -> Group {
+        Group::on(self.head.clone())
+    }
+
+    /// Writes the group's records with one `fsync`. If that fails, none of
+    /// them count: the segment is cut back to its last durable length and
+    /// the head stays where it was. A group must be sealed on the head: one
+    /// sealed on a group that was never written is refused.
+    pub fn commit_group(&mut self, group: Group) -> Result<(), Error> {
+        if group.base != self.head.seq {
+            return Err(Error::internal(
+                ErrorCode::AuditLogUnusable,
+                format!(
+                    "a group sealed on record {} cannot follow record {}",
+                    group.base, self.head.seq
+                ),
+            ));
+        }
+        if group.lines.is_empty() {
+            return Ok(());
+        }
+        self.commit(&group.lines, group.chain)
     }
 
     /// Writes `lines`, whole records chained on the head and ending at
@@ -236,6 +311,7 @@ impl AuditLog {
         #[cfg(test)]
         if self.failing > 0 {
             self.failing -= 1;
+            std::thread::sleep(self.failing_after);
             // Half the group reaches the file, as when a disk fills up.
             self.file
                 .write_all(lines.get(..lines.len() / 2).unwrap_or_default())?;

@@ -1,8 +1,9 @@
-//! The audit writer thread: group commit for concurrent requests.
+//! The audit writer: group commit for concurrent requests, with sealing
+//! and writing pipelined on two threads.
 
-use super::{AuditLog, Encrypter};
+use super::{AuditLog, Encrypter, Group, Head};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
-use std::sync::{Arc, RwLock, mpsc};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use teller_contract::Error;
 use teller_contract::ErrorCode;
 use teller_contract::{AuditEvent, SealedRecord};
@@ -47,9 +48,10 @@ pub enum Commit {
     PerRecord,
 }
 
-/// Appends to an [`AuditLog`] from a thread of its own, so that concurrent
-/// requests share `fsync`s: while one group is being made durable the next
-/// one gathers (group commit). Each caller still gets its answer only once
+/// Appends to an [`AuditLog`] from threads of its own, so that concurrent
+/// requests share `fsync`s (group commit). One thread seals records into a
+/// group while the other writes and syncs the group before it: the guest's
+/// work and the disk's overlap. Each caller still gets its answer only once
 /// its own record is on disk.
 pub struct AuditWriter {
     jobs: Option<mpsc::SyncSender<Job>>,
@@ -83,54 +85,81 @@ impl AuditWriter {
             Commit::PerRecord => 1,
         };
         let (jobs, queue) = mpsc::sync_channel::<Job>(MAX_GROUP * 4);
+        let failed = |e: std::io::Error| {
+            Error::internal(
+                ErrorCode::AuditLogUnusable,
+                format!("cannot start the audit writer: {e}"),
+            )
+        };
+        // Where the next group chains on: after a failed write, the head
+        // on disk, which the sealing thread goes back to.
+        let chain = log.head().clone();
+        let rewind: Arc<Mutex<Option<Head>>> = Arc::default();
+        // Capacity 0: the sealing thread hands a group over only when the
+        // syncing thread takes it, so at most one group is being written
+        // while the next one is sealed.
+        let (sealed, to_sync) = mpsc::sync_channel::<Sealed>(0);
+        let syncer = {
+            let (rewind, counted) = (rewind.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name("teller-audit-sync".into())
+                .spawn(move || {
+                    for group in to_sync {
+                        sync(&mut log, group, &rewind, &counted);
+                    }
+                })
+                .map_err(failed)?
+        };
         let counted = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("teller-audit".into())
             .spawn(move || {
+                let mut chain = chain;
                 while let Ok(first) = queue.recv() {
-                    let mut group = vec![first];
-                    while group.len() < max_group {
-                        match queue.try_recv() {
-                            Ok(job) => group.push(job),
-                            Err(_) => break,
-                        }
+                    if let Some(head) = rewind.lock().ok().and_then(|mut r| r.take()) {
+                        chain = head;
                     }
-                    counted.queue_depth.dec_by(group.len() as i64);
-                    let events: Vec<&AuditEvent> = group.iter().map(|j| &j.event).collect();
                     let current = sealer.read().map(|s| s.clone());
-                    let results = match current {
-                        Ok(current) => log.append_group(current.as_ref(), &events),
-                        Err(_) => events
-                            .iter()
-                            .map(|_| {
-                                Err(Error::internal(
-                                    ErrorCode::AuditLogUnusable,
-                                    "the audit sealer was poisoned",
-                                ))
-                            })
-                            .collect(),
+                    let mut group = Group::on(chain.clone());
+                    let mut jobs = Vec::new();
+                    let mut results = Vec::new();
+                    // Each record is sealed as it is taken, and the group
+                    // takes on while more are queued: those that arrive
+                    // while it is sealed share its fsync instead of waiting
+                    // for one of their own.
+                    let mut next = Some(first);
+                    while let Some(job) = next {
+                        results.push(match &current {
+                            Ok(current) => group.seal(current.as_ref(), &job.event),
+                            Err(_) => Err(Error::internal(
+                                ErrorCode::AuditLogUnusable,
+                                "the audit sealer was poisoned",
+                            )),
+                        });
+                        jobs.push(job);
+                        next = if jobs.len() < max_group {
+                            queue.try_recv().ok()
+                        } else {
+                            None
+                        };
+                    }
+                    counted.queue_depth.dec_by(jobs.len() as i64);
+                    chain = group.last().clone();
+                    let group = Sealed {
+                        group,
+                        jobs,
+                        results,
                     };
-                    counted
-                        .fsync_seconds
-                        .observe(log.last_commit().as_secs_f64());
-                    let durable = results.iter().filter(|r| r.is_ok()).count();
-                    counted.records.inc_by(durable as u64);
-                    for (job, result) in group.into_iter().zip(results) {
-                        // A reply that panics must not take the writer
-                        // (and every later record) with it.
-                        let reply = job.reply;
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                            reply(result)
-                        }));
+                    if let Err(mpsc::SendError(lost)) = sealed.send(group) {
+                        // The syncing thread is gone (it panicked): nothing
+                        // more can be made durable.
+                        reply_all(lost.jobs, lost.results.into_iter().map(|_| Err(stopped())));
                     }
                 }
+                drop(sealed);
+                let _ = syncer.join();
             })
-            .map_err(|e| {
-                Error::internal(
-                    ErrorCode::AuditLogUnusable,
-                    format!("cannot start the audit writer: {e}"),
-                )
-            })?;
+            .map_err(failed)?;
         Ok(AuditWriter {
             jobs: Some(jobs),
             thread: Some(thread),
@@ -169,6 +198,62 @@ impl AuditWriter {
                 self.metrics.queue_depth.dec();
                 stopped()
             })
+    }
+}
+
+/// A group sealed and not yet written, with whom to tell.
+struct Sealed {
+    group: Group,
+    jobs: Vec<Job>,
+    results: Vec<Result<SealedRecord, Error>>,
+}
+
+/// Writes `sealed` with one `fsync` and answers its callers. A group sealed
+/// on one whose write failed fails too; after a failed write the sealing
+/// thread is told to chain on the head on disk again.
+fn sync(log: &mut AuditLog, sealed: Sealed, rewind: &Mutex<Option<Head>>, counted: &AuditMetrics) {
+    let Sealed {
+        group,
+        jobs,
+        mut results,
+    } = sealed;
+    let writes = !group.is_empty();
+    let committed = if group.base() == log.head().seq {
+        let committed = log.commit_group(group);
+        if committed.is_err()
+            && let Ok(mut rewind) = rewind.lock()
+        {
+            *rewind = Some(log.head().clone());
+        }
+        committed
+    } else {
+        Err(Error::internal(
+            ErrorCode::AuditWriteFailed,
+            "cannot write audit log: the group this record was chained on could not be written",
+        ))
+    };
+    if let Err(failed) = committed {
+        for result in &mut results {
+            if result.is_ok() {
+                *result = Err(failed.clone());
+            }
+        }
+    } else if writes {
+        counted
+            .fsync_seconds
+            .observe(log.last_commit().as_secs_f64());
+    }
+    let durable = results.iter().filter(|r| r.is_ok()).count();
+    counted.records.inc_by(durable as u64);
+    reply_all(jobs, results);
+}
+
+fn reply_all(jobs: Vec<Job>, results: impl IntoIterator<Item = Result<SealedRecord, Error>>) {
+    for (job, result) in jobs.into_iter().zip(results) {
+        // A reply that panics must not take the writer (and every later
+        // record) with it.
+        let reply = job.reply;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || reply(result)));
     }
 }
 

@@ -116,7 +116,8 @@ impl AuditWriter {
             .spawn(move || {
                 let mut chain = chain;
                 while let Ok(first) = queue.recv() {
-                    if let Some(head) = rewind.lock().ok().and_then(|mut r| r.take()) {
+                    let rewound = rewind.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some(head) = rewound {
                         chain = head;
                     }
                     let current = sealer.read().map(|s| s.clone());
@@ -220,10 +221,8 @@ fn sync(log: &mut AuditLog, sealed: Sealed, rewind: &Mutex<Option<Head>>, counte
     let writes = !group.is_empty();
     let committed = if group.base() == log.head().seq {
         let committed = log.commit_group(group);
-        if committed.is_err()
-            && let Ok(mut rewind) = rewind.lock()
-        {
-            *rewind = Some(log.head().clone());
+        if committed.is_err() {
+            *rewind.lock().unwrap_or_else(|p| p.into_inner()) = Some(log.head().clone());
         }
         committed
     } else {

@@ -96,9 +96,11 @@ fn wait(hangup: mpsc::UnboundedSender<()>, terminate: oneshot::Sender<&'static s
     }
 }
 
-/// Threads that teller did not start (the shim's, in a container's process)
-/// do not block the signals, and the kernel may hand one of them the
-/// signal. A handler there passes it on to the waiting thread.
+/// Threads that teller did not start may not block the signals (the node's
+/// shim blocks them before its first thread, so a container's process
+/// inherits the mask; another host of `teller_cli` may not), and the kernel
+/// may hand one of them the signal. A handler there passes it on to the
+/// waiting thread.
 fn forward_from_other_threads() -> std::io::Result<()> {
     extern "C" fn forward(signal: libc::c_int) {
         // SAFETY: getpid and tgkill are async-signal-safe.

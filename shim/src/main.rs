@@ -59,41 +59,24 @@ fn main() {
     // WasmEdge is out of sight, so the daemon opens it for them to inherit.
     let args: Vec<String> = std::env::args().collect();
     if is_daemon(&args) {
-        block_termination_signals();
+        // SIGHUP, SIGINT and SIGTERM blocked before the daemon's first
+        // thread, so that every thread of it and of the containers'
+        // processes it forks blocks them too. `teller serve` in a container
+        // then takes them with sigwait(3) alone: a handler running on any
+        // other thread would meet LLVM's, which ends the process if it
+        // comes while WasmEdge links a guest. The daemon loses nothing:
+        // containerd stops it through the shim API, and its own handler
+        // only logs these signals. A function command's container ignored
+        // SIGTERM before (it inherited that handler) and still does; it
+        // ends on its own or on SIGKILL.
+        if let Err(e) = teller_cli::block_signals() {
+            eprintln!("containerd-shim-wasmedge-v1: cannot block SIGTERM: {e}");
+        }
         if let Err(e) = teller_wasmedge::load() {
             eprintln!("containerd-shim-wasmedge-v1: {e}");
         }
     }
     TellerShim::run(None);
-}
-
-/// Blocks SIGHUP, SIGINT and SIGTERM in the daemon, before its first
-/// thread, so that every thread of it and of the containers' processes it
-/// forks blocks them too. `teller serve` in a container then takes them
-/// with sigwait(3) alone (teller_cli's `signals`): a handler running on any
-/// other thread would meet LLVM's, which ends the process if it comes while
-/// WasmEdge links a guest. The daemon loses nothing: containerd stops it
-/// through the shim API, and its own handler only logs these signals. A
-/// function command's container ignored SIGTERM before (it inherited that
-/// handler) and still does; it ends on its own or on SIGKILL.
-#[allow(unsafe_code)]
-fn block_termination_signals() {
-    // SAFETY: the set is initialised by sigemptyset before use; the
-    // signal numbers are valid; the old mask is not asked for.
-    let blocked = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
-            libc::sigaddset(&mut set, signal);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
-    };
-    if blocked != 0 {
-        eprintln!(
-            "containerd-shim-wasmedge-v1: cannot block SIGTERM: {}",
-            std::io::Error::from_raw_os_error(blocked)
-        );
-    }
 }
 
 /// Whether containerd started this process as the shim's daemon: no action

@@ -20,6 +20,8 @@ mod serve;
 mod serve_settings;
 mod signals;
 
+pub use signals::block as block_signals;
+
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use commands::{audit, check, compile, package};
 use serve::serve;

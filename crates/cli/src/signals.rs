@@ -37,15 +37,7 @@ pub(crate) fn watch() -> Result<Signals, Error> {
             format!("cannot take SIGHUP, SIGINT and SIGTERM: {what}: {e}"),
         )
     };
-    let set = signal_set();
-    // SAFETY: `set` is an initialised signal set; the old mask is not asked.
-    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if blocked != 0 {
-        return Err(failed(
-            "pthread_sigmask",
-            std::io::Error::from_raw_os_error(blocked),
-        ));
-    }
+    block().map_err(|e| failed("pthread_sigmask", e))?;
     let (hangup_tx, hangup) = mpsc::unbounded_channel();
     let (terminate_tx, terminate) = oneshot::channel();
     let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -61,6 +53,18 @@ pub(crate) fn watch() -> Result<Signals, Error> {
     let _ = ready.recv();
     forward_from_other_threads().map_err(|e| failed("sigaction", e))?;
     Ok(Signals { hangup, terminate })
+}
+
+/// Blocks SIGHUP, SIGINT and SIGTERM in this thread, and so in every
+/// thread started from it afterwards. The node's shim calls it first thing,
+/// so that the container processes it forks start with them blocked.
+pub fn block() -> std::io::Result<()> {
+    let set = signal_set();
+    // SAFETY: `set` is an initialised signal set; the old mask is not asked.
+    match unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
 }
 
 fn signal_set() -> libc::sigset_t {

@@ -485,6 +485,19 @@ mod tests {
         }
     }
 
+    /// A group-commit writer on `log` that seals with [`FakeSealer`].
+    fn group_writer(log: AuditLog, metrics: AuditMetrics) -> AuditWriter {
+        let sealer: Arc<dyn AuditSealer> = Arc::new(FakeSealer);
+        AuditWriter::start(
+            log,
+            Arc::new(std::sync::RwLock::new(sealer)),
+            None,
+            Commit::Group,
+            metrics,
+        )
+        .unwrap()
+    }
+
     fn event(action: &str) -> AuditEvent {
         AuditEvent {
             action: action.to_string(),
@@ -578,16 +591,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit");
         let (log, _) = AuditLog::open(&path, DEFAULT_SEGMENT_BYTES).unwrap();
-        let writer = AuditWriter::start(
-            log,
-            Arc::new(std::sync::RwLock::new(
-                Arc::new(FakeSealer) as Arc<dyn AuditSealer>
-            )),
-            None,
-            Commit::Group,
-            Default::default(),
-        )
-        .unwrap();
+        let writer = group_writer(log, Default::default());
         let mut seqs: Vec<u64> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..16)
                 .map(|_| {
@@ -661,16 +665,7 @@ mod tests {
         log.failing = 1;
         log.failing_after = std::time::Duration::from_millis(300);
         let metrics = AuditMetrics::default();
-        let writer = AuditWriter::start(
-            log,
-            Arc::new(std::sync::RwLock::new(
-                Arc::new(FakeSealer) as Arc<dyn AuditSealer>
-            )),
-            None,
-            Commit::Group,
-            metrics.clone(),
-        )
-        .unwrap();
+        let writer = group_writer(log, metrics.clone());
         let submit = |action: &str| {
             let (tx, rx) = std::sync::mpsc::channel();
             writer

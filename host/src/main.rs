@@ -3,14 +3,13 @@
 
 mod engines;
 
-use std::process::ExitCode;
-
 /// Each request allocates for HTTP, JSON and a fresh guest instance;
 /// mimalloc's thread-local free lists serve that better than glibc's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> ExitCode {
+fn main() {
     teller_engine::register(engines::ENGINES);
-    ExitCode::from(teller_cli::main(std::env::args_os().collect(), None))
+    let code = teller_cli::main(std::env::args_os().collect(), None);
+    teller_cli::process::exit(code)
 }

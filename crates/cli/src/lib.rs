@@ -8,13 +8,17 @@
 //! - `serve`: `teller serve`, hot reload and shutdown;
 //! - `commands`: `check`, `compile`, `package`, `audit`;
 //! - `authoring`: `new` and `test`, for policy authors;
-//! - `signals`: SIGHUP, SIGINT and SIGTERM for `serve` (the one module with
-//!   `unsafe`: the signal mask and sigwait(3)).
+//! - `signals`: SIGHUP, SIGINT and SIGTERM for `serve`;
+//! - `process`: small pages for short commands, and the way out.
+//!
+//! Only `signals` and `process` use `unsafe`: the signal mask, sigwait(3),
+//! prctl(2) and _exit(2).
 
 #![deny(unsafe_code)]
 
 mod authoring;
 mod commands;
+pub mod process;
 mod run;
 mod serve;
 mod serve_settings;
@@ -408,6 +412,11 @@ pub struct Preloaded {
 /// Runs the command line `argv` (`argv[0]` is the program's name) and
 /// returns its exit status. `image`, if given, stands for `--from-oci`.
 pub fn main(argv: Vec<std::ffi::OsString>, image: Option<Preloaded>) -> u8 {
+    // Before clap builds the command tree, the first thing that allocates
+    // much. `teller` takes no option before its command.
+    if argv.get(1).is_none_or(|command| command != "serve") {
+        process::small_pages();
+    }
     // Built once: the whole command tree is a fair part of a short
     // command's start.
     let command = Cli::command();

@@ -191,6 +191,48 @@ fn a_check_that_fails_while_the_library_opens_ends_with_its_own_error() {
     }
 }
 
+/// Where libwasmedge cannot be opened (here an empty file over it, in a
+/// mount namespace of the test's own), a WasmEdge check ends with
+/// `engine_init`, the library's path and what to install, on a developer's
+/// machine or a node; wasmtime checks and `--version` go on, since they
+/// never open it.
+#[cfg(feature = "wasmedge")]
+#[test]
+fn without_libwasmedge_a_wasmedge_check_says_what_to_install_and_wasmtime_decides() {
+    use crate::support::{EXAMPLE, cache_dir, output_with_stdin};
+    let library = env!("TELLER_WASMEDGE_LIBRARY");
+    let hidden = std::fs::canonicalize(library).unwrap();
+    let teller_without_library = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind /dev/null "$0" && exec "$@""#)
+            .arg(&hidden)
+            .arg(env!("CARGO_BIN_EXE_teller"))
+            .args(args)
+            .env("TELLER_CACHE_DIR", cache_dir());
+        output_with_stdin(cmd, EXAMPLE.as_bytes())
+    };
+
+    let out = teller_without_library(&["check", "--engine", "wasmedge", "-"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let error: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(error["error"]["code"], "engine_init", "{stdout}");
+    let message = error["error"]["message"].as_str().unwrap();
+    for part in [library, "scripts/wasmedge-setup", "libwasmedge0"] {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
+
+    let out = teller_without_library(&["check", "--engine", "wasmtime", "-"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"verdict\":\"allow\""),
+        "{out:?}"
+    );
+    let out = teller_without_library(&["--version"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// `teller compile` with `--cache-key-file`: a second holder of the key
 /// loads the entries (they are not rewritten), another key refuses and
 /// rebuilds them, and a key too short is refused with a clear error.

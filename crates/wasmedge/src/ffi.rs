@@ -113,6 +113,12 @@ const LIBRARY: &str = match option_env!("TELLER_WASMEDGE_LIBRARY") {
     None => "libwasmedge.so.0",
 };
 
+/// What to do when the library is missing or wrong: the same binary runs
+/// in this repository and, as the shim, on a Kubernetes node.
+const INSTALL: &str = "install WasmEdge 0.14.1 where this build expects it \
+     (in teller's repository: scripts/wasmedge-setup; on a node: Debian 13's libwasmedge0, \
+     as runtimeclass/README.md says)";
+
 static API: OnceLock<Result<Api, String>> = OnceLock::new();
 
 /// Opens libwasmedge and looks up every function; the first call does the
@@ -132,7 +138,7 @@ fn open() -> Result<Api, String> {
         let lib = libc::dlopen(path.as_ptr().cast(), libc::RTLD_NOW | libc::RTLD_LOCAL);
         if lib.is_null() {
             return Err(format!(
-                "cannot load WasmEdge ({LIBRARY}): {}; run scripts/wasmedge-setup",
+                "cannot load WasmEdge ({LIBRARY}): {}; {INSTALL}",
                 dl_error()
             ));
         }
@@ -159,7 +165,7 @@ unsafe fn symbol(lib: *mut c_void, name: &str) -> Result<*mut c_void, String> {
     let f = unsafe { libc::dlsym(lib, name.as_ptr().cast()) };
     if f.is_null() {
         return Err(format!(
-            "{LIBRARY} has no {}: not WasmEdge 0.14; run scripts/wasmedge-setup",
+            "{LIBRARY} has no {}: not WasmEdge 0.14; {INSTALL}",
             name.trim_end_matches('\0')
         ));
     }

@@ -48,3 +48,32 @@ fn core_modules_carry_the_canonical_abi_exports() {
         assert!(audit.iter().any(|e| e == name), "{name} not in {audit:?}");
     }
 }
+
+/// The import modules of a core module, read by wasmtime.
+fn import_modules(module: &[u8]) -> Vec<String> {
+    let engine = wasmtime::Engine::default();
+    let module = wasmtime::Module::new(&engine, module).unwrap();
+    let mut modules: Vec<String> = module.imports().map(|i| i.module().to_string()).collect();
+    modules.dedup();
+    modules
+}
+
+/// The sealer hashes through the host (`bank:policy/digest`), both as a
+/// component and as a core module; the `audit-seal` command, built from
+/// the same record code, asks for WASI alone, as a stock WasmEdge gives.
+#[test]
+fn the_sealer_imports_the_host_digest_and_the_audit_seal_command_only_wasi() {
+    let digest = "bank:policy/digest@0.2.0";
+    let audit = import_modules(AUDIT.module);
+    assert!(audit.iter().any(|m| m == digest), "{audit:?}");
+    let engine = wasmtime::Engine::default();
+    let component = wasmtime::component::Component::new(&engine, AUDIT.component).unwrap();
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    assert!(imports.iter().any(|i| i == digest), "{imports:?}");
+    let command = import_modules(teller_policy_artifacts::AUDIT_SEAL_COMMAND.wasm);
+    assert_eq!(command, ["wasi_snapshot_preview1"]);
+}

@@ -288,6 +288,18 @@ pub fn quiesce() {
     }
 }
 
+/// `bank:policy/digest`'s `sha256`, as both engines answer it: the digest
+/// as four big-endian 64-bit words.
+pub fn sha256_words(data: &[u8]) -> (u64, u64, u64, u64) {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(data);
+    let mut words = hash
+        .chunks_exact(8)
+        .map(|bytes| <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes));
+    let mut next = || words.next().unwrap_or_default();
+    (next(), next(), next(), next())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

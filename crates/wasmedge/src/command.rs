@@ -31,19 +31,13 @@ impl WasmEdgeEngine {
     ) -> Result<u32, Error> {
         let module = Arc::new(load(&self.interpreter, name, wasm)?);
         let wasi = raw::Wasi::Command { args, envs };
-        let raw = raw::Instance::new(
-            &self.config,
-            &module,
-            self.limits.fuel.is_some(),
-            wasi,
-            None,
-        )
-        .map_err(|e| {
-            Error::internal(
-                ErrorCode::PolicyInvalid,
-                format!("command {name} cannot be instantiated: {e}"),
-            )
-        })?;
+        let raw = raw::Instance::new(&self.config, &module, self.limits.fuel.is_some(), wasi, &[])
+            .map_err(|e| {
+                Error::internal(
+                    ErrorCode::PolicyInvalid,
+                    format!("command {name} cannot be instantiated: {e}"),
+                )
+            })?;
         let mut guest = GuestInstance {
             raw,
             module,

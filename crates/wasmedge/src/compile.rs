@@ -44,7 +44,7 @@ impl WasmEdgeEngine {
             self.config.clone(),
             self.cache.clone(),
             Arc::downgrade(&slot),
-            self.host.clone(),
+            self.hosts.clone(),
         );
         let (name, wasm) = (name.to_string(), wasm.to_vec());
         let measure_cost = self.limits.fuel.is_some();
@@ -60,7 +60,7 @@ impl WasmEdgeEngine {
                 let started = std::time::Instant::now();
                 let compiled = compiled(&config, &cache, &key, &name, &wasm).and_then(|module| {
                     // Only a module that instantiates replaces one that does.
-                    raw::Instance::new(&config, &module, measure_cost, raw::Wasi::Shim, Some(&host))
+                    raw::Instance::new(&config, &module, measure_cost, raw::Wasi::Shim, &host)
                         .map(|_| module)
                         .map_err(|e| {
                             Error::internal(

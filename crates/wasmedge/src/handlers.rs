@@ -108,7 +108,7 @@ fn park(plan: &Plan) -> Result<(), Error> {
         &module,
         plan.fuel,
         raw::Wasi::Shim,
-        Some(&park),
+        std::slice::from_ref(&park),
     )
     .map_err(|e| Error::internal(ErrorCode::EngineInit, e.to_string()))?;
     drop(running);
@@ -156,7 +156,7 @@ mod tests {
         let engine = crate::WasmEdgeEngine::for_tests(dir.path());
         let (module, _) = engine.module("out-of-bounds", OUT_OF_BOUNDS).unwrap();
         let mut instance =
-            raw::Instance::new(&engine.config, &module, false, raw::Wasi::Shim, None).unwrap();
+            raw::Instance::new(&engine.config, &module, false, raw::Wasi::Shim, &[]).unwrap();
         // A serving process parks the thread, in the background.
         start();
         let started = std::time::Instant::now();

@@ -713,7 +713,7 @@ mod tests {
                 module,
                 false,
                 crate::raw::Wasi::Shim,
-                None,
+                &[],
             )
             .unwrap();
             let stop = instance.stop_handle();
@@ -800,7 +800,7 @@ mod tests {
         let compiled = crate::compile::compile(&engine.config, "logging", &wasm).unwrap();
         let module = crate::compile::load(&engine.config, "logging", &compiled).unwrap();
         let mut instance =
-            crate::raw::Instance::new(&engine.config, &module, false, crate::raw::Wasi::Shim, None)
+            crate::raw::Instance::new(&engine.config, &module, false, crate::raw::Wasi::Shim, &[])
                 .unwrap();
         assert!(instance.has_batch_alloc());
         assert!(instance.can_defer("cabi_post_f"));

@@ -97,8 +97,9 @@ pub struct WasmEdgeEngine {
     /// module can carry native code, which must never run unchecked.
     interpreter: Arc<Config>,
     contract: Arc<Contract>,
-    /// `bank:policy/state`, linked into every policy instance.
-    host: Arc<raw::host::HostModule>,
+    /// `bank:policy/state` and `bank:policy/digest`, linked into every
+    /// instance (a guest imports what its world has).
+    hosts: Arc<[Arc<raw::host::HostModule>]>,
     cache: ArtifactCache,
     version: String,
     limits: GuestLimits,
@@ -147,7 +148,10 @@ impl WasmEdgeEngine {
         let engine = Self {
             config: Arc::new(config(false)?),
             interpreter: Arc::new(config(true)?),
-            host: state::state_module(&contract, guest_state)?,
+            hosts: Arc::new([
+                state::state_module(&contract, guest_state)?,
+                state::digest_module(&contract)?,
+            ]),
             contract,
             cache,
             version: raw::version(),
@@ -261,7 +265,7 @@ impl WasmEdgeEngine {
             contract,
             module,
             limits: self.limits,
-            host: self.host.clone(),
+            hosts: self.hosts.clone(),
             idle: Mutex::new(Vec::new()),
             init: None,
             snapshot: OnceLock::new(),
@@ -330,7 +334,7 @@ impl WasmEdgeEngine {
             contract: self.contract.clone(),
             module,
             limits: self.limits,
-            host: self.host.clone(),
+            hosts: self.hosts.clone(),
             idle: Mutex::new(Vec::new()),
             init: None,
             snapshot: OnceLock::new(),

@@ -22,8 +22,9 @@ pub(crate) struct Pool {
     pub(crate) contract: Arc<Contract>,
     pub(crate) module: ModuleSlot,
     pub(crate) limits: GuestLimits,
-    /// The host functions instances import (`bank:policy/state`).
-    pub(crate) host: Arc<raw::host::HostModule>,
+    /// The host functions instances may import (`bank:policy/state`,
+    /// `bank:policy/digest`).
+    pub(crate) hosts: Arc<[Arc<raw::host::HostModule>]>,
     pub(crate) idle: Mutex<Vec<GuestInstance>>,
     /// Called on every new instance before it serves (the Rego guest's
     /// `source.load`); its `result::err` fails the instantiation.
@@ -272,7 +273,7 @@ impl Pool {
             &module,
             self.limits.fuel.is_some(),
             raw::Wasi::Shim,
-            Some(&self.host),
+            &self.hosts,
         )
         .map_err(|e| Error::guest(ErrorCode::GuestTrap, format!("cannot instantiate: {e}")))?;
         // Without its flag, compiled code would run past every deadline.

@@ -364,8 +364,9 @@ pub struct Instance {
     stopper: StopHandle,
     instance: *mut ffi::WasmEdge_ModuleInstanceContext,
     wasi: *mut ffi::WasmEdge_ModuleInstanceContext,
-    /// The host functions the guest imports, and what they are made from.
-    host: Option<(
+    /// The host functions the guest may import, one module instance per
+    /// interface, and what they are made from.
+    hosts: Vec<(
         *mut ffi::WasmEdge_ModuleInstanceContext,
         Arc<host::HostModule>,
     )>,
@@ -419,14 +420,14 @@ pub enum Wasi<'a> {
 }
 
 impl Instance {
-    /// Instantiates `module` with `wasi` for its WASI imports and `host`
+    /// Instantiates `module` with `wasi` for its WASI imports and `hosts`
     /// for teller's own. `measure_cost` must match how `config` was set.
     pub fn new(
         config: &Config,
         module: &AstModule,
         measure_cost: bool,
         wasi: Wasi<'_>,
-        host: Option<&Arc<host::HostModule>>,
+        hosts: &[Arc<host::HostModule>],
     ) -> Result<Self, RawError> {
         // Made first, as it can fail before anything else exists.
         let wasi = match wasi {
@@ -457,7 +458,7 @@ impl Instance {
                 },
                 instance: std::ptr::null_mut(),
                 wasi,
-                host: None,
+                hosts: Vec::new(),
                 store,
                 executor,
                 stats,
@@ -471,9 +472,9 @@ impl Instance {
                 return Err(null("an executor, store or WASI module"));
             }
             check(ffi::WasmEdge_ExecutorRegisterImport(executor, store, wasi))?;
-            if let Some(module) = host {
+            for module in hosts {
                 let instance = host::instantiate(module)?;
-                this.host = Some((instance, module.clone()));
+                this.hosts.push((instance, module.clone()));
                 check(ffi::WasmEdge_ExecutorRegisterImport(
                     executor, store, instance,
                 ))?;
@@ -850,7 +851,7 @@ impl Drop for Instance {
             if !self.wasi.is_null() {
                 ffi::WasmEdge_ModuleInstanceDelete(self.wasi);
             }
-            if let Some((host, _)) = self.host.take() {
+            for (host, _) in self.hosts.drain(..) {
                 ffi::WasmEdge_ModuleInstanceDelete(host);
             }
             if !self.store.is_null() {

@@ -1,7 +1,8 @@
-//! `bank:policy/state` for core modules: host functions under the canonical
-//! ABI in the import direction, driven by the WIT like the exports. The
-//! guest's arguments are lifted from its memory with every pointer and
-//! length checked, the answer is lowered into the return area it points to.
+//! `bank:policy/state` and `bank:policy/digest` for core modules: host
+//! functions under the canonical ABI in the import direction, driven by the
+//! WIT like the exports. The guest's arguments are lifted from its memory
+//! with every pointer and length checked, the answer is lowered into the
+//! return area it points to.
 
 use crate::bad_output;
 use crate::raw::Val;
@@ -45,6 +46,37 @@ pub(crate) fn state_module(
         });
     }
     Ok(Arc::new(module))
+}
+
+/// The `bank:policy/digest` import module: the audit sealer's SHA-256 on
+/// the host's SHA instructions.
+pub(crate) fn digest_module(contract: &Arc<Contract>) -> Result<Arc<HostModule>, Error> {
+    let import = contract
+        .import("digest", "sha256")
+        .map_err(|e| Error::internal(ErrorCode::EngineInit, e.to_string()))?;
+    let (contract, import2) = (contract.clone(), import.clone());
+    Ok(Arc::new(HostModule {
+        name: import.module.clone(),
+        funcs: vec![HostFunc {
+            name: import.name.clone(),
+            params: import.core_params.clone(),
+            results: import.core_results.clone(),
+            call: Box::new(move |caller, args| call(&contract, &import2, caller, args, sha256)),
+        }],
+    }))
+}
+
+fn sha256(values: Vec<Value>) -> Result<Value, Error> {
+    let Some(Value::String(data)) = values.into_iter().next() else {
+        return Err(bad_output(AbiError("sha256 takes one string".into())));
+    };
+    let (a, b, c, d) = teller_engine::sha256_words(data.as_bytes());
+    Ok(Value::Tuple(vec![
+        Value::U64(a),
+        Value::U64(b),
+        Value::U64(c),
+        Value::U64(d),
+    ]))
 }
 
 /// Lifts the arguments, runs `handler`, lowers its answer.

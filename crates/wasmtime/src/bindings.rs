@@ -45,6 +45,9 @@ pub mod audit {
     });
 }
 
+/// `bank:policy/digest`, which the host provides to the audit sealer.
+pub use audit::bank::policy::digest;
+
 /// Bindings for guests of the `source-policy` world (the Rego guest).
 pub mod source {
     wasmtime::component::bindgen!({

@@ -95,6 +95,12 @@ impl wit::state::Host for State {
     }
 }
 
+impl wit::digest::Host for State {
+    fn sha256(&mut self, data: String) -> (u64, u64, u64, u64) {
+        teller_engine::sha256_words(data.as_bytes())
+    }
+}
+
 impl State {
     fn state_failed(&mut self, e: StateError) -> wasmtime::Error {
         let trap = wasmtime::Error::msg(e.0.clone());
@@ -312,6 +318,16 @@ impl WasmtimeEngine {
             Error::internal(
                 ErrorCode::EngineInit,
                 format!("cannot link bank:policy/state: {e:#}"),
+            )
+        })?;
+        wit::digest::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| {
+            Error::internal(
+                ErrorCode::EngineInit,
+                format!("cannot link bank:policy/digest: {e:#}"),
             )
         })?;
         start_epoch_ticker(&engine)?;

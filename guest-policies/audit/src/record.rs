@@ -55,23 +55,17 @@ pub fn seal_with(
     field(&mut out, "role", &mask_digit_runs(&event.actor.role));
     out.push('}');
     field(&mut out, "action", &mask_digit_runs(&event.action));
-    out.push_str(",\"resource\":[");
-    for (i, resource) in event.resource.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        string(&mut out, &mask_account(resource));
-    }
-    out.push(']');
+    strings(
+        &mut out,
+        "resource",
+        event.resource.iter().map(|r| mask_account(r)),
+    );
     field(&mut out, "outcome", &mask_digit_runs(&event.outcome));
-    out.push_str(",\"reasons\":[");
-    for (i, reason) in event.reasons.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        string(&mut out, &mask_digit_runs(reason));
-    }
-    out.push(']');
+    strings(
+        &mut out,
+        "reasons",
+        event.reasons.iter().map(|r| mask_digit_runs(r)),
+    );
     out.push_str(",\"origin\":{\"client\":");
     string(&mut out, &event.origin.client);
     field(
@@ -166,6 +160,20 @@ fn field(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push_str("\":");
     string(out, value);
+}
+
+/// Appends `,"name":[...]`, each value a JSON string.
+fn strings(out: &mut String, name: &str, values: impl Iterator<Item = String>) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":[");
+    for (i, value) in values.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        string(out, &value);
+    }
+    out.push(']');
 }
 
 /// Appends a JSON string with the one escaping rule of the canonical form.

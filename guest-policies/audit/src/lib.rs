@@ -1,28 +1,12 @@
-//! Seals audit events into a SHA-256 hash chain, compiled to WebAssembly.
-//!
-//! A record is one line of canonical JSON: fixed key order, no insignificant
-//! whitespace, one escaping rule, details sorted by key. Its hash covers the
-//! record up to and including `prev_hash`:
-//!
-//! ```text
-//! body = {"seq":..,...,"prev_hash":"<64 hex>"}
-//! hash = sha256(body)
-//! line = body without its final '}' + ,"hash":"<64 hex>"}
-//! ```
-//!
-//! so a verifier recovers `body` from the line alone and needs no knowledge of
-//! the serialization. Account numbers never reach the line in clear: every
-//! digit of a resource but its last four is masked, and so is every run of
-//! twelve or more digits anywhere in free text. The unmasked event reaches
-//! the line only as the host's ciphertext (`encrypted`), covered by the hash.
+//! The audit sealer, compiled to WebAssembly: the record of
+//! `teller-audit-record` behind the WIT's `audit-sealer` world, its hash
+//! taken by the host (`bank:policy/digest`).
 
 #[allow(unsafe_code)]
 mod bindings {
     wit_bindgen::generate!({
         world: "audit-sealer",
         path: "../../wit",
-        // The `audit-seal` command reads events as teller's API writes them.
-        additional_derives: [serde::Deserialize],
     });
 
     // Exports only exist in the wasm builds; native builds are for unit
@@ -33,21 +17,19 @@ mod bindings {
     export!(Sealer with_types_in self);
 }
 
-pub use bindings::bank::policy::types::{
-    Actor, AuditEvent, EncryptedEvent, Origin, PolicyMetadata, PolicyRef, SealedRecord, Verdict,
-};
+use bindings::bank::policy::types as wit;
 use bindings::exports::bank::policy::{audit, metadata};
-pub use record::seal;
-use record::seal_with;
-
-mod record;
+use teller_audit_record::seal_with;
+use teller_contract::{
+    Actor, AuditEvent, EncryptedEvent, Origin, PolicyOutcome, PolicyRef, Verdict,
+};
 
 /// The guest's exports.
 pub struct Sealer;
 
 impl metadata::Guest for Sealer {
-    fn describe() -> PolicyMetadata {
-        PolicyMetadata {
+    fn describe() -> wit::PolicyMetadata {
+        wit::PolicyMetadata {
             name: env!("CARGO_PKG_NAME")
                 .trim_start_matches("teller-")
                 .to_string(),
@@ -59,84 +41,200 @@ impl metadata::Guest for Sealer {
 impl audit::Guest for Sealer {
     /// Hashes through the host (`bank:policy/digest`): the CPU's SHA
     /// instructions instead of SHA-256 in wasm, 1–2 µs less a record.
-    fn seal(seq: u64, prev_hash: String, event: AuditEvent) -> Result<SealedRecord, String> {
-        seal_with(seq, &prev_hash, &event, |body| {
+    fn seal(
+        seq: u64,
+        prev_hash: String,
+        event: wit::AuditEvent,
+    ) -> Result<wit::SealedRecord, String> {
+        let record = seal_with(seq, &prev_hash, &audit_event(event), |body| {
             let (a, b, c, d) = bindings::bank::policy::digest::sha256(body);
             let mut hash = [0; 32];
             for (chunk, word) in hash.chunks_exact_mut(8).zip([a, b, c, d]) {
                 chunk.copy_from_slice(&word.to_be_bytes());
             }
             hash
+        })?;
+        Ok(wit::SealedRecord {
+            seq: record.seq,
+            prev_hash: record.prev_hash,
+            hash: record.hash,
+            line: record.line,
         })
+    }
+}
+
+/// The bindings' event as teller's own type, field by field, so that a
+/// field added to the WIT fails to compile here rather than go unsealed.
+fn audit_event(event: wit::AuditEvent) -> AuditEvent {
+    let wit::AuditEvent {
+        id,
+        timestamp,
+        actor: wit::Actor { id: actor_id, role },
+        action,
+        resource,
+        outcome,
+        reasons,
+        origin: wit::Origin { client, request_id },
+        policy,
+        policies,
+        engine,
+        details,
+        encrypted,
+    } = event;
+    AuditEvent {
+        id,
+        timestamp,
+        actor: Actor { id: actor_id, role },
+        action,
+        resource,
+        outcome,
+        reasons,
+        origin: Origin { client, request_id },
+        policy: policy.map(policy_ref),
+        policies: policies
+            .into_iter()
+            .map(
+                |wit::PolicyOutcome {
+                     policy,
+                     allow,
+                     deny,
+                     verdict,
+                 }| PolicyOutcome {
+                    policy: policy_ref(policy),
+                    allow,
+                    deny,
+                    verdict: match verdict {
+                        wit::Verdict::Allow => Verdict::Allow,
+                        wit::Verdict::Deny => Verdict::Deny,
+                        wit::Verdict::Review => Verdict::Review,
+                    },
+                },
+            )
+            .collect(),
+        engine,
+        details,
+        encrypted: encrypted.map(
+            |wit::EncryptedEvent {
+                 key_id,
+                 salt,
+                 nonce,
+                 ciphertext,
+             }| EncryptedEvent {
+                key_id,
+                salt,
+                nonce,
+                ciphertext,
+            },
+        ),
+    }
+}
+
+fn policy_ref(
+    wit::PolicyRef {
+        name,
+        version,
+        sha256,
+    }: wit::PolicyRef,
+) -> PolicyRef {
+    PolicyRef {
+        name,
+        version,
+        sha256,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::record::hex;
     use super::*;
-    use bindings::bank::policy::types::{Actor, Origin};
-    use sha2::{Digest, Sha256};
 
-    fn event() -> AuditEvent {
-        AuditEvent {
-            id: "01a22533-9363-7434-bb37-681758080538".to_string(),
-            timestamp: "2026-11-29T02:32:13.123Z".to_string(),
+    /// Every field distinct, so that two fields swapped in the conversion
+    /// cannot go unnoticed.
+    #[test]
+    fn the_bindings_event_becomes_the_same_event_of_tellers_types() {
+        let policy = |n: &str| wit::PolicyRef {
+            name: format!("name-{n}"),
+            version: format!("version-{n}"),
+            sha256: format!("sha-{n}"),
+        };
+        let ours = |n: &str| PolicyRef {
+            name: format!("name-{n}"),
+            version: format!("version-{n}"),
+            sha256: format!("sha-{n}"),
+        };
+        let event = wit::AuditEvent {
+            id: "id".into(),
+            timestamp: "timestamp".into(),
+            actor: wit::Actor {
+                id: "actor-id".into(),
+                role: "role".into(),
+            },
+            action: "action".into(),
+            resource: vec!["r1".into(), "r2".into()],
+            outcome: "outcome".into(),
+            reasons: vec!["why".into()],
+            origin: wit::Origin {
+                client: "client".into(),
+                request_id: "request-id".into(),
+            },
+            policy: Some(policy("set")),
+            policies: [
+                wit::Verdict::Allow,
+                wit::Verdict::Deny,
+                wit::Verdict::Review,
+            ]
+            .into_iter()
+            .enumerate()
+            .map(|(i, verdict)| wit::PolicyOutcome {
+                policy: policy(&i.to_string()),
+                allow: i == 0,
+                deny: i == 1,
+                verdict,
+            })
+            .collect(),
+            engine: "engine".into(),
+            details: vec![("k".into(), "v".into())],
+            encrypted: Some(wit::EncryptedEvent {
+                key_id: "key".into(),
+                salt: "salt".into(),
+                nonce: "nonce".into(),
+                ciphertext: "ciphertext".into(),
+            }),
+        };
+        let expected = AuditEvent {
+            id: "id".into(),
+            timestamp: "timestamp".into(),
             actor: Actor {
-                id: "u-17".to_string(),
-                role: "authorized".to_string(),
+                id: "actor-id".into(),
+                role: "role".into(),
             },
-            action: "transfer".to_string(),
-            resource: vec!["6222020200001234567".to_string()],
-            outcome: "allow".to_string(),
-            reasons: vec![],
+            action: "action".into(),
+            resource: vec!["r1".into(), "r2".into()],
+            outcome: "outcome".into(),
+            reasons: vec!["why".into()],
             origin: Origin {
-                client: "127.0.0.1:5000".to_string(),
-                request_id: "r-1".to_string(),
+                client: "client".into(),
+                request_id: "request-id".into(),
             },
-            policy: None,
-            policies: vec![],
-            engine: "wasmtime".to_string(),
-            details: vec![(
-                "note".to_string(),
-                "card 4111111111111111 \"x\"\n".to_string(),
-            )],
-            encrypted: None,
-        }
-    }
-
-    #[test]
-    fn masks_and_chains() {
-        let zero = "0".repeat(64);
-        let r = seal(1, &zero, &event()).unwrap();
-        assert!(r.line.contains("\"***************4567\""), "{}", r.line);
-        assert!(
-            r.line.contains("card ************1111 \\\"x\\\"\\n"),
-            "{}",
-            r.line
-        );
-        assert!(!r.line.contains("6222020200001234567"));
-        assert!(
-            r.line
-                .contains("\"id\":\"01a22533-9363-7434-bb37-681758080538\"")
-        );
-        let body = format!("{}}}", r.line.split(",\"hash\":").next().unwrap());
-        assert_eq!(hex(&Sha256::digest(body.as_bytes())), r.hash);
-        let again = seal(1, &zero, &event()).unwrap();
-        assert_eq!(again.line, r.line);
-        let next = seal(2, &r.hash, &event()).unwrap();
-        assert_ne!(next.hash, r.hash);
-    }
-
-    #[test]
-    fn rejects_bad_prev_hash_and_duplicate_details() {
-        assert!(seal(1, "abc", &event()).is_err());
-        let mut e = event();
-        e.details.push(("note".to_string(), "again".to_string()));
-        assert!(
-            seal(1, &"0".repeat(64), &e)
-                .unwrap_err()
-                .contains("more than once")
-        );
+            policy: Some(ours("set")),
+            policies: Verdict::ALL
+                .into_iter()
+                .enumerate()
+                .map(|(i, verdict)| PolicyOutcome {
+                    policy: ours(&i.to_string()),
+                    allow: i == 0,
+                    deny: i == 1,
+                    verdict,
+                })
+                .collect(),
+            engine: "engine".into(),
+            details: vec![("k".into(), "v".into())],
+            encrypted: Some(EncryptedEvent {
+                key_id: "key".into(),
+                salt: "salt".into(),
+                nonce: "nonce".into(),
+                ciphertext: "ciphertext".into(),
+            }),
+        };
+        assert_eq!(audit_event(event), expected);
     }
 }

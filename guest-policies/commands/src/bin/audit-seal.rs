@@ -7,30 +7,7 @@
 use serde::Deserialize;
 use std::process::ExitCode;
 use teller_commands::{fail, read_stdin};
-use teller_contract::{Error, ErrorCode};
-
-/// The WIT's types only, through a world that imports nothing else and
-/// exports nothing: the guest's exports (and the host digest they import)
-/// stay out of this command, which a stock WasmEdge runs with WASI alone.
-#[allow(unsafe_code)]
-mod bindings {
-    wit_bindgen::generate!({
-        inline: "
-            package teller:audit-seal;
-            world types-only { import bank:policy/types@0.2.0; }
-        ",
-        path: "../../wit",
-        world: "teller:audit-seal/types-only",
-        generate_all,
-        additional_derives: [serde::Deserialize],
-    });
-}
-
-use bindings::bank::policy::types::{AuditEvent, SealedRecord, Verdict};
-
-/// The sealer's own code, on the types above.
-#[path = "../../../audit/src/record.rs"]
-mod record;
+use teller_contract::{AuditEvent, Error, ErrorCode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +29,7 @@ fn main() -> ExitCode {
         Ok(input) => input,
         Err(e) => return fail(&e),
     };
-    match record::seal(input.seq, &input.prev_hash, &input.event) {
+    match teller_audit_record::seal(input.seq, &input.prev_hash, &input.event) {
         Ok(record) => {
             println!("{}", record.line);
             ExitCode::SUCCESS

@@ -1,11 +1,28 @@
-//! The record itself: canonical JSON, masked, chained and hashed. Shared by
-//! the guest (`lib.rs`, which hashes through the host) and the `audit-seal`
-//! command (`guest-policies/commands`, which has no host to ask and must
-//! not import one), each with its own bindings of the same WIT types.
+//! The audit record as plain Rust, with no WebAssembly bindings: canonical
+//! JSON, masked, chained and hashed. The audit sealer guest runs it behind
+//! the WIT (hashing through the host), the `audit-seal` function command
+//! runs it as it is (SHA-256 in wasm: it has no host to ask and must not
+//! import one).
+//!
+//! A record is one line of canonical JSON: fixed key order, no insignificant
+//! whitespace, one escaping rule, details sorted by key. Its hash covers the
+//! record up to and including `prev_hash`:
+//!
+//! ```text
+//! body = {"seq":..,...,"prev_hash":"<64 hex>"}
+//! hash = sha256(body)
+//! line = body without its final '}' + ,"hash":"<64 hex>"}
+//! ```
+//!
+//! so a verifier recovers `body` from the line alone and needs no knowledge of
+//! the serialization. Account numbers never reach the line in clear: every
+//! digit of a resource but its last four is masked, and so is every run of
+//! twelve or more digits anywhere in free text. The unmasked event reaches
+//! the line only as the host's ciphertext (`encrypted`), covered by the hash.
 
-use super::{AuditEvent, SealedRecord, Verdict};
 use sha2::{Digest, Sha256};
 use teller_contract::mask::{account as mask_account, digit_runs as mask_digit_runs};
+use teller_contract::{AuditEvent, SealedRecord, Verdict};
 
 /// Builds the record line for `event` chained on `prev_hash`, with SHA-256
 /// computed here: for the `audit-seal` command and native tests, which have
@@ -202,6 +219,7 @@ fn string(out: &mut String, value: &str) {
     out.push('"');
 }
 
+/// Lowercase hex, as the record writes its hashes.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -213,4 +231,88 @@ pub fn hex(bytes: &[u8]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use teller_contract::{Actor, Origin};
+
+    fn event() -> AuditEvent {
+        AuditEvent {
+            id: "01a22533-9363-7434-bb37-681758080538".to_string(),
+            timestamp: "2026-11-29T02:32:13.123Z".to_string(),
+            actor: Actor {
+                id: "u-17".to_string(),
+                role: "authorized".to_string(),
+            },
+            action: "transfer".to_string(),
+            resource: vec!["6222020200001234567".to_string()],
+            outcome: "allow".to_string(),
+            reasons: vec![],
+            origin: Origin {
+                client: "127.0.0.1:5000".to_string(),
+                request_id: "r-1".to_string(),
+            },
+            policy: None,
+            policies: vec![],
+            engine: "wasmtime".to_string(),
+            details: vec![(
+                "note".to_string(),
+                "card 4111111111111111 \"x\"\n".to_string(),
+            )],
+            encrypted: None,
+        }
+    }
+
+    #[test]
+    fn masks_and_chains() {
+        let zero = "0".repeat(64);
+        let r = seal(1, &zero, &event()).unwrap();
+        assert!(r.line.contains("\"***************4567\""), "{}", r.line);
+        assert!(
+            r.line.contains("card ************1111 \\\"x\\\"\\n"),
+            "{}",
+            r.line
+        );
+        assert!(!r.line.contains("6222020200001234567"));
+        assert!(
+            r.line
+                .contains("\"id\":\"01a22533-9363-7434-bb37-681758080538\"")
+        );
+        let body = format!("{}}}", r.line.split(",\"hash\":").next().unwrap());
+        assert_eq!(hex(&Sha256::digest(body.as_bytes())), r.hash);
+        let again = seal(1, &zero, &event()).unwrap();
+        assert_eq!(again.line, r.line);
+        let next = seal(2, &r.hash, &event()).unwrap();
+        assert_ne!(next.hash, r.hash);
+    }
+
+    #[test]
+    fn hashes_with_the_given_function() {
+        let zero = "0".repeat(64);
+        let mut bodies = Vec::new();
+        let r = seal_with(1, &zero, &event(), |body| {
+            bodies.push(body.to_string());
+            [0xab; 32]
+        })
+        .unwrap();
+        assert_eq!(r.hash, "ab".repeat(32));
+        assert_eq!(
+            bodies,
+            [format!("{}}}", r.line.split(",\"hash\":").next().unwrap())]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_prev_hash_and_duplicate_details() {
+        assert!(seal(1, "abc", &event()).is_err());
+        let mut e = event();
+        e.details.push(("note".to_string(), "again".to_string()));
+        assert!(
+            seal(1, &"0".repeat(64), &e)
+                .unwrap_err()
+                .contains("more than once")
+        );
+    }
 }

@@ -45,6 +45,12 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
         "teller_lying_sealer",
         "tests/guests/lying-sealer",
     ),
+    (
+        "clock-reader",
+        "teller-clock-reader",
+        "teller_clock_reader",
+        "tests/guests/clock-reader",
+    ),
 ];
 
 const TARGETS: [&str; 2] = ["wasm32-wasip2", "wasm32-wasip1"];

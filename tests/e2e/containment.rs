@@ -464,3 +464,40 @@ fn probes_answer_while_every_worker_runs_a_slow_guest() {
         }
     }
 }
+
+/// A guest whose decision reads the wall clock and a random seed is refused
+/// when it loads, on each engine, with an error naming what it imports:
+/// neither engine grants clocks or randomness, so that a decision depends
+/// on its inputs only and both engines decide alike.
+#[test]
+fn a_guest_that_reads_the_clock_or_randomness_is_refused_at_load() {
+    use crate::support::{EXAMPLE, output_with_stdin, teller};
+    use teller_policy_artifacts::CLOCK_READER;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("clock.component.wasm"),
+        CLOCK_READER.component,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("clock.module.wasm"), CLOCK_READER.module).unwrap();
+    for engine in ENGINES {
+        let mut cmd = teller();
+        cmd.args(["check", "--engine", engine, "--policy-dir"])
+            .arg(dir.path())
+            .arg("-");
+        let out = output_with_stdin(cmd, EXAMPLE.as_bytes());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{engine}: {out:?}");
+        assert!(!stdout.contains("\"verdict\""), "{engine}: {stdout}");
+        let error: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        let named = match *engine {
+            "wasmtime" => ["wasi:clocks", "wasi:random"],
+            _ => ["clock_time_get", "random_get"],
+        };
+        assert!(
+            named.iter().any(|import| message.contains(import)),
+            "{engine}: the error does not name the import: {stdout}"
+        );
+    }
+}

@@ -20,6 +20,9 @@ impl WasmEdgeEngine {
     ) -> Result<(ModuleSlot, String), Error> {
         // The policy is known by the sha256 of what it is; what runs has
         // the deadline's checks added.
+        instrument::granted_imports(wasm).map_err(|e| {
+            Error::internal(ErrorCode::PolicyInvalid, format!("policy {name}: {e}"))
+        })?;
         let sha256 = sha256_hex(wasm);
         let key = self.key(&sha256);
         if let Some(compiled) = self.cache.get(&key) {

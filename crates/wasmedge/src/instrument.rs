@@ -152,6 +152,41 @@ fn teller_export(wasm: &[u8]) -> Result<Option<String>, String> {
     Ok(None)
 }
 
+/// Refuses a guest that imports a `wasi_snapshot_preview1` function teller
+/// does not grant a policy (`raw::policy_wasi_grants`), naming each. Run on
+/// the policy as it came, before the cache is asked, so that a guest
+/// compiled before this check existed is refused the same way. Reads no
+/// further than the import section.
+pub(crate) fn granted_imports(wasm: &[u8]) -> Result<(), String> {
+    let mut refused = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| format!("not a module teller runs: {e}"))? {
+            wasmparser::Payload::Version { .. }
+            | wasmparser::Payload::TypeSection(_)
+            | wasmparser::Payload::CustomSection(_) => {}
+            wasmparser::Payload::ImportSection(imports) => {
+                for import in imports.into_imports() {
+                    let import = import.map_err(|e| format!("not a module teller runs: {e}"))?;
+                    if import.module == "wasi_snapshot_preview1"
+                        && !crate::raw::policy_wasi_grants(import.name)
+                    {
+                        refused.push(import.name);
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the guest imports WASI's {}, which teller does not grant a policy: no clocks, \
+         randomness, files or sockets, so that a decision depends on its inputs only",
+        refused.join(", ")
+    ))
+}
+
 /// How many memories the module has, imported and defined: the flag's
 /// memory comes after them.
 fn memory_count(wasm: &[u8]) -> Result<u32, String> {
@@ -855,6 +890,33 @@ mod tests {
         )
         .unwrap();
         assert!(instrument(&wasm).unwrap_err().contains("teller:alloc"));
+    }
+
+    /// A guest that imports a WASI function teller does not grant (clocks,
+    /// randomness) is refused, naming each one; the functions it grants pass.
+    #[test]
+    fn a_guest_importing_wasi_clocks_or_randomness_is_refused() {
+        let module = |imports: &str| {
+            wat::parse_str(format!(
+                r#"(module {imports} (memory (export "memory") 1))"#
+            ))
+            .unwrap()
+        };
+        let wasi = |name: &str, params: &str| {
+            format!(r#"(import "wasi_snapshot_preview1" "{name}" (func {params}))"#)
+        };
+        let granted = module(&wasi("fd_write", "(param i32 i32 i32 i32) (result i32)"));
+        assert_eq!(granted_imports(&granted), Ok(()));
+        let refused = module(&format!(
+            "{}{}",
+            wasi("clock_time_get", "(param i32 i64 i32) (result i32)"),
+            wasi("random_get", "(param i32 i32) (result i32)")
+        ));
+        let error = granted_imports(&refused).unwrap_err();
+        assert!(
+            error.contains("WASI's clock_time_get, random_get"),
+            "{error}"
+        );
     }
 
     /// The built-in guests and the Rego guest keep all their state in

@@ -25,6 +25,7 @@ use crate::ffi;
 use std::ffi::CStr;
 use std::sync::Arc;
 pub use wasi::PROC_EXIT;
+pub(crate) use wasi::policy_wasi_grants;
 use wasi::{wasi_command, wasi_shim};
 
 /// A WasmEdge error: its code and message.

@@ -70,7 +70,8 @@ pub struct WasmtimeEngine {
 }
 
 /// Per-call store data: an empty WASI context (std in the guests imports
-/// WASI; nothing is granted), the instance's limits and the state store its
+/// WASI; nothing is granted, and only the interfaces of [`link_wasi`] are
+/// linked), the instance's limits and the state store its
 /// `bank:policy/state` imports reach.
 struct State {
     wasi: WasiCtx,
@@ -259,6 +260,36 @@ fn start_epoch_ticker(engine: &wasmtime::Engine) -> Result<(), Error> {
         })
 }
 
+/// The WASI a guest gets: what std's imports need and nothing more, as on
+/// WasmEdge (`raw::wasi`). No clocks, randomness, files or sockets: a
+/// decision depends on its inputs only, and a guest that imports any of
+/// them is refused at load on both engines alike, naming the import.
+fn link_wasi(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::p2::bindings::{cli, sync::io};
+    io::error::add_to_linker::<State, Table>(linker, |s| &mut s.table)?;
+    io::poll::add_to_linker::<State, Table>(linker, |s| &mut s.table)?;
+    io::streams::add_to_linker::<State, Table>(linker, |s| &mut s.table)?;
+    cli::exit::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::environment::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::stdin::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::stdout::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::stderr::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::terminal_input::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::terminal_output::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::terminal_stdin::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::terminal_stdout::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::terminal_stderr::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    Ok(())
+}
+
+/// The store's resource table, which WASI's streams live in.
+struct Table;
+
+impl wasmtime::component::HasData for Table {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -307,7 +338,7 @@ impl WasmtimeEngine {
             )
         })?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| {
+        link_wasi(&mut linker).map_err(|e| {
             Error::internal(ErrorCode::EngineInit, format!("cannot link WASI: {e:#}"))
         })?;
         wit::state::add_to_linker::<State, wasmtime::component::HasSelf<State>>(

@@ -43,28 +43,39 @@ pub(super) fn wasi_command(
     Ok(module)
 }
 
-/// The part of `wasi_snapshot_preview1` a policy gets: no arguments, no
-/// environment, output accepted and thrown away (a guest must not write
-/// into teller's own logs), `proc_exit` as a trap, `sched_yield`. No files,
-/// clocks or randomness: a decision depends on its inputs only. A guest that
-/// imports anything else fails to instantiate, at start-up, naming it.
-/// (WasmEdge's own WASI module would hand the guest teller's stdio.)
+type HostFn = unsafe extern "C" fn(
+    *mut std::ffi::c_void,
+    *const ffi::WasmEdge_CallingFrameContext,
+    *const ffi::WasmEdge_Value,
+    *mut ffi::WasmEdge_Value,
+) -> ffi::WasmEdge_Result;
+
+/// The part of `wasi_snapshot_preview1` a policy gets, each function with
+/// its count of `i32` parameters and results: no arguments, no environment,
+/// output accepted and thrown away (a guest must not write into teller's
+/// own logs), `proc_exit` as a trap, `sched_yield`. No files, clocks or
+/// randomness: a decision depends on its inputs only. A guest that imports
+/// any other WASI function is refused before it is compiled (`instrument`),
+/// naming it. (WasmEdge's own WASI module would hand the guest teller's
+/// stdio.)
+const POLICY_WASI: [(&str, usize, usize, HostFn); 7] = [
+    ("args_get", 2, 1, wasi_empty),
+    ("args_sizes_get", 2, 1, wasi_no_sizes),
+    ("environ_get", 2, 1, wasi_empty),
+    ("environ_sizes_get", 2, 1, wasi_no_sizes),
+    ("fd_write", 4, 1, wasi_fd_write),
+    ("proc_exit", 1, 0, wasi_proc_exit),
+    ("sched_yield", 0, 1, wasi_empty),
+];
+
+/// Whether a policy's `wasi_snapshot_preview1` import `name` is one teller
+/// grants.
+pub(crate) fn policy_wasi_grants(name: &str) -> bool {
+    POLICY_WASI.iter().any(|(granted, ..)| *granted == name)
+}
+
+/// The module of [`POLICY_WASI`].
 pub(super) fn wasi_shim() -> *mut ffi::WasmEdge_ModuleInstanceContext {
-    type HostFn = unsafe extern "C" fn(
-        *mut std::ffi::c_void,
-        *const ffi::WasmEdge_CallingFrameContext,
-        *const ffi::WasmEdge_Value,
-        *mut ffi::WasmEdge_Value,
-    ) -> ffi::WasmEdge_Result;
-    let functions: [(&str, usize, usize, HostFn); 7] = [
-        ("args_get", 2, 1, wasi_empty),
-        ("args_sizes_get", 2, 1, wasi_no_sizes),
-        ("environ_get", 2, 1, wasi_empty),
-        ("environ_sizes_get", 2, 1, wasi_no_sizes),
-        ("fd_write", 4, 1, wasi_fd_write),
-        ("proc_exit", 1, 0, wasi_proc_exit),
-        ("sched_yield", 0, 1, wasi_empty),
-    ];
     // SAFETY: the module takes ownership of each function; types are
     // deleted once their function is made; names are copied by WasmEdge.
     unsafe {
@@ -72,7 +83,7 @@ pub(super) fn wasi_shim() -> *mut ffi::WasmEdge_ModuleInstanceContext {
         if module.is_null() {
             return module;
         }
-        for (func, params, results, host) in functions {
+        for (func, params, results, host) in POLICY_WASI {
             let i32s = |n: usize| vec![ffi::WasmEdge_ValTypeGenI32(); n];
             let (p, r) = (i32s(params), i32s(results));
             let ty = ffi::WasmEdge_FunctionTypeCreate(

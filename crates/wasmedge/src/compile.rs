@@ -18,11 +18,13 @@ impl WasmEdgeEngine {
         name: &str,
         wasm: &[u8],
     ) -> Result<(ModuleSlot, String), Error> {
-        // The policy is known by the sha256 of what it is; what runs has
-        // the deadline's checks added.
+        // Before the cache: an entry compiled before this check existed is
+        // refused as a new policy would be.
         instrument::granted_imports(wasm).map_err(|e| {
             Error::internal(ErrorCode::PolicyInvalid, format!("policy {name}: {e}"))
         })?;
+        // The policy is known by the sha256 of what it is; what runs has
+        // the deadline's checks added.
         let sha256 = sha256_hex(wasm);
         let key = self.key(&sha256);
         if let Some(compiled) = self.cache.get(&key) {

@@ -55,9 +55,9 @@ type HostFn = unsafe extern "C" fn(
 /// output accepted and thrown away (a guest must not write into teller's
 /// own logs), `proc_exit` as a trap, `sched_yield`. No files, clocks or
 /// randomness: a decision depends on its inputs only. A guest that imports
-/// any other WASI function is refused before it is compiled (`instrument`),
-/// naming it. (WasmEdge's own WASI module would hand the guest teller's
-/// stdio.)
+/// any other WASI function is refused when it loads, naming it
+/// (`instrument::granted_imports`). (WasmEdge's own WASI module would hand
+/// the guest teller's stdio.)
 const POLICY_WASI: [(&str, usize, usize, HostFn); 7] = [
     ("args_get", 2, 1, wasi_empty),
     ("args_sizes_get", 2, 1, wasi_no_sizes),

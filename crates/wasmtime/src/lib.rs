@@ -21,7 +21,7 @@ use teller_engine::state::{GuestState, StateError, state_unavailable};
 use teller_engine::{AuditSealer, CallMode, Engine, GuestLimits, TransferCheck, Workload};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::cli::{WasiCli, WasiCliCtx, WasiCliCtxView};
 // Both worlds export `metadata`; one set of its bindings serves them all.
 use wit::transfer_check::exports::bank::policy::metadata::GuestIndices as MetadataIndices;
 
@@ -69,12 +69,13 @@ pub struct WasmtimeEngine {
     workload: Workload,
 }
 
-/// Per-call store data: an empty WASI context (std in the guests imports
-/// WASI; nothing is granted, and only the interfaces of [`link_wasi`] are
-/// linked), the instance's limits and the state store its
-/// `bank:policy/state` imports reach.
+/// Per-call store data: an empty `wasi:cli` context (std in the guests
+/// imports it: no environment, closed stdio), the instance's limits and the
+/// state store its `bank:policy/state` imports reach. Only the CLI part of
+/// WASI: a full `WasiCtx` would seed random generators and clocks for every
+/// call that no guest can reach (see [`link_wasi`]).
 struct State {
-    wasi: WasiCtx,
+    cli: WasiCliCtx,
     table: ResourceTable,
     limiter: Limiter,
     guest_state: GuestState,
@@ -158,7 +159,7 @@ struct Stores {
 impl Stores {
     fn new_store(&self) -> Store<State> {
         let state = State {
-            wasi: WasiCtx::builder().build(),
+            cli: WasiCliCtx::default(),
             table: ResourceTable::new(),
             limiter: Limiter {
                 memory_bytes: usize::try_from(self.limits.memory_bytes).unwrap_or(usize::MAX),
@@ -265,7 +266,6 @@ fn start_epoch_ticker(engine: &wasmtime::Engine) -> Result<(), Error> {
 /// decision depends on its inputs only, and a guest that imports any of
 /// them is refused at load on both engines alike, naming the import.
 fn link_wasi(linker: &mut Linker<State>) -> wasmtime::Result<()> {
-    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::p2::bindings::{cli, sync::io};
     io::error::add_to_linker::<State, Table>(linker, |s| &mut s.table)?;
     io::poll::add_to_linker::<State, Table>(linker, |s| &mut s.table)?;
@@ -290,10 +290,11 @@ impl wasmtime::component::HasData for Table {
     type Data<'a> = &'a mut ResourceTable;
 }
 
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
+impl State {
+    /// The view `wasi:cli`'s host functions take.
+    fn cli(&mut self) -> WasiCliCtxView<'_> {
+        WasiCliCtxView {
+            ctx: &mut self.cli,
             table: &mut self.table,
         }
     }

@@ -501,3 +501,48 @@ fn a_guest_that_reads_the_clock_or_randomness_is_refused_at_load() {
         );
     }
 }
+
+/// A policy built against an interface this teller does not have (here a
+/// `bank:policy/ledger` it never offered) fails to load on both engines
+/// with the import named, not with WasmEdge's bare "unknown import".
+#[test]
+fn a_guest_importing_an_interface_teller_lacks_is_refused_naming_it() {
+    use crate::support::{EXAMPLE, output_with_stdin, teller};
+    const LEDGER: &str = "bank:policy/ledger@0.2.0";
+    let dir = tempfile::tempdir().unwrap();
+    let component = wat::parse_str(format!(
+        r#"(component
+             (import "{LEDGER}" (instance
+               (export "balance" (func (param "account" string) (result u64))))))"#
+    ))
+    .unwrap();
+    let module = wat::parse_str(format!(
+        r#"(module
+             (import "{LEDGER}" "balance" (func (param i32 i32) (result i64)))
+             (memory (export "memory") 1))"#
+    ))
+    .unwrap();
+    std::fs::write(dir.path().join("ledger.component.wasm"), component).unwrap();
+    std::fs::write(dir.path().join("ledger.module.wasm"), module).unwrap();
+    for engine in ENGINES {
+        let mut cmd = teller();
+        cmd.args(["check", "--engine", engine, "--policy-dir"])
+            .arg(dir.path())
+            .arg("-");
+        let out = output_with_stdin(cmd, EXAMPLE.as_bytes());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{engine}: {out:?}");
+        let error: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(LEDGER),
+            "{engine}: the error does not name the import: {stdout}"
+        );
+        if *engine == "wasmedge" {
+            assert!(
+                message.contains("a policy may import bank:policy/state@"),
+                "{engine}: the error does not say what teller provides: {stdout}"
+            );
+        }
+    }
+}

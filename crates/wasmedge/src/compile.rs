@@ -20,7 +20,7 @@ impl WasmEdgeEngine {
     ) -> Result<(ModuleSlot, String), Error> {
         // Before the cache: an entry compiled before this check existed is
         // refused as a new policy would be.
-        instrument::granted_imports(wasm).map_err(|e| {
+        instrument::granted_imports(wasm, &self.hosts).map_err(|e| {
             Error::internal(ErrorCode::PolicyInvalid, format!("policy {name}: {e}"))
         })?;
         // The policy is known by the sha256 of what it is; what runs has

@@ -38,6 +38,9 @@
 //! [`RESET_EXPORT`], and its mutable globals as [`global_export`]`(0..)`,
 //! so the host can read and set them.
 
+use crate::raw::host::HostModule;
+use std::sync::Arc;
+use teller_abi::FlatType;
 use wasm_encoder::reencode::{Error as ReencodeError, Reencode, utils};
 use wasm_encoder::{
     BlockType, CodeSection, ExportKind, Instruction, MemArg, MemArgTarget, MemoryType, ValType,
@@ -152,39 +155,145 @@ fn teller_export(wasm: &[u8]) -> Result<Option<String>, String> {
     Ok(None)
 }
 
-/// Refuses a guest that imports a `wasi_snapshot_preview1` function teller
-/// does not grant a policy (`raw::policy_wasi_grants`), naming each. Run on
-/// the policy as it came, before the cache is asked, so that a guest
-/// compiled before this check existed is refused the same way. Reads no
-/// further than the import section.
-pub(crate) fn granted_imports(wasm: &[u8]) -> Result<(), String> {
-    let mut refused = Vec::new();
+/// Refuses a guest whose imports teller does not provide, naming each, so
+/// that the policy's author reads what to change instead of WasmEdge's
+/// "unknown import": a WASI function beyond those granted
+/// (`raw::policy_wasi`: no clocks, randomness, files or sockets), a
+/// function no host module has (a policy built against another version of
+/// `bank:policy`), one whose signature differs from the host's, and any
+/// imported memory, table or global. Run on the policy as it came, before
+/// the cache is asked, so that a guest compiled before this check existed
+/// is refused the same way. Reads no further than the import section.
+pub(crate) fn granted_imports(wasm: &[u8], hosts: &[Arc<HostModule>]) -> Result<(), String> {
+    use wasmparser::{Payload, TypeRef};
+    let bad = |e: wasmparser::BinaryReaderError| format!("not a module teller runs: {e}");
+    let mut types = Vec::new();
+    let (mut wasi, mut unknown, mut mismatched) = (Vec::new(), Vec::new(), Vec::new());
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        match payload.map_err(|e| format!("not a module teller runs: {e}"))? {
-            wasmparser::Payload::Version { .. }
-            | wasmparser::Payload::TypeSection(_)
-            | wasmparser::Payload::CustomSection(_) => {}
-            wasmparser::Payload::ImportSection(imports) => {
+        match payload.map_err(bad)? {
+            Payload::Version { .. } | Payload::CustomSection(_) => {}
+            Payload::TypeSection(reader) => {
+                for ty in reader.into_iter_err_on_gc_types() {
+                    types.push(ty.map_err(bad)?);
+                }
+            }
+            Payload::ImportSection(imports) => {
                 for import in imports.into_imports() {
-                    let import = import.map_err(|e| format!("not a module teller runs: {e}"))?;
-                    if import.module == "wasi_snapshot_preview1"
-                        && !crate::raw::policy_wasi_grants(import.name)
-                    {
-                        refused.push(import.name);
+                    let import = import.map_err(bad)?;
+                    let named = format!("\"{}\" \"{}\"", import.module, import.name);
+                    let TypeRef::Func(index) = import.ty else {
+                        unknown.push(format!("{named} (not a function)"));
+                        continue;
+                    };
+                    let Some(ty) = types.get(index as usize) else {
+                        return Err(format!("not a module teller runs: {named} has no type"));
+                    };
+                    let provided = if import.module == WASI_MODULE {
+                        crate::raw::policy_wasi()
+                            .find(|(name, ..)| *name == import.name)
+                            .map(|(_, params, results)| Signature::i32s(params, results))
+                    } else {
+                        hosts
+                            .iter()
+                            .filter(|host| host.name == import.module)
+                            .flat_map(|host| &host.funcs)
+                            .find(|func| func.name == import.name)
+                            .map(|func| Signature::flat(&func.params, &func.results))
+                    };
+                    let guest = Signature(ty.params().to_vec(), ty.results().to_vec());
+                    match provided {
+                        None if import.module == WASI_MODULE => wasi.push(import.name),
+                        None => unknown.push(named),
+                        Some(host) if host != guest => {
+                            mismatched.push(format!("{named} as {guest} where teller's is {host}"))
+                        }
+                        Some(_) => {}
                     }
                 }
             }
             _ => break,
         }
     }
-    if refused.is_empty() {
-        return Ok(());
+    let mut refusals = Vec::new();
+    if !wasi.is_empty() {
+        refusals.push(format!(
+            "the guest imports WASI's {}, which teller does not grant a policy: no clocks, \
+             randomness, files or sockets, so that a decision depends on its inputs only",
+            wasi.join(", ")
+        ));
     }
-    Err(format!(
-        "the guest imports WASI's {}, which teller does not grant a policy: no clocks, \
-         randomness, files or sockets, so that a decision depends on its inputs only",
-        refused.join(", ")
-    ))
+    if !unknown.is_empty() {
+        let offered: Vec<String> = hosts
+            .iter()
+            .map(|host| {
+                let funcs: Vec<&str> = host.funcs.iter().map(|f| f.name.as_str()).collect();
+                format!("{} ({})", host.name, funcs.join(", "))
+            })
+            .collect();
+        refusals.push(format!(
+            "the guest imports {}, which teller does not provide: a policy may import {} and \
+             WASI's {} (was it built against another version of bank:policy?)",
+            unknown.join(", "),
+            offered.join(", "),
+            crate::raw::policy_wasi()
+                .map(|(name, ..)| name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !mismatched.is_empty() {
+        refusals.push(format!("the guest imports {}", mismatched.join(", ")));
+    }
+    if refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(refusals.join("; "))
+    }
+}
+
+const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+/// A core function's parameter and result types, written as in the text
+/// format for errors.
+#[derive(PartialEq)]
+struct Signature(Vec<wasmparser::ValType>, Vec<wasmparser::ValType>);
+
+impl Signature {
+    fn i32s(params: usize, results: usize) -> Self {
+        use wasmparser::ValType::I32;
+        Signature(vec![I32; params], vec![I32; results])
+    }
+
+    fn flat(params: &[FlatType], results: &[FlatType]) -> Self {
+        let core = |types: &[FlatType]| {
+            types
+                .iter()
+                .map(|t| match t {
+                    FlatType::I32 => wasmparser::ValType::I32,
+                    FlatType::I64 => wasmparser::ValType::I64,
+                    FlatType::F32 => wasmparser::ValType::F32,
+                    FlatType::F64 => wasmparser::ValType::F64,
+                })
+                .collect()
+        };
+        Signature(core(params), core(results))
+    }
+}
+
+impl std::fmt::Display for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(func")?;
+        for (word, types) in [("param", &self.0), ("result", &self.1)] {
+            if !types.is_empty() {
+                write!(f, " ({word}")?;
+                for ty in types {
+                    write!(f, " {ty}")?;
+                }
+                f.write_str(")")?;
+            }
+        }
+        f.write_str(")")
+    }
 }
 
 /// How many memories the module has, imported and defined: the flag's
@@ -896,27 +1005,77 @@ mod tests {
     /// randomness) is refused, naming each one; the functions it grants pass.
     #[test]
     fn a_guest_importing_wasi_clocks_or_randomness_is_refused() {
-        let module = |imports: &str| {
-            wat::parse_str(format!(
-                r#"(module {imports} (memory (export "memory") 1))"#
-            ))
-            .unwrap()
-        };
-        let wasi = |name: &str, params: &str| {
-            format!(r#"(import "wasi_snapshot_preview1" "{name}" (func {params}))"#)
-        };
-        let granted = module(&wasi("fd_write", "(param i32 i32 i32 i32) (result i32)"));
-        assert_eq!(granted_imports(&granted), Ok(()));
-        let refused = module(&format!(
+        let granted = import_module(&wasi("fd_write", "(param i32 i32 i32 i32) (result i32)"));
+        assert_eq!(granted_imports(&granted, &[]), Ok(()));
+        let refused = import_module(&format!(
             "{}{}",
             wasi("clock_time_get", "(param i32 i64 i32) (result i32)"),
             wasi("random_get", "(param i32 i32) (result i32)")
         ));
-        let error = granted_imports(&refused).unwrap_err();
+        let error = granted_imports(&refused, &[]).unwrap_err();
         assert!(
             error.contains("WASI's clock_time_get, random_get"),
             "{error}"
         );
+    }
+
+    /// What no host provides, or provides with another signature, is named
+    /// with what teller does provide: WasmEdge alone would say "unknown
+    /// import" or "incompatible import type" and name nothing.
+    #[test]
+    fn a_guest_importing_what_teller_does_not_provide_is_told_what_it_does() {
+        let state = Arc::new(HostModule {
+            name: "bank:policy/state@0.2.0".into(),
+            funcs: vec![crate::raw::host::HostFunc {
+                name: "daily-total".into(),
+                params: vec![FlatType::I32, FlatType::I32, FlatType::I32],
+                results: vec![FlatType::I64],
+                call: Box::new(|_, _| Ok(Vec::new())),
+            }],
+        });
+        let hosts = [state];
+        let own = r#"(import "bank:policy/state@0.2.0" "daily-total"
+                        (func (param i32 i32 i32) (result i64)))"#;
+        assert_eq!(granted_imports(&import_module(own), &hosts), Ok(()));
+
+        let newer = r#"(import "bank:policy/state@0.3.0" "daily-total"
+                          (func (param i32 i32 i32) (result i64)))
+                       (import "env" "lookup" (func (param i32)))
+                       (import "env" "table" (table 1 funcref))"#;
+        let error = granted_imports(&import_module(newer), &hosts).unwrap_err();
+        for named in [
+            r#""bank:policy/state@0.3.0" "daily-total""#,
+            r#""env" "lookup""#,
+            r#""env" "table" (not a function)"#,
+            "a policy may import bank:policy/state@0.2.0 (daily-total)",
+            "WASI's args_get",
+        ] {
+            assert!(error.contains(named), "{named} not in: {error}");
+        }
+
+        let retyped = format!(
+            "{}{}",
+            r#"(import "bank:policy/state@0.2.0" "daily-total" (func (param i32) (result i32)))"#,
+            wasi("fd_write", "(param i32 i32)")
+        );
+        let error = granted_imports(&import_module(&retyped), &hosts).unwrap_err();
+        for named in [
+            r#""bank:policy/state@0.2.0" "daily-total" as (func (param i32) (result i32)) where teller's is (func (param i32 i32 i32) (result i64))"#,
+            r#""wasi_snapshot_preview1" "fd_write" as (func (param i32 i32)) where teller's is (func (param i32 i32 i32 i32) (result i32))"#,
+        ] {
+            assert!(error.contains(named), "{named} not in: {error}");
+        }
+    }
+
+    fn import_module(imports: &str) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module {imports} (memory (export "memory") 1))"#
+        ))
+        .unwrap()
+    }
+
+    fn wasi(name: &str, params: &str) -> String {
+        format!(r#"(import "wasi_snapshot_preview1" "{name}" (func {params}))"#)
     }
 
     /// The built-in guests and the Rego guest keep all their state in

@@ -68,10 +68,12 @@ const POLICY_WASI: [(&str, usize, usize, HostFn); 7] = [
     ("sched_yield", 0, 1, wasi_empty),
 ];
 
-/// Whether a policy's `wasi_snapshot_preview1` import `name` is one teller
-/// grants.
-pub(crate) fn policy_wasi_grants(name: &str) -> bool {
-    POLICY_WASI.iter().any(|(granted, ..)| *granted == name)
+/// The WASI functions teller grants a policy, each with how many `i32`
+/// parameters and results it takes.
+pub(crate) fn policy_wasi() -> impl Iterator<Item = (&'static str, usize, usize)> {
+    POLICY_WASI
+        .iter()
+        .map(|(name, params, results, _)| (*name, *params, *results))
 }
 
 /// The module of [`POLICY_WASI`].

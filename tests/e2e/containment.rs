@@ -471,7 +471,6 @@ fn probes_answer_while_every_worker_runs_a_slow_guest() {
 /// on its inputs only and both engines decide alike.
 #[test]
 fn a_guest_that_reads_the_clock_or_randomness_is_refused_at_load() {
-    use crate::support::{EXAMPLE, output_with_stdin, teller};
     use teller_policy_artifacts::CLOCK_READER;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -481,23 +480,14 @@ fn a_guest_that_reads_the_clock_or_randomness_is_refused_at_load() {
     .unwrap();
     std::fs::write(dir.path().join("clock.module.wasm"), CLOCK_READER.module).unwrap();
     for engine in ENGINES {
-        let mut cmd = teller();
-        cmd.args(["check", "--engine", engine, "--policy-dir"])
-            .arg(dir.path())
-            .arg("-");
-        let out = output_with_stdin(cmd, EXAMPLE.as_bytes());
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(!out.status.success(), "{engine}: {out:?}");
-        assert!(!stdout.contains("\"verdict\""), "{engine}: {stdout}");
-        let error: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        let message = error["error"]["message"].as_str().unwrap_or_default();
+        let message = refused_at_load(dir.path(), engine);
         let named = match *engine {
             "wasmtime" => ["wasi:clocks", "wasi:random"],
             _ => ["clock_time_get", "random_get"],
         };
         assert!(
             named.iter().any(|import| message.contains(import)),
-            "{engine}: the error does not name the import: {stdout}"
+            "{engine}: the error does not name the import: {message}"
         );
     }
 }
@@ -507,7 +497,6 @@ fn a_guest_that_reads_the_clock_or_randomness_is_refused_at_load() {
 /// with the import named, not with WasmEdge's bare "unknown import".
 #[test]
 fn a_guest_importing_an_interface_teller_lacks_is_refused_naming_it() {
-    use crate::support::{EXAMPLE, output_with_stdin, teller};
     const LEDGER: &str = "bank:policy/ledger@0.2.0";
     let dir = tempfile::tempdir().unwrap();
     let component = wat::parse_str(format!(
@@ -525,24 +514,35 @@ fn a_guest_importing_an_interface_teller_lacks_is_refused_naming_it() {
     std::fs::write(dir.path().join("ledger.component.wasm"), component).unwrap();
     std::fs::write(dir.path().join("ledger.module.wasm"), module).unwrap();
     for engine in ENGINES {
-        let mut cmd = teller();
-        cmd.args(["check", "--engine", engine, "--policy-dir"])
-            .arg(dir.path())
-            .arg("-");
-        let out = output_with_stdin(cmd, EXAMPLE.as_bytes());
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(!out.status.success(), "{engine}: {out:?}");
-        let error: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        let message = error["error"]["message"].as_str().unwrap_or_default();
+        let message = refused_at_load(dir.path(), engine);
         assert!(
             message.contains(LEDGER),
-            "{engine}: the error does not name the import: {stdout}"
+            "{engine}: the error does not name the import: {message}"
         );
         if *engine == "wasmedge" {
             assert!(
                 message.contains("a policy may import bank:policy/state@"),
-                "{engine}: the error does not say what teller provides: {stdout}"
+                "{engine}: the error does not say what teller provides: {message}"
             );
         }
     }
+}
+
+/// `teller check` of the README example against the policies in `dir` on
+/// `engine`, which must fail without a verdict: the error's message.
+fn refused_at_load(dir: &Path, engine: &str) -> String {
+    use crate::support::{EXAMPLE, output_with_stdin, teller};
+    let mut cmd = teller();
+    cmd.args(["check", "--engine", engine, "--policy-dir"])
+        .arg(dir)
+        .arg("-");
+    let out = output_with_stdin(cmd, EXAMPLE.as_bytes());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{engine}: {out:?}");
+    assert!(!stdout.contains("\"verdict\""), "{engine}: {stdout}");
+    let error: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    error["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -188,7 +188,7 @@ pub(crate) fn granted_imports(wasm: &[u8], hosts: &[Arc<HostModule>]) -> Result<
                     let Some(ty) = types.get(index as usize) else {
                         return Err(format!("not a module teller runs: {named} has no type"));
                     };
-                    let provided = if import.module == WASI_MODULE {
+                    let provided = if import.module == crate::raw::POLICY_WASI_MODULE {
                         crate::raw::policy_wasi()
                             .find(|(name, ..)| *name == import.name)
                             .map(|(_, params, results)| Signature::i32s(params, results))
@@ -202,7 +202,9 @@ pub(crate) fn granted_imports(wasm: &[u8], hosts: &[Arc<HostModule>]) -> Result<
                     };
                     let guest = Signature(ty.params().to_vec(), ty.results().to_vec());
                     match provided {
-                        None if import.module == WASI_MODULE => wasi.push(import.name),
+                        None if import.module == crate::raw::POLICY_WASI_MODULE => {
+                            wasi.push(import.name)
+                        }
                         None => unknown.push(named),
                         Some(host) if host != guest => {
                             mismatched.push(format!("{named} as {guest} where teller's is {host}"))
@@ -250,8 +252,6 @@ pub(crate) fn granted_imports(wasm: &[u8], hosts: &[Arc<HostModule>]) -> Result<
         Err(refusals.join("; "))
     }
 }
-
-const WASI_MODULE: &str = "wasi_snapshot_preview1";
 
 /// A core function's parameter and result types, written as in the text
 /// format for errors.

@@ -25,7 +25,7 @@ use crate::ffi;
 use std::ffi::CStr;
 use std::sync::Arc;
 pub use wasi::PROC_EXIT;
-pub(crate) use wasi::policy_wasi;
+pub(crate) use wasi::{POLICY_WASI_MODULE, policy_wasi};
 use wasi::{wasi_command, wasi_shim};
 
 /// A WasmEdge error: its code and message.

@@ -68,6 +68,10 @@ const POLICY_WASI: [(&str, usize, usize, HostFn); 7] = [
     ("sched_yield", 0, 1, wasi_empty),
 ];
 
+/// The import module [`POLICY_WASI`] serves, which a policy's WASI imports
+/// name.
+pub(crate) const POLICY_WASI_MODULE: &str = "wasi_snapshot_preview1";
+
 /// The WASI functions teller grants a policy, each with how many `i32`
 /// parameters and results it takes.
 pub(crate) fn policy_wasi() -> impl Iterator<Item = (&'static str, usize, usize)> {
@@ -81,7 +85,7 @@ pub(super) fn wasi_shim() -> *mut ffi::WasmEdge_ModuleInstanceContext {
     // SAFETY: the module takes ownership of each function; types are
     // deleted once their function is made; names are copied by WasmEdge.
     unsafe {
-        let module = ffi::WasmEdge_ModuleInstanceCreate(name("wasi_snapshot_preview1"));
+        let module = ffi::WasmEdge_ModuleInstanceCreate(name(POLICY_WASI_MODULE));
         if module.is_null() {
             return module;
         }
